@@ -1,0 +1,55 @@
+"""The ``tabpfn-gateway`` command: argparse with one module a command group."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from tabpfn_gateway.errors import GatewayError
+
+__all__ = ["build_parser", "main"]
+
+# Each module exposes register(subparsers); handlers import heavy things lazily so that
+# `tabpfn-gateway --help` stays fast.
+_COMMAND_MODULES = [
+    "tabpfn_gateway.cli.info",
+    "tabpfn_gateway.cli.db",
+    "tabpfn_gateway.cli.admin",
+    "tabpfn_gateway.cli.fake",
+    "tabpfn_gateway.cli.serve",
+    "tabpfn_gateway.cli.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every command group registered."""
+    parser = argparse.ArgumentParser(
+        prog="tabpfn-gateway",
+        description="Use TabPFN safely as a team: gateway keys, encrypted tokens, metering.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        code = handler(args)
+    except GatewayError as exc:
+        # Domain errors are for humans here: code and message, no traceback.
+        print(f"error: [{exc.error_code}] {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(code or 0)

@@ -1,0 +1,180 @@
+"""Settings of tabpfn-gateway: one pydantic-settings class, env (prefix TABPFN_GATEWAY_) then .env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import platformdirs
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tabpfn_gateway.errors import ConfigurationError
+
+__all__ = ["DEFAULT_UPSTREAM_URL", "Settings", "default_data_dir", "get_settings"]
+
+DEFAULT_UPSTREAM_URL = "https://api.priorlabs.ai"
+ENV_PREFIX = "TABPFN_GATEWAY_"
+
+
+def default_data_dir() -> Path:
+    """Where the embedded SQLite database and a generated secret live by default."""
+    return Path(platformdirs.user_data_dir("tabpfn-gateway", appauthor=False))
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{default_data_dir() / 'gateway.db'}"
+
+
+class Settings(BaseSettings):
+    """Every setting of the SDK, the CLI and the server.
+
+    Precedence: arguments to ``Settings(...)`` > environment variables (``TABPFN_GATEWAY_*``)
+    > a ``.env`` file in the working directory > the defaults here. Secrets are ``SecretStr``:
+    their repr is ``'**********'``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # -- storage -------------------------------------------------------------------------
+    database_url: str = Field(
+        default_factory=_default_database_url,
+        description="SQLAlchemy URL. Default: a SQLite file in the user data dir. PostgreSQL: "
+        "postgresql+psycopg://user:pass@host/db (postgresql:// is accepted too).",
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Directory for the embedded database and a generated secret key.",
+    )
+    db_pool_size: int = Field(default=10, ge=1, description="PostgreSQL connection pool size.")
+    db_pool_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long to wait for a pooled connection."
+    )
+    db_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long to wait for the database to answer a connect."
+    )
+    sqlite_busy_timeout_ms: int = Field(
+        default=10_000, ge=0, description="How long SQLite waits on a lock held by another writer."
+    )
+
+    # -- secrets -------------------------------------------------------------------------
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Encrypts stored TabPFN tokens (HKDF-derived keys). Required for "
+        "credentials; the server generates and persists one on first start if unset.",
+    )
+    previous_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated older secrets: used only to decrypt, during rotation.",
+    )
+    key_pepper: SecretStr | None = Field(
+        default=None,
+        description="Server-side pepper for the HMAC key hash. Default: derived from the "
+        "first secret ever used (persisted), so SECRET_KEY rotation keeps keys valid.",
+    )
+    key_hash_scheme: Literal["hmac-sha256", "bcrypt", "argon2"] = Field(
+        default="hmac-sha256",
+        description="How new key secrets are hashed; older schemes are re-hashed on verify.",
+    )
+    key_cache_ttl_seconds: float = Field(
+        default=5.0, ge=0, description="How long a verified key is trusted without a lookup."
+    )
+    last_used_flush_seconds: float = Field(
+        default=30.0, ge=0, description="How often coalesced last_used_at updates are written."
+    )
+
+    # -- logging -------------------------------------------------------------------------
+    log_level: str = Field(default="INFO", description="Python logging level name.")
+
+    # -- upstream ------------------------------------------------------------------------
+    upstream_url: str = Field(
+        default=DEFAULT_UPSTREAM_URL, description="Base URL of TabPFN (or of a gateway)."
+    )
+    upstream_timeout_seconds: float = Field(
+        default=900.0, gt=0, description="Timeout of one upstream call (fits can be long)."
+    )
+    upstream_connect_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Timeout for connecting to the upstream."
+    )
+
+    # -- server --------------------------------------------------------------------------
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL clients reach the gateway at (behind a load balancer); upload "
+        "URLs handed to clients start with it. Default: taken from each request.",
+    )
+    allow_self_service_setup: bool = Field(
+        default=True, description="Whether POST /api/v1/auth/setup is open."
+    )
+    setup_attempts_per_minute: int = Field(
+        default=10, ge=1, description="Failed setups allowed per client address per minute."
+    )
+    max_json_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest JSON request body accepted (413 past)."
+    )
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3, ge=1024, description="Largest dataset upload accepted (413 past)."
+    )
+    upload_url_ttl_seconds: int = Field(
+        default=3600, ge=1, description="How long an upload URL handed to a client is valid."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Optional Redis for cross-replica rate limits and cache invalidation.",
+    )
+    metrics_enabled: bool = Field(default=True, description="Serve Prometheus /metrics.")
+
+    @field_validator("previous_secret_keys", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        # Plain postgresql:// would pick psycopg2; we ship psycopg 3.
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                return "postgresql+psycopg://" + value[len(plain) :]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    def all_secret_keys(self) -> list[SecretStr]:
+        """The current secret first, then the decrypt-only ones."""
+        current = [self.secret_key] if self.secret_key is not None else []
+        return current + list(self.previous_secret_keys)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, mapping validation errors to ConfigurationError.
+
+    The message names the environment variable (``TABPFN_GATEWAY_...``) and never echoes
+    a secret's value.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
+        raise ConfigurationError("Invalid settings: " + "; ".join(problems)) from None

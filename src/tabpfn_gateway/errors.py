@@ -1,0 +1,336 @@
+"""The error tree of tabpfn-gateway: every error a caller can see, each with a stable error code.
+
+    GatewayError                      (base; .error_code, .retryable, .trace_id)
+    ├── ConfigurationError            CONFIGURATION_ERROR   a setting is missing or invalid
+    ├── InvalidRequest                INVALID_REQUEST       the caller sent something malformed
+    │   ├── PayloadTooLarge           PAYLOAD_TOO_LARGE
+    │   └── InvalidUpload             INVALID_UPLOAD        a broken, expired or foreign upload
+    ├── NotFound                      NOT_FOUND
+    │   ├── PrincipalNotFound         PRINCIPAL_NOT_FOUND
+    │   ├── CredentialNotFound        CREDENTIAL_NOT_FOUND
+    │   ├── KeyNotFound               KEY_NOT_FOUND
+    │   └── FittedModelNotFound       FITTED_MODEL_NOT_FOUND
+    ├── Conflict                      CONFLICT              a unique name or id is taken
+    ├── StoreError                    STORE_ERROR           the store failed for a reason of its own
+    │   ├── StoreUnavailable          STORE_UNAVAILABLE     the database cannot be reached (retryable)
+    │   └── SchemaNotCurrent          SCHEMA_NOT_CURRENT    migrations are missing: run `db upgrade`
+    ├── AuthenticationError           (a gateway key was refused)
+    │   ├── InvalidKey                INVALID_KEY           malformed, unknown id or wrong secret: alike
+    │   ├── KeyRevoked                KEY_REVOKED
+    │   ├── KeyExpired                KEY_EXPIRED
+    │   ├── KeyDisabled               KEY_DISABLED
+    │   └── MissingCredentials        MISSING_CREDENTIALS   no key given anywhere (SDK)
+    ├── InsufficientScope             INSUFFICIENT_SCOPE    the key is fine but may not do this
+    ├── SetupDisabled                 SETUP_DISABLED        self-service setup is turned off
+    ├── TooManyAttempts               TOO_MANY_ATTEMPTS     a client is rate limited (retryable)
+    ├── VaultError                    VAULT_ERROR
+    │   ├── SecretKeyMissing          SECRET_KEY_MISSING    TABPFN_GATEWAY_SECRET_KEY is not set
+    │   └── TokenDecryptionFailed     TOKEN_DECRYPTION_FAILED  wrong secret or tampered/moved ciphertext
+    └── UpstreamError                 UPSTREAM_ERROR        TabPFN (or a gateway) answered with an error
+        ├── UpstreamAuthenticationFailed  UPSTREAM_AUTHENTICATION_FAILED  401
+        ├── UpstreamForbidden         UPSTREAM_FORBIDDEN    403, e.g. e-mail not verified
+        ├── UsageLimitReached         USAGE_LIMIT_REACHED   402, or 429 with a usage body
+        ├── UpstreamRateLimited       UPSTREAM_RATE_LIMITED 429 with Retry-After (retryable)
+        ├── UpstreamNotFound          UPSTREAM_NOT_FOUND    404 (a fitted model the upstream lacks)
+        ├── UpstreamUnavailable       UPSTREAM_UNAVAILABLE  connection error, 408, 5xx (retryable)
+        │   └── UpstreamTimeout       UPSTREAM_TIMEOUT      no answer in time (retryable)
+        ├── ClientTooOld              CLIENT_TOO_OLD        426
+        └── MalformedResponse         MALFORMED_RESPONSE    a body that does not fit the protocol
+
+Dependency errors (SQLAlchemy, httpx, cryptography) are mapped at the boundary and never reach
+callers: ``raise StoreUnavailable(...) from exc``. Messages never contain a gateway key or a
+TabPFN token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AuthenticationError",
+    "ClientTooOld",
+    "ConfigurationError",
+    "Conflict",
+    "CredentialNotFound",
+    "FittedModelNotFound",
+    "GatewayError",
+    "InsufficientScope",
+    "InvalidKey",
+    "InvalidRequest",
+    "InvalidUpload",
+    "KeyDisabled",
+    "KeyExpired",
+    "KeyNotFound",
+    "KeyRevoked",
+    "MalformedResponse",
+    "MissingCredentials",
+    "NotFound",
+    "PayloadTooLarge",
+    "PrincipalNotFound",
+    "SchemaNotCurrent",
+    "SecretKeyMissing",
+    "SetupDisabled",
+    "StoreError",
+    "StoreUnavailable",
+    "TokenDecryptionFailed",
+    "TooManyAttempts",
+    "UpstreamAuthenticationFailed",
+    "UpstreamError",
+    "UpstreamForbidden",
+    "UpstreamNotFound",
+    "UpstreamRateLimited",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "UsageLimitReached",
+    "VaultError",
+    "error_codes",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error tabpfn-gateway raises on purpose.
+
+    ``error_code`` is stable and documented (clients may switch on it); ``message`` is for
+    humans; ``retryable`` says whether the same call may succeed later; ``trace_id`` is the
+    upstream's or the gateway's trace id when one is known; ``retry_after`` is a hint in
+    seconds when the cause says how long to wait.
+    """
+
+    error_code: ClassVar[str] = "GATEWAY_ERROR"
+    retryable: ClassVar[bool] = False
+    default_message: ClassVar[str] = "tabpfn-gateway failed."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        trace_id: str | None = None,
+        retry_after: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.trace_id = trace_id
+        self.retry_after = retry_after
+        self.details = details or {}
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.trace_id:
+            text += f" (trace id: {self.trace_id})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as the JSON body every gateway error response carries."""
+        return {"error_code": self.error_code, "message": self.message, "trace_id": self.trace_id}
+
+
+class ConfigurationError(GatewayError):
+    error_code = "CONFIGURATION_ERROR"
+    default_message = "A setting is missing or invalid."
+
+
+class InvalidRequest(GatewayError):
+    error_code = "INVALID_REQUEST"
+    default_message = "The request is malformed."
+
+
+class PayloadTooLarge(InvalidRequest):
+    error_code = "PAYLOAD_TOO_LARGE"
+    default_message = "The request body exceeds the configured limit."
+
+
+class InvalidUpload(InvalidRequest):
+    error_code = "INVALID_UPLOAD"
+    default_message = "The upload URL is invalid, expired or not yours."
+
+
+class NotFound(GatewayError):
+    error_code = "NOT_FOUND"
+    default_message = "Not found."
+
+
+class PrincipalNotFound(NotFound):
+    error_code = "PRINCIPAL_NOT_FOUND"
+    default_message = "No such principal."
+
+
+class CredentialNotFound(NotFound):
+    error_code = "CREDENTIAL_NOT_FOUND"
+    default_message = "No such upstream credential."
+
+
+class KeyNotFound(NotFound):
+    error_code = "KEY_NOT_FOUND"
+    default_message = "No such gateway key."
+
+
+class FittedModelNotFound(NotFound):
+    error_code = "FITTED_MODEL_NOT_FOUND"
+    default_message = "No such fitted model (it does not exist or belongs to someone else)."
+
+
+class Conflict(GatewayError):
+    error_code = "CONFLICT"
+    default_message = "That name or id is already taken."
+
+
+class StoreError(GatewayError):
+    error_code = "STORE_ERROR"
+    default_message = "The store failed."
+
+
+class StoreUnavailable(StoreError):
+    error_code = "STORE_UNAVAILABLE"
+    retryable = True
+    default_message = "The database cannot be reached right now; try again shortly."
+
+
+class SchemaNotCurrent(StoreError):
+    error_code = "SCHEMA_NOT_CURRENT"
+    default_message = "The database schema is not current: run `tabpfn-gateway db upgrade`."
+
+
+class AuthenticationError(GatewayError):
+    error_code = "AUTHENTICATION_FAILED"
+    default_message = "Authentication failed."
+
+
+class InvalidKey(AuthenticationError):
+    error_code = "INVALID_KEY"
+    # One message for malformed, unknown and wrong keys: no oracle.
+    default_message = "The gateway key is invalid."
+
+
+class KeyRevoked(AuthenticationError):
+    error_code = "KEY_REVOKED"
+    default_message = "The gateway key has been revoked."
+
+
+class KeyExpired(AuthenticationError):
+    error_code = "KEY_EXPIRED"
+    default_message = "The gateway key has expired."
+
+
+class KeyDisabled(AuthenticationError):
+    error_code = "KEY_DISABLED"
+    default_message = "The gateway key is disabled."
+
+
+class MissingCredentials(AuthenticationError):
+    error_code = "MISSING_CREDENTIALS"
+    default_message = (
+        "No gateway key found. Pass api_key=..., set TABPFN_GATEWAY_API_KEY, "
+        "or run tabpfn_gateway.login(base_url) once to store one in your keyring."
+    )
+
+
+class InsufficientScope(GatewayError):
+    error_code = "INSUFFICIENT_SCOPE"
+    default_message = "The gateway key lacks the scope this operation needs."
+
+
+class SetupDisabled(GatewayError):
+    error_code = "SETUP_DISABLED"
+    default_message = "Self-service setup is turned off; ask an administrator for a key."
+
+
+class TooManyAttempts(GatewayError):
+    error_code = "TOO_MANY_ATTEMPTS"
+    retryable = True
+    default_message = "Too many attempts; wait and try again."
+
+
+class VaultError(GatewayError):
+    error_code = "VAULT_ERROR"
+    default_message = "The token vault failed."
+
+
+class SecretKeyMissing(VaultError, ConfigurationError):
+    error_code = "SECRET_KEY_MISSING"
+    default_message = (
+        "TABPFN_GATEWAY_SECRET_KEY is not set; it is needed to encrypt and decrypt TabPFN tokens."
+    )
+
+
+class TokenDecryptionFailed(VaultError):
+    error_code = "TOKEN_DECRYPTION_FAILED"
+    default_message = (
+        "A stored TabPFN token cannot be decrypted with TABPFN_GATEWAY_SECRET_KEY or "
+        "TABPFN_GATEWAY_PREVIOUS_SECRET_KEYS (wrong secret, or a tampered or moved ciphertext)."
+    )
+
+
+class UpstreamError(GatewayError):
+    error_code = "UPSTREAM_ERROR"
+    default_message = "The upstream answered with an error."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status_code: int | None = None,
+        trace_id: str | None = None,
+        retry_after: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, trace_id=trace_id, retry_after=retry_after, details=details)
+        self.status_code = status_code
+
+
+class UpstreamAuthenticationFailed(UpstreamError):
+    error_code = "UPSTREAM_AUTHENTICATION_FAILED"
+    default_message = "The upstream rejected the token."
+
+
+class UpstreamForbidden(UpstreamError):
+    error_code = "UPSTREAM_FORBIDDEN"
+    default_message = "The upstream refused access (is the account's e-mail verified?)."
+
+
+class UsageLimitReached(UpstreamError):
+    error_code = "USAGE_LIMIT_REACHED"
+    default_message = "The usage limit of this TabPFN account is reached."
+
+
+class UpstreamRateLimited(UpstreamError):
+    error_code = "UPSTREAM_RATE_LIMITED"
+    retryable = True
+    default_message = "The upstream is rate limiting; retry later."
+
+
+class UpstreamNotFound(UpstreamError):
+    error_code = "UPSTREAM_NOT_FOUND"
+    default_message = "The upstream does not know that resource."
+
+
+class UpstreamUnavailable(UpstreamError):
+    error_code = "UPSTREAM_UNAVAILABLE"
+    retryable = True
+    default_message = "The upstream cannot be reached right now; try again shortly."
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    error_code = "UPSTREAM_TIMEOUT"
+    default_message = "The upstream did not answer in time; try again shortly."
+
+
+class ClientTooOld(UpstreamError):
+    error_code = "CLIENT_TOO_OLD"
+    default_message = "The upstream requires a newer client version."
+
+
+class MalformedResponse(UpstreamError):
+    error_code = "MALFORMED_RESPONSE"
+    default_message = "The upstream sent a response that does not fit the protocol."
+
+
+def error_codes() -> dict[str, type[GatewayError]]:
+    """Every stable error code and the class that carries it (documented in docs/errors)."""
+    found: dict[str, type[GatewayError]] = {}
+    pending: list[type[GatewayError]] = [GatewayError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.error_code, cls)
+        pending.extend(cls.__subclasses__())
+    return found

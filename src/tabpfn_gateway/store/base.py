@@ -1,0 +1,220 @@
+"""The Store protocol: what the core needs from persistence, with each method's contract.
+
+General contract, for every implementation:
+
+- Lookups return ``None`` for "not found"; they never raise for it. Domain errors
+  (``KeyNotFound``...) are the core's business, not the store's.
+- Inserting a record whose unique field is taken (an id, a principal name, a key id) raises
+  ``tabpfn_gateway.errors.Conflict`` and changes nothing.
+- A store that cannot reach its database raises ``StoreUnavailable``; any other failure of
+  the database layer is ``StoreError``. No SQLAlchemy or driver exception reaches a caller.
+- Timestamps go in and come out timezone-aware in UTC. Records come out equal (``==``) to
+  the records that went in.
+- Lists are paginated: ``limit`` (1..1000) items at most, newest first (``created_at``
+  descending, then id descending), and ``cursor`` is the ``next_cursor`` of the previous
+  page. Walking all pages yields every matching record exactly once, even while new records
+  are added.
+- Every single call is atomic. ``atomic()`` groups several calls: if its block raises, none
+  of the writes made through it remain.
+- Implementations are safe to share between threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from tabpfn_gateway.store.records import (
+    ApiKey,
+    AuditEvent,
+    FittedModel,
+    KeyChanges,
+    Page,
+    Principal,
+    PrincipalKind,
+    UpstreamCredential,
+    UsageEvent,
+    UsageSummary,
+)
+
+__all__ = ["MAX_PAGE_SIZE", "Store"]
+
+MAX_PAGE_SIZE = 1000
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence for principals, upstream credentials, keys, fits, usage and audit."""
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Return if the database answers a trivial query; else raise ``StoreUnavailable``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. The store must not be used afterwards."""
+        ...
+
+    def atomic(self) -> AbstractContextManager[Store]:
+        """A block whose writes all land or, if it raises, none do.
+
+        Yields a store to make the calls through (possibly ``self``). Nesting joins the
+        outer block. The exception that aborted the block propagates unchanged.
+        """
+        ...
+
+    # -- principals --------------------------------------------------------------------
+
+    def add_principal(self, principal: Principal) -> Principal:
+        """Insert ``principal`` and return it. Id or name taken: ``Conflict``."""
+        ...
+
+    def get_principal(self, principal_id: str) -> Principal | None:
+        """The principal with this id, or None."""
+        ...
+
+    def get_principal_by_name(self, name: str) -> Principal | None:
+        """The principal with this exact (case-sensitive) name, or None."""
+        ...
+
+    def list_principals(
+        self, *, kind: PrincipalKind | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[Principal]:
+        """Principals, optionally only of one kind, newest first, paginated."""
+        ...
+
+    # -- upstream credentials ----------------------------------------------------------
+
+    def add_credential(self, credential: UpstreamCredential) -> UpstreamCredential:
+        """Insert ``credential``; its owner must exist (else ``Conflict``). Id taken: ``Conflict``."""
+        ...
+
+    def get_credential(self, credential_id: str) -> UpstreamCredential | None:
+        """The credential with this id, or None."""
+        ...
+
+    def list_credentials(
+        self, *, owner_id: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[UpstreamCredential]:
+        """Credentials, optionally of one owner, newest first, paginated."""
+        ...
+
+    def iter_credentials(self) -> Iterator[UpstreamCredential]:
+        """Every credential (for re-encryption), in a stable order; reads in batches."""
+        ...
+
+    def update_credential_ciphertexts(self, ciphertexts: Mapping[str, bytes]) -> int:
+        """Replace ``encrypted_token`` of each credential id given, all or none, in one
+        transaction. Returns how many rows were updated; an unknown id updates nothing and
+        is not counted."""
+        ...
+
+    def mark_credential_verified(self, credential_id: str, verified_at: datetime) -> bool:
+        """Set ``verified_at``. False if there is no such credential."""
+        ...
+
+    def delete_credential(self, credential_id: str) -> bool:
+        """Delete the credential. False if there was none. Keys bound to it remain, with
+        ``credential_id`` kept (the core refuses them: their credential is gone)."""
+        ...
+
+    # -- gateway keys ------------------------------------------------------------------
+
+    def add_key(self, key: ApiKey) -> ApiKey:
+        """Insert ``key``; its owner must exist (else ``Conflict``). Key id taken: ``Conflict``."""
+        ...
+
+    def get_key(self, key_id: str) -> ApiKey | None:
+        """The key with this public key id, or None. One indexed lookup, whatever the count."""
+        ...
+
+    def list_keys(
+        self, *, owner_id: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[ApiKey]:
+        """Keys, optionally of one owner, newest first, paginated."""
+        ...
+
+    def update_key(
+        self, key_id: str, changes: KeyChanges, *, expected: KeyChanges | None = None
+    ) -> ApiKey | None:
+        """Apply ``changes`` and return the updated key, or None if there is no such key.
+
+        With ``expected``, the update happens only if each named field currently has the
+        given value (compare-and-set); otherwise nothing changes and the current key is
+        returned unchanged, so the caller can tell by comparing.
+        """
+        ...
+
+    def touch_keys(self, last_used: Mapping[str, datetime]) -> None:
+        """Set ``last_used_at`` of many keys in one write, never moving it backwards.
+        Unknown key ids are ignored."""
+        ...
+
+    # -- fitted models -----------------------------------------------------------------
+
+    def add_fitted_model(self, model: FittedModel) -> FittedModel:
+        """Record that an upstream fit belongs to ``model.owner_id``. Id taken: ``Conflict``."""
+        ...
+
+    def get_fitted_model(self, model_id: str) -> FittedModel | None:
+        """The fitted-model record with this upstream id, or None."""
+        ...
+
+    def list_fitted_models(
+        self, *, owner_id: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[FittedModel]:
+        """Fitted models, optionally of one owner, newest first, paginated."""
+        ...
+
+    # -- usage -------------------------------------------------------------------------
+
+    def record_usage(self, events: Sequence[UsageEvent]) -> None:
+        """Append usage events, all in one transaction."""
+        ...
+
+    def list_usage(
+        self,
+        *,
+        key_id: str | None = None,
+        owner_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[UsageEvent]:
+        """Usage events matching every filter given (``since`` inclusive, ``until``
+        exclusive), newest first, paginated."""
+        ...
+
+    def summarize_usage(
+        self,
+        *,
+        key_id: str | None = None,
+        owner_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageSummary]:
+        """Usage added up per (key id, operation) over the filters, sorted by key id then
+        operation. ``errors`` counts events with status >= 400; None rows/bytes count 0."""
+        ...
+
+    # -- audit -------------------------------------------------------------------------
+
+    def record_audit(self, event: AuditEvent) -> None:
+        """Append one audit event."""
+        ...
+
+    def list_audit(
+        self,
+        *,
+        target_id: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[AuditEvent]:
+        """Audit events matching every filter given, newest first, paginated."""
+        ...

@@ -1,0 +1,178 @@
+"""The records a store keeps: plain frozen dataclasses, shared by every store implementation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypedDict, TypeVar
+
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "FittedModel",
+    "KeyChanges",
+    "Page",
+    "Principal",
+    "PrincipalKind",
+    "UpstreamCredential",
+    "UsageEvent",
+    "UsageSummary",
+    "new_id",
+    "utcnow",
+]
+
+PrincipalKind = Literal["user", "team"]
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now in UTC; every timestamp in a store is aware and in UTC."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A new random id (UUID4 as 32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list. ``next_cursor`` is opaque; None means this is the last page."""
+
+    items: Sequence[T]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who owns keys, credentials and fitted models: a user or a team. ``name`` is unique."""
+
+    id: str
+    name: str
+    kind: PrincipalKind = "user"
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCredential:
+    """A TabPFN token, stored only encrypted (bound to this row's id by the vault)."""
+
+    id: str
+    owner_id: str
+    label: str
+    encrypted_token: bytes = field(repr=False)
+    created_at: datetime = field(default_factory=utcnow)
+    verified_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A gateway key. Only a hash of its secret is stored; ``key_id`` is public and unique.
+
+    ``previous_*`` hold the secret replaced by the last rotation, valid until
+    ``previous_valid_until`` (the grace window). ``rotation_request_id`` and
+    ``rotation_ciphertext`` let a repeated rotation request answer with the same new key.
+    ``credential_id`` is None for admin keys that never call the upstream.
+    """
+
+    key_id: str
+    name: str
+    owner_id: str
+    credential_id: str | None
+    scopes: tuple[str, ...]
+    secret_hash: str = field(repr=False)
+    hash_scheme: str
+    display_prefix: str
+    last4: str
+    created_at: datetime = field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    disabled_at: datetime | None = None
+    last_used_at: datetime | None = None
+    previous_secret_hash: str | None = field(default=None, repr=False)
+    previous_hash_scheme: str | None = None
+    previous_valid_until: datetime | None = None
+    rotated_at: datetime | None = None
+    rotation_request_id: str | None = None
+    rotation_ciphertext: bytes | None = field(default=None, repr=False)
+
+
+class KeyChanges(TypedDict, total=False):
+    """The fields ``Store.update_key`` may change (all others are fixed at creation)."""
+
+    name: str
+    scopes: tuple[str, ...]
+    secret_hash: str
+    hash_scheme: str
+    last4: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    disabled_at: datetime | None
+    last_used_at: datetime | None
+    previous_secret_hash: str | None
+    previous_hash_scheme: str | None
+    previous_valid_until: datetime | None
+    rotated_at: datetime | None
+    rotation_request_id: str | None
+    rotation_ciphertext: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class FittedModel:
+    """The gateway's record that an upstream fit (its ``fitted_train_set_id``) belongs to a
+    principal; any other principal is told it does not exist."""
+
+    id: str
+    owner_id: str
+    credential_id: str
+    key_id: str
+    task: str
+    n_rows: int | None = None
+    n_cols: int | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """One metered call through the gateway."""
+
+    id: str
+    key_id: str
+    owner_id: str
+    operation: str
+    status: int
+    latency_ms: float
+    credential_id: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+    bytes: int | None = None
+    upstream_trace_id: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """Usage added up per key (and operation) over a time range."""
+
+    key_id: str
+    operation: str
+    calls: int
+    errors: int
+    rows: int
+    bytes: int
+    total_latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """Who did what to which object, and when. ``details`` never holds a secret."""
+
+    id: str
+    actor: str
+    action: str
+    target_type: str
+    target_id: str
+    created_at: datetime = field(default_factory=utcnow)
+    details: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The optional self-hosted gateway server (FastAPI): ``create_app(settings)``."""

@@ -1,0 +1,83 @@
+"""Shared fixtures: throwaway PostgreSQL databases, SQLite files, and CI's no-skip rule."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_ENV = "TABPFN_GATEWAY_TEST_DATABASE_URL"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _admin_url() -> str | None:
+    return os.environ.get(PG_ENV) or None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Any test using a PostgreSQL fixture is a PostgreSQL test, marked so that
+    # `-m postgres` / `-m "not postgres"` split the suite the way the nox sessions do.
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "pg_url" in fixtures or "postgres" in item.name:
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    # In CI a skipped PostgreSQL test is a failure: it proves nothing about PostgreSQL.
+    if IN_CI and report.skipped and item.get_closest_marker("postgres") is not None:
+        report.outcome = "failed"
+        report.longrepr = f"PostgreSQL test skipped in CI ({PG_ENV} must be set): {report.longrepr}"
+
+
+def _pg_connect(url: str):  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+
+
+def create_pg_database(admin_url: str) -> str:
+    """Create a fresh database next to ``admin_url``'s and return its SQLAlchemy URL."""
+    from sqlalchemy.engine import make_url
+
+    name = f"tpg_test_{uuid.uuid4().hex[:12]}"
+    with _pg_connect(admin_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    return url.set(drivername="postgresql+psycopg", database=name).render_as_string(
+        hide_password=False
+    )
+
+
+def drop_pg_database(admin_url: str, url: str) -> None:
+    """Drop a database made by ``create_pg_database`` (and only such a one)."""
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    assert name and name.startswith("tpg_test_"), "refusing to drop a database we did not create"
+    with _pg_connect(admin_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
+    admin = _admin_url()
+    if admin is None:
+        pytest.skip(f"{PG_ENV} is not set; PostgreSQL tests need a server")
+    url = create_pg_database(admin)
+    try:
+        yield url
+    finally:
+        drop_pg_database(admin, url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: object) -> str:
+    """A SQLite file URL in this test's temporary directory."""
+    return f"sqlite:///{tmp_path}/gateway.db"
