@@ -21,7 +21,8 @@ PG_ENV = "TABPFN_GATEWAY_TEST_DATABASE_URL"
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
-    session.run(PY, "-m", "ruff", "check", "src", "tests", "benchmarks", "examples", "migrations", "noxfile.py")
+    paths = ["src", "tests", "benchmarks", "examples", "migrations", "noxfile.py"]
+    session.run(PY, "-m", "ruff", "check", *paths)
 
 
 @nox.session

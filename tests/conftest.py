@@ -59,7 +59,8 @@ def drop_pg_database(admin_url: str, url: str) -> None:
     from sqlalchemy.engine import make_url
 
     name = make_url(url).database
-    assert name and name.startswith("tpg_test_"), "refusing to drop a database we did not create"
+    if not (name and name.startswith("tpg_test_")):
+        raise ValueError("refusing to drop a database this suite did not create")
     with _pg_connect(admin_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -27,10 +27,11 @@ _LAZY: dict[str, str] = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 if TYPE_CHECKING:
-    from tabpfn_gateway.config import Settings, get_settings
-    from tabpfn_gateway.errors import GatewayError
-    from tabpfn_gateway.logs import setup_logging
-    from tabpfn_gateway.store import open_store
+    from tabpfn_gateway.config import Settings as Settings
+    from tabpfn_gateway.config import get_settings as get_settings
+    from tabpfn_gateway.errors import GatewayError as GatewayError
+    from tabpfn_gateway.logs import setup_logging as setup_logging
+    from tabpfn_gateway.store import open_store as open_store
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Settings of tabpfn-gateway: one pydantic-settings class, env (prefix TABPFN_GATEWAY_) then .env."""
+"""Settings of tabpfn-gateway: one pydantic-settings class; env (TABPFN_GATEWAY_*), then .env."""
 
 from __future__ import annotations
 

@@ -12,10 +12,10 @@
     │   └── FittedModelNotFound       FITTED_MODEL_NOT_FOUND
     ├── Conflict                      CONFLICT              a unique name or id is taken
     ├── StoreError                    STORE_ERROR           the store failed for a reason of its own
-    │   ├── StoreUnavailable          STORE_UNAVAILABLE     the database cannot be reached (retryable)
+    │   ├── StoreUnavailable          STORE_UNAVAILABLE     database unreachable (retryable)
     │   └── SchemaNotCurrent          SCHEMA_NOT_CURRENT    migrations are missing: run `db upgrade`
     ├── AuthenticationError           (a gateway key was refused)
-    │   ├── InvalidKey                INVALID_KEY           malformed, unknown id or wrong secret: alike
+    │   ├── InvalidKey                INVALID_KEY           malformed, unknown or wrong: alike
     │   ├── KeyRevoked                KEY_REVOKED
     │   ├── KeyExpired                KEY_EXPIRED
     │   ├── KeyDisabled               KEY_DISABLED
@@ -25,9 +25,9 @@
     ├── TooManyAttempts               TOO_MANY_ATTEMPTS     a client is rate limited (retryable)
     ├── VaultError                    VAULT_ERROR
     │   ├── SecretKeyMissing          SECRET_KEY_MISSING    TABPFN_GATEWAY_SECRET_KEY is not set
-    │   └── TokenDecryptionFailed     TOKEN_DECRYPTION_FAILED  wrong secret or tampered/moved ciphertext
-    └── UpstreamError                 UPSTREAM_ERROR        TabPFN (or a gateway) answered with an error
-        ├── UpstreamAuthenticationFailed  UPSTREAM_AUTHENTICATION_FAILED  401
+    │   └── TokenDecryptionFailed     TOKEN_DECRYPTION_FAILED  wrong secret, tampered/moved data
+    └── UpstreamError                 UPSTREAM_ERROR        TabPFN (or a gateway) answered an error
+        ├── UpstreamAuthenticationFailed  UPSTREAM_AUTHENTICATION_FAILED 401
         ├── UpstreamForbidden         UPSTREAM_FORBIDDEN    403, e.g. e-mail not verified
         ├── UsageLimitReached         USAGE_LIMIT_REACHED   402, or 429 with a usage body
         ├── UpstreamRateLimited       UPSTREAM_RATE_LIMITED 429 with Retry-After (retryable)

@@ -89,7 +89,7 @@ class Store(Protocol):
     # -- upstream credentials ----------------------------------------------------------
 
     def add_credential(self, credential: UpstreamCredential) -> UpstreamCredential:
-        """Insert ``credential``; its owner must exist (else ``Conflict``). Id taken: ``Conflict``."""
+        """Insert ``credential``; a missing owner or a taken id is ``Conflict``."""
         ...
 
     def get_credential(self, credential_id: str) -> UpstreamCredential | None:
