@@ -1,0 +1,105 @@
+"""Helpers shared by the store implementations: cursors, argument checks, key-change fields."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from tabpfn_gateway.errors import InvalidRequest
+from tabpfn_gateway.store.base import MAX_PAGE_SIZE
+from tabpfn_gateway.store.records import KeyChanges
+
+__all__ = [
+    "KEY_CHANGE_FIELDS",
+    "check_aware",
+    "check_key_changes",
+    "check_limit",
+    "decode_cursor",
+    "encode_cursor",
+    "normalize_record",
+]
+
+R = TypeVar("R")
+
+# Every field KeyChanges may carry; anything else in an update is a caller bug.
+KEY_CHANGE_FIELDS: frozenset[str] = frozenset(KeyChanges.__annotations__)
+
+
+def check_limit(limit: int) -> int:
+    """``limit`` itself if it is an int in 1..MAX_PAGE_SIZE, else ``InvalidRequest``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}.")
+    return limit
+
+
+def check_aware(value: datetime | None, name: str) -> datetime | None:
+    """``value`` converted to UTC; a naive datetime is refused (its zone would be a guess)."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidRequest(f"{name} must be a datetime, got {type(value).__name__}.")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidRequest(f"{name} must be timezone-aware (UTC), got a naive datetime.")
+    return value.astimezone(UTC)
+
+
+def encode_cursor(created_at: datetime, record_id: str) -> str:
+    """The opaque cursor pointing just past a record (the last one of a page)."""
+    payload = json.dumps([created_at.astimezone(UTC).isoformat(), record_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor points past; a malformed cursor is ``InvalidRequest``."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, record_id = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        when = datetime.fromisoformat(created)
+        if not isinstance(record_id, str) or when.tzinfo is None:
+            raise ValueError("bad cursor fields")
+    except (ValueError, TypeError, UnicodeError, binascii.Error) as exc:
+        raise InvalidRequest(
+            "The cursor is malformed; pass a next_cursor returned by a list call."
+        ) from exc
+    return when.astimezone(UTC), record_id
+
+
+def check_key_changes(changes: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``changes`` as a plain dict, refusing fields ``update_key`` may not touch; timestamps
+    are checked to be aware and converted to UTC."""
+    unknown = sorted(set(changes) - KEY_CHANGE_FIELDS)
+    if unknown:
+        raise InvalidRequest(
+            f"{name} names fields a key update cannot change: {', '.join(unknown)}."
+        )
+    checked: dict[str, Any] = {}
+    for field_name, value in changes.items():
+        if (
+            isinstance(value, datetime)
+            or field_name.endswith("_at")
+            or field_name.endswith("_until")
+        ):
+            checked[field_name] = check_aware(value, f"{name}[{field_name!r}]")
+        elif field_name == "scopes":
+            checked[field_name] = tuple(value)
+        else:
+            checked[field_name] = value
+    return checked
+
+
+def normalize_record(record: R) -> R:
+    """``record`` with every datetime field checked to be aware and converted to UTC, so
+    every store hands back the same thing whatever zone came in."""
+    updates: dict[str, Any] = {}
+    for field in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(record, field.name)
+        if isinstance(value, datetime):
+            aware = check_aware(value, f"{type(record).__name__}.{field.name}")
+            if aware is not value and (aware is None or aware.tzinfo is not value.tzinfo):
+                updates[field.name] = aware
+    return dataclasses.replace(record, **updates) if updates else record  # type: ignore[type-var]
