@@ -129,6 +129,11 @@ class Settings(BaseSettings):
         description="Optional Redis for cross-replica rate limits and cache invalidation.",
     )
     metrics_enabled: bool = Field(default=True, description="Serve Prometheus /metrics.")
+    usage_flush_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often buffered usage events are written to the store (and on shutdown).",
+    )
 
     @field_validator("previous_secret_keys", mode="before")
     @classmethod
