@@ -32,6 +32,7 @@
         ├── UsageLimitReached         USAGE_LIMIT_REACHED   402, or 429 with a usage body
         ├── UpstreamRateLimited       UPSTREAM_RATE_LIMITED 429 with Retry-After (retryable)
         ├── UpstreamNotFound          UPSTREAM_NOT_FOUND    404 (a fitted model the upstream lacks)
+        │   └── UpstreamFittedModelNotFound  UPSTREAM_FITTED_MODEL_NOT_FOUND (+FittedModelNotFound)
         ├── UpstreamUnavailable       UPSTREAM_UNAVAILABLE  connection error, 408, 5xx (retryable)
         │   └── UpstreamTimeout       UPSTREAM_TIMEOUT      no answer in time (retryable)
         ├── ClientTooOld              CLIENT_TOO_OLD        426
@@ -76,6 +77,7 @@ __all__ = [
     "TooManyAttempts",
     "UpstreamAuthenticationFailed",
     "UpstreamError",
+    "UpstreamFittedModelNotFound",
     "UpstreamForbidden",
     "UpstreamNotFound",
     "UpstreamRateLimited",
@@ -323,6 +325,15 @@ class ClientTooOld(UpstreamError):
 class MalformedResponse(UpstreamError):
     error_code = "MALFORMED_RESPONSE"
     default_message = "The upstream sent a response that does not fit the protocol."
+
+
+class UpstreamFittedModelNotFound(FittedModelNotFound, UpstreamNotFound):
+    """The upstream answered 404 for a fitted model: catchable as either parent."""
+
+    error_code = "UPSTREAM_FITTED_MODEL_NOT_FOUND"
+    default_message = (
+        "The upstream has no such fitted model (deleted, or fitted with another token)."
+    )
 
 
 def error_codes() -> dict[str, type[GatewayError]]:
