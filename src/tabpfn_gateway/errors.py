@@ -4,7 +4,8 @@
     ├── ConfigurationError            CONFIGURATION_ERROR   a setting is missing or invalid
     ├── InvalidRequest                INVALID_REQUEST       the caller sent something malformed
     │   ├── PayloadTooLarge           PAYLOAD_TOO_LARGE
-    │   └── InvalidUpload             INVALID_UPLOAD        a broken, expired or foreign upload
+    │   ├── InvalidUpload             INVALID_UPLOAD        a broken, expired or foreign upload
+    │   └── InvalidData               INVALID_DATA          bad X/y for an estimator (+ValueError)
     ├── NotFound                      NOT_FOUND
     │   ├── PrincipalNotFound         PRINCIPAL_NOT_FOUND
     │   ├── CredentialNotFound        CREDENTIAL_NOT_FOUND
@@ -56,6 +57,7 @@ __all__ = [
     "FittedModelNotFound",
     "GatewayError",
     "InsufficientScope",
+    "InvalidData",
     "InvalidKey",
     "InvalidRequest",
     "InvalidUpload",
@@ -334,6 +336,14 @@ class UpstreamFittedModelNotFound(FittedModelNotFound, UpstreamNotFound):
     default_message = (
         "The upstream has no such fitted model (deleted, or fitted with another token)."
     )
+
+
+class InvalidData(InvalidRequest, ValueError):
+    """Data an estimator cannot use (shape, NaN in y, limits): also a ValueError, the way
+    scikit-learn reports bad input, so sklearn's tooling and checks recognise it."""
+
+    error_code = "INVALID_DATA"
+    default_message = "The data given to the estimator is invalid."
 
 
 def error_codes() -> dict[str, type[GatewayError]]:
