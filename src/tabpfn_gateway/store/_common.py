@@ -17,6 +17,7 @@ from tabpfn_gateway.store.records import KeyChanges
 __all__ = [
     "KEY_CHANGE_FIELDS",
     "check_aware",
+    "check_json",
     "check_key_changes",
     "check_limit",
     "decode_cursor",
@@ -103,3 +104,19 @@ def normalize_record(record: R) -> R:
             if aware is not value and (aware is None or aware.tzinfo is not value.tzinfo):
                 updates[field.name] = aware
     return dataclasses.replace(record, **updates) if updates else record  # type: ignore[type-var]
+
+
+def check_json(details: Any) -> dict[str, Any]:
+    """``details`` as it comes back from a JSON column (a fresh copy), so every store returns
+    the same thing; anything that is not a JSON object is ``InvalidRequest``."""
+    if not isinstance(details, dict):
+        raise InvalidRequest(f"Audit details must be a dict, got {type(details).__name__}.")
+    try:
+        copied = json.loads(json.dumps(details, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(
+            "Audit details must be JSON-serialisable (strings, numbers, bools, None, "
+            "lists and dicts with string keys)."
+        ) from exc
+    assert isinstance(copied, dict)
+    return copied

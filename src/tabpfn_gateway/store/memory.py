@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 from tabpfn_gateway.errors import Conflict, InvalidRequest, StoreError
 from tabpfn_gateway.store._common import (
     check_aware,
+    check_json,
     check_key_changes,
     check_limit,
     decode_cursor,
@@ -410,7 +410,7 @@ class MemoryStore:
 
     def record_audit(self, event: AuditEvent) -> None:
         # A private copy of details: the caller mutating its dict must not rewrite history.
-        event = normalize_record(dataclasses.replace(event, details=copy.deepcopy(event.details)))
+        event = normalize_record(dataclasses.replace(event, details=check_json(event.details)))
         with self._lock:
             self._check_open()
             if event.id in self._tables.audit:

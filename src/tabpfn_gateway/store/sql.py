@@ -1,0 +1,679 @@
+"""The SQL Store: SQLAlchemy 2.x Core over SQLite (embedded default) or PostgreSQL (psycopg 3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from tabpfn_gateway.errors import (
+    Conflict,
+    GatewayError,
+    InvalidRequest,
+    SchemaNotCurrent,
+    StoreError,
+    StoreUnavailable,
+)
+from tabpfn_gateway.logs import redact
+from tabpfn_gateway.store import schema
+from tabpfn_gateway.store._common import (
+    check_aware,
+    check_json,
+    check_key_changes,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    normalize_record,
+)
+from tabpfn_gateway.store.records import (
+    ApiKey,
+    AuditEvent,
+    FittedModel,
+    KeyChanges,
+    Page,
+    Principal,
+    PrincipalKind,
+    UpstreamCredential,
+    UsageEvent,
+    UsageSummary,
+)
+
+if TYPE_CHECKING:
+    from tabpfn_gateway.config import Settings
+
+__all__ = [
+    "SqlStore",
+    "create_engine_for_url",
+    "describe_url",
+    "map_database_error",
+    "normalize_database_url",
+    "sqlite_path",
+]
+
+R = TypeVar("R")
+
+# iter_credentials reads this many rows per query, so re-encrypting a large table never holds
+# every row (or one long transaction) at once.
+_ITER_BATCH = 500
+
+# SQLSTATEs (PostgreSQL) and message fragments (SQLite) that mean "the schema is not there".
+_MISSING_SCHEMA_SQLSTATES = {"42P01", "42703"}
+_MISSING_SCHEMA_FRAGMENTS = ("no such table", "no such column", "has no column named")
+
+
+def normalize_database_url(url: str) -> str:
+    """``url`` with a plain ``postgresql://`` turned into ``postgresql+psycopg://`` (psycopg 3
+    is the driver we ship; SQLAlchemy's default for the plain form is psycopg2)."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        return make_url(normalize_database_url(url))
+    except (sa_exc.ArgumentError, ValueError) as exc:
+        raise InvalidRequest(
+            "The database URL is not a valid SQLAlchemy URL "
+            "(e.g. sqlite:////path/gateway.db or postgresql://user@host:5432/db)."
+        ) from exc
+
+
+def describe_url(url: str) -> str:
+    """A human description of a database URL, never showing its password.
+
+    ``"sqlite (/path/gateway.db)"``, ``"postgresql (host:5432/db)"``, ``"memory"``.
+    """
+    if url.startswith("memory://"):
+        return "memory"
+    try:
+        parsed = _parse_url(url)
+    except InvalidRequest:
+        return "unparseable database URL"
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database
+        return f"sqlite ({database})" if database and database != ":memory:" else "sqlite (memory)"
+    where = parsed.host or "localhost"
+    if parsed.port:
+        where += f":{parsed.port}"
+    return f"{backend} ({where}/{parsed.database or ''})"
+
+
+def map_database_error(
+    exc: sa_exc.SQLAlchemyError, what: str, description: str, *, conflict: str | None = None
+) -> GatewayError:
+    """The domain error for a SQLAlchemy error: ``Conflict``, ``SchemaNotCurrent``,
+    ``StoreUnavailable`` or ``StoreError``. Messages never carry SQL parameters (they may be
+    hashes or ciphertexts) nor the URL's password (``description`` comes from describe_url)."""
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    first_line = (str(orig) if orig is not None else str(exc)).strip().splitlines()[:1]
+    detail = redact(first_line[0]) if first_line else type(exc).__name__
+    if isinstance(exc, sa_exc.IntegrityError):
+        return Conflict(conflict or f"{what}: a unique value is taken or a reference is missing.")
+    if sqlstate in _MISSING_SCHEMA_SQLSTATES or any(
+        fragment in detail for fragment in _MISSING_SCHEMA_FRAGMENTS
+    ):
+        return SchemaNotCurrent(
+            f"The database schema is missing or old ({description}): "
+            "run `tabpfn-gateway db upgrade`."
+        )
+    if isinstance(
+        exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError
+    ) or getattr(exc, "connection_invalidated", False):
+        return StoreUnavailable(
+            f"The database cannot be reached or is busy ({description}): {detail}"
+        )
+    reason = type(orig).__name__ if orig is not None else type(exc).__name__
+    if sqlstate:
+        reason += f", SQLSTATE {sqlstate}"
+    return StoreError(f"{what} failed in the database ({description}): {reason}.")
+
+
+def sqlite_path(parsed: URL) -> Path | None:
+    """The file a SQLite URL points at, or None for an in-memory or URI-style database."""
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def create_engine_for_url(url: str, settings: Settings | None = None) -> Engine:
+    """An engine set up the way the store (and the migrations) need it.
+
+    SQLite: the parent directory is created, WAL journal, ``busy_timeout``, foreign keys on,
+    and transactions begun explicitly so writers can take the write lock up front (see
+    ``_sqlite_begin``). PostgreSQL: a pre-pinged pool sized from settings.
+    """
+    if settings is None:
+        from tabpfn_gateway.config import get_settings
+
+        settings = get_settings()
+    parsed = _parse_url(url)
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            path = sqlite_path(parsed)
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreUnavailable(
+                        f"Cannot create the directory of the SQLite database "
+                        f"({describe_url(url)}): {exc.strerror or type(exc).__name__}."
+                    ) from exc
+            engine = sa.create_engine(
+                parsed, connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000}
+            )
+            _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
+            return engine
+        if backend == "postgresql":
+            return sa.create_engine(
+                parsed,
+                pool_size=settings.db_pool_size,
+                pool_timeout=settings.db_pool_timeout_seconds,
+                pool_pre_ping=True,
+                # libpq takes whole seconds and treats anything below 2 as 2.
+                connect_args={
+                    "connect_timeout": max(2, math.ceil(settings.db_connect_timeout_seconds))
+                },
+            )
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
+        if backend == "postgresql":
+            raise StoreError(
+                "PostgreSQL needs psycopg 3: pip install tabpfn-gateway[postgres]"
+            ) from exc
+        raise InvalidRequest(
+            f"Cannot use the database URL ({describe_url(url)}): {type(exc).__name__}."
+        ) from exc
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # Let SQLAlchemy's "begin" event (below) start transactions instead of pysqlite,
+        # whose implicit BEGIN is always DEFERRED.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is durable across application crashes in WAL mode, and much faster.
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(connection: Connection) -> None:
+        # A DEFERRED transaction that later writes cannot wait on busy_timeout when another
+        # writer got there first (SQLite returns "database is locked" at once to avoid a
+        # deadlock). Writers therefore begin IMMEDIATE: they queue for the lock up front.
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+class SqlStore:
+    """A ``Store`` over a SQLAlchemy engine; one code path for SQLite and PostgreSQL.
+
+    The store does not create tables: the schema belongs to Alembic
+    (``tabpfn-gateway db upgrade`` or ``tabpfn_gateway.migrate.upgrade``).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        description: str | None = None,
+        _connection: Connection | None = None,
+    ) -> None:
+        self._engine = engine
+        self._is_sqlite = engine.dialect.name == "sqlite"
+        self._description = description or describe_url(
+            engine.url.render_as_string(hide_password=True)
+        )
+        self._connection = _connection
+        self._bound_open = _connection is not None
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings | None = None) -> SqlStore:
+        """A store on the database at ``url`` (``postgresql://`` is accepted for psycopg 3)."""
+        return cls(create_engine_for_url(url, settings), description=describe_url(url))
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for migrations and diagnostics)."""
+        return self._engine
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self._description})"
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _map_error(
+        self, exc: sa_exc.SQLAlchemyError, what: str, conflict: str | None
+    ) -> GatewayError:
+        return map_database_error(exc, what, self._description, conflict=conflict)
+
+    @contextmanager
+    def _transaction(
+        self, what: str, *, write: bool = False, conflict: str | None = None
+    ) -> Iterator[Connection]:
+        """A connection in a transaction for one store call, committed when the block ends.
+
+        Inside ``atomic()`` the block's connection is reused; a write gets a savepoint so that
+        a failed call (say, a Conflict the caller catches) leaves the outer block usable.
+        """
+        try:
+            if self._connection is not None:
+                if not self._bound_open:
+                    raise StoreError("This store belonged to an atomic() block that has ended.")
+                if write:
+                    with self._connection.begin_nested():
+                        yield self._connection
+                else:
+                    yield self._connection
+                return
+            with self._engine.connect() as connection:
+                if write and self._is_sqlite:
+                    connection.execution_options(sqlite_begin="IMMEDIATE")
+                with connection.begin():
+                    yield connection
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._map_error(exc, what, conflict) from exc
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def ping(self) -> None:
+        with self._transaction("ping") as connection:
+            connection.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        if self._connection is None:
+            self._engine.dispose()
+
+    @contextmanager
+    def atomic(self) -> Iterator[SqlStore]:
+        if self._connection is not None:
+            yield self
+            return
+        bound: SqlStore | None = None
+        try:
+            with self._engine.connect() as connection:
+                if self._is_sqlite:
+                    connection.execution_options(sqlite_begin="IMMEDIATE")
+                with connection.begin():
+                    bound = SqlStore(
+                        self._engine, description=self._description, _connection=connection
+                    )
+                    try:
+                        yield bound
+                    finally:
+                        bound._bound_open = False
+        except sa_exc.SQLAlchemyError as exc:
+            raise self._map_error(exc, "atomic block", None) from exc
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _insert(self, table: sa.Table, record: Any, what: str, conflict: str) -> None:
+        values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+        with self._transaction(what, write=True, conflict=conflict) as connection:
+            connection.execute(table.insert().values(**values))
+
+    def _get(
+        self, table: sa.Table, column: sa.ColumnElement[Any], value: Any, record: type[R]
+    ) -> R | None:
+        with self._transaction(f"read {table.name}") as connection:
+            row = connection.execute(sa.select(table).where(column == value)).mappings().first()
+        return None if row is None else record(**row)
+
+    def _page(
+        self,
+        table: sa.Table,
+        id_column: sa.ColumnElement[str],
+        filters: Sequence[sa.ColumnElement[bool]],
+        record: type[R],
+        limit: int,
+        cursor: str | None,
+    ) -> Page[R]:
+        check_limit(limit)
+        created_at = table.c.created_at
+        conditions = list(filters)
+        if cursor is not None:
+            after_created, after_id = decode_cursor(cursor)
+            conditions.append(
+                sa.or_(
+                    created_at < sa.literal(after_created, schema.UTCDateTime()),
+                    sa.and_(
+                        created_at == sa.literal(after_created, schema.UTCDateTime()),
+                        id_column < after_id,
+                    ),
+                )
+            )
+        query = (
+            sa.select(table)
+            .where(*conditions)
+            .order_by(created_at.desc(), id_column.desc())
+            .limit(limit + 1)
+        )
+        with self._transaction(f"list {table.name}") as connection:
+            rows = connection.execute(query).mappings().all()
+        items = [record(**row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor(last["created_at"], last[id_column])
+        return Page(items=items, next_cursor=next_cursor)
+
+    # -- principals --------------------------------------------------------------------
+
+    def add_principal(self, principal: Principal) -> Principal:
+        principal = normalize_record(principal)
+        self._insert(
+            schema.principals,
+            principal,
+            "add principal",
+            "A principal with this id or name already exists.",
+        )
+        return principal
+
+    def get_principal(self, principal_id: str) -> Principal | None:
+        return self._get(schema.principals, schema.principals.c.id, principal_id, Principal)
+
+    def get_principal_by_name(self, name: str) -> Principal | None:
+        return self._get(schema.principals, schema.principals.c.name, name, Principal)
+
+    def list_principals(
+        self, *, kind: PrincipalKind | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[Principal]:
+        table = schema.principals
+        filters = [] if kind is None else [table.c.kind == kind]
+        return self._page(table, table.c.id, filters, Principal, limit, cursor)
+
+    # -- upstream credentials ----------------------------------------------------------
+
+    def add_credential(self, credential: UpstreamCredential) -> UpstreamCredential:
+        credential = normalize_record(credential)
+        self._insert(
+            schema.upstream_credentials,
+            credential,
+            "add credential",
+            "An upstream credential with this id exists, or its owner does not.",
+        )
+        return credential
+
+    def get_credential(self, credential_id: str) -> UpstreamCredential | None:
+        table = schema.upstream_credentials
+        return self._get(table, table.c.id, credential_id, UpstreamCredential)
+
+    def list_credentials(
+        self, *, owner_id: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[UpstreamCredential]:
+        table = schema.upstream_credentials
+        filters = [] if owner_id is None else [table.c.owner_id == owner_id]
+        return self._page(table, table.c.id, filters, UpstreamCredential, limit, cursor)
+
+    def iter_credentials(self) -> Iterator[UpstreamCredential]:
+        table = schema.upstream_credentials
+        after: tuple[datetime, str] | None = None
+        while True:
+            query = sa.select(table).order_by(table.c.created_at, table.c.id).limit(_ITER_BATCH)
+            if after is not None:
+                when = sa.literal(after[0], schema.UTCDateTime())
+                query = query.where(
+                    sa.or_(
+                        table.c.created_at > when,
+                        sa.and_(table.c.created_at == when, table.c.id > after[1]),
+                    )
+                )
+            with self._transaction("iterate credentials") as connection:
+                rows = connection.execute(query).mappings().all()
+            for row in rows:
+                yield UpstreamCredential(**row)
+            if len(rows) < _ITER_BATCH:
+                return
+            after = (rows[-1]["created_at"], rows[-1]["id"])
+
+    def update_credential_ciphertexts(self, ciphertexts: Mapping[str, bytes]) -> int:
+        for credential_id, ciphertext in ciphertexts.items():
+            if not isinstance(ciphertext, bytes):
+                raise InvalidRequest(
+                    f"The ciphertext for credential {credential_id!r} must be bytes."
+                )
+        table = schema.upstream_credentials
+        updated = 0
+        with self._transaction("update credential ciphertexts", write=True) as connection:
+            for credential_id, ciphertext in ciphertexts.items():
+                result = connection.execute(
+                    table.update()
+                    .where(table.c.id == credential_id)
+                    .values(encrypted_token=ciphertext)
+                )
+                updated += result.rowcount
+        return updated
+
+    def mark_credential_verified(self, credential_id: str, verified_at: datetime) -> bool:
+        verified_at = check_aware(verified_at, "verified_at")  # type: ignore[assignment]
+        table = schema.upstream_credentials
+        with self._transaction("mark credential verified", write=True) as connection:
+            result = connection.execute(
+                table.update().where(table.c.id == credential_id).values(verified_at=verified_at)
+            )
+        return result.rowcount > 0
+
+    def delete_credential(self, credential_id: str) -> bool:
+        table = schema.upstream_credentials
+        with self._transaction("delete credential", write=True) as connection:
+            result = connection.execute(table.delete().where(table.c.id == credential_id))
+        return result.rowcount > 0
+
+    # -- gateway keys ------------------------------------------------------------------
+
+    def add_key(self, key: ApiKey) -> ApiKey:
+        key = normalize_record(dataclasses.replace(key, scopes=tuple(key.scopes)))
+        self._insert(
+            schema.api_keys,
+            key,
+            "add key",
+            "A gateway key with this key id exists, or its owner does not.",
+        )
+        return key
+
+    def get_key(self, key_id: str) -> ApiKey | None:
+        return self._get(schema.api_keys, schema.api_keys.c.key_id, key_id, ApiKey)
+
+    def list_keys(
+        self, *, owner_id: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[ApiKey]:
+        table = schema.api_keys
+        filters = [] if owner_id is None else [table.c.owner_id == owner_id]
+        return self._page(table, table.c.key_id, filters, ApiKey, limit, cursor)
+
+    def update_key(
+        self, key_id: str, changes: KeyChanges, *, expected: KeyChanges | None = None
+    ) -> ApiKey | None:
+        new_values = check_key_changes(changes, "changes")
+        expected_values = check_key_changes(expected or {}, "expected")
+        table = schema.api_keys
+        select_key = sa.select(table).where(table.c.key_id == key_id)
+        with self._transaction("update key", write=True) as connection:
+            if new_values:
+                conditions = [table.c.key_id == key_id]
+                for field_name, value in expected_values.items():
+                    column = table.c[field_name]
+                    conditions.append(column.is_(None) if value is None else column == value)
+                connection.execute(table.update().where(*conditions).values(**new_values))
+            elif expected_values:
+                # Nothing to change: the current key is the answer either way.
+                pass
+            row = connection.execute(select_key).mappings().first()
+        return None if row is None else ApiKey(**row)
+
+    def touch_keys(self, last_used: Mapping[str, datetime]) -> None:
+        if not last_used:
+            return
+        params = [
+            {"target_key_id": key_id, "when": check_aware(when, f"last_used[{key_id!r}]")}
+            for key_id, when in last_used.items()
+        ]
+        table = schema.api_keys
+        when = sa.bindparam("when", type_=schema.UTCDateTime())
+        statement = (
+            table.update()
+            .where(
+                table.c.key_id == sa.bindparam("target_key_id"),
+                sa.or_(table.c.last_used_at.is_(None), table.c.last_used_at < when),
+            )
+            .values(last_used_at=when)
+        )
+        with self._transaction("touch keys", write=True) as connection:
+            connection.execute(statement, params)
+
+    # -- fitted models -----------------------------------------------------------------
+
+    def add_fitted_model(self, model: FittedModel) -> FittedModel:
+        model = normalize_record(model)
+        self._insert(
+            schema.fitted_models,
+            model,
+            "add fitted model",
+            "A fitted model with this id is already recorded.",
+        )
+        return model
+
+    def get_fitted_model(self, model_id: str) -> FittedModel | None:
+        table = schema.fitted_models
+        return self._get(table, table.c.id, model_id, FittedModel)
+
+    def list_fitted_models(
+        self, *, owner_id: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[FittedModel]:
+        table = schema.fitted_models
+        filters = [] if owner_id is None else [table.c.owner_id == owner_id]
+        return self._page(table, table.c.id, filters, FittedModel, limit, cursor)
+
+    # -- usage -------------------------------------------------------------------------
+
+    def record_usage(self, events: Sequence[UsageEvent]) -> None:
+        rows = [dataclasses.asdict(normalize_record(event)) for event in events]
+        if not rows:
+            return
+        with self._transaction(
+            "record usage", write=True, conflict="A usage event with this id is already recorded."
+        ) as connection:
+            connection.execute(schema.usage_events.insert(), rows)
+
+    def _usage_filters(
+        self,
+        key_id: str | None,
+        owner_id: str | None,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> list[sa.ColumnElement[bool]]:
+        table = schema.usage_events
+        filters: list[sa.ColumnElement[bool]] = []
+        if key_id is not None:
+            filters.append(table.c.key_id == key_id)
+        if owner_id is not None:
+            filters.append(table.c.owner_id == owner_id)
+        since = check_aware(since, "since")
+        until = check_aware(until, "until")
+        if since is not None:
+            filters.append(table.c.created_at >= since)
+        if until is not None:
+            filters.append(table.c.created_at < until)
+        return filters
+
+    def list_usage(
+        self,
+        *,
+        key_id: str | None = None,
+        owner_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[UsageEvent]:
+        table = schema.usage_events
+        filters = self._usage_filters(key_id, owner_id, since, until)
+        return self._page(table, table.c.id, filters, UsageEvent, limit, cursor)
+
+    def summarize_usage(
+        self,
+        *,
+        key_id: str | None = None,
+        owner_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageSummary]:
+        table = schema.usage_events
+        query = (
+            sa.select(
+                table.c.key_id,
+                table.c.operation,
+                sa.func.count().label("calls"),
+                sa.func.sum(sa.case((table.c.status >= 400, 1), else_=0)).label("errors"),
+                sa.func.sum(sa.func.coalesce(table.c.rows, 0)).label("rows"),
+                sa.func.sum(sa.func.coalesce(table.c.bytes, 0)).label("bytes"),
+                sa.func.sum(table.c.latency_ms).label("total_latency_ms"),
+            )
+            .where(*self._usage_filters(key_id, owner_id, since, until))
+            .group_by(table.c.key_id, table.c.operation)
+            .order_by(table.c.key_id, table.c.operation)
+        )
+        with self._transaction("summarize usage") as connection:
+            rows = connection.execute(query).mappings().all()
+        return [
+            UsageSummary(
+                key_id=row["key_id"],
+                operation=row["operation"],
+                calls=int(row["calls"]),
+                errors=int(row["errors"] or 0),
+                rows=int(row["rows"] or 0),
+                bytes=int(row["bytes"] or 0),
+                total_latency_ms=float(row["total_latency_ms"] or 0.0),
+            )
+            for row in rows
+        ]
+
+    # -- audit -------------------------------------------------------------------------
+
+    def record_audit(self, event: AuditEvent) -> None:
+        event = normalize_record(dataclasses.replace(event, details=check_json(event.details)))
+        self._insert(
+            schema.audit_events,
+            event,
+            "record audit event",
+            "An audit event with this id is already recorded.",
+        )
+
+    def list_audit(
+        self,
+        *,
+        target_id: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[AuditEvent]:
+        table = schema.audit_events
+        filters: list[sa.ColumnElement[bool]] = []
+        if target_id is not None:
+            filters.append(table.c.target_id == target_id)
+        if actor is not None:
+            filters.append(table.c.actor == actor)
+        if action is not None:
+            filters.append(table.c.action == action)
+        return self._page(table, table.c.id, filters, AuditEvent, limit, cursor)
