@@ -1,0 +1,294 @@
+"""The wire-level, async face of the gateway: each TabPFN protocol step, checked and metered.
+
+The server's TabPFN-compatible routes call these with the bearer key they received; the
+answers are the upstream's own message models, so the routes send them back unchanged
+(except upload URLs, which are rewritten to point at the gateway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import anyio.to_thread
+from pydantic import SecretStr
+
+from tabpfn_gateway.errors import GatewayError, InvalidUpload, PayloadTooLarge
+from tabpfn_gateway.gateway._core import Caller, Gateway, Meter
+from tabpfn_gateway.gateway._uploads import UPLOAD_PATH_PREFIX
+from tabpfn_gateway.protocol.messages import (
+    DuplicateTestSetErrorResponse,
+    DuplicateTrainSetErrorResponse,
+    EstimateCostRequest,
+    EstimateCostResponse,
+    FileUploadInfo,
+    FitRequest,
+    FitResponse,
+    GetFitStatusResponse,
+    GetSettingsResponse,
+    PredictRequest,
+    PredictResponse,
+    PredictResponseWithDownloadURI,
+    PrepareTestSetUploadRequest,
+    PrepareTestSetUploadResponse,
+    PrepareTrainSetUploadRequest,
+    PrepareTrainSetUploadResponse,
+    SubmitFitJobRequest,
+    SubmitFitJobResponse,
+)
+
+if TYPE_CHECKING:
+    from tabpfn_gateway.protocol import AsyncProtocolClient
+
+__all__ = ["GatewayProxy"]
+
+_INFERENCE = "inference"
+_USAGE = "usage"
+
+
+class GatewayProxy:
+    """Async protocol steps on behalf of a gateway key (see ``Gateway.proxy``).
+
+    Blocking work (key verification, token decryption, ownership lookups: all cached, so
+    usually no I/O) runs in a worker thread; upstream calls go through the shared async
+    client with the caller's TabPFN token.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    # -- authentication ----------------------------------------------------------------------
+
+    async def authenticate(self, api_key: str | SecretStr, *, scope: str | None) -> Caller:
+        """The caller holding ``api_key`` (see ``Gateway.authenticate``)."""
+        return await anyio.to_thread.run_sync(
+            lambda: self._gateway.authenticate(api_key, scope=scope)
+        )
+
+    async def _client(
+        self, api_key: str | SecretStr, scope: str, *, fit_id: str | UUID | None = None
+    ) -> tuple[Caller, AsyncProtocolClient, str | None]:
+        def resolve() -> tuple[Caller, SecretStr, str | None]:
+            caller = self._gateway.authenticate(api_key, scope=scope)
+            owned = None if fit_id is None else self._gateway.check_fit_owner(caller, fit_id)
+            return caller, self._gateway.upstream_token(caller), owned
+
+        caller, token, owned = await anyio.to_thread.run_sync(resolve)
+        return caller, self._gateway.async_upstream.with_token(token), owned
+
+    # -- steps -------------------------------------------------------------------------------
+
+    async def check_token(self, api_key: str | SecretStr) -> bool:
+        """``/protected/``: the key is accepted here and its token upstream."""
+        caller, client, _ = await self._client(api_key, _INFERENCE)
+        with self._gateway.metered(caller, "protected"):
+            return await client.check_token()
+
+    async def get_settings(self, api_key: str | SecretStr) -> GetSettingsResponse:
+        caller, client, _ = await self._client(api_key, _INFERENCE)
+        with self._gateway.metered(caller, "get_settings"):
+            return await client.get_settings()
+
+    async def prepare_train_set_upload(
+        self, api_key: str | SecretStr, req: PrepareTrainSetUploadRequest, *, base_url: str
+    ) -> PrepareTrainSetUploadResponse | DuplicateTrainSetErrorResponse:
+        """Upload URLs for a train set, rewritten to the gateway; or the upstream's 409."""
+        caller, client, _ = await self._client(api_key, _INFERENCE)
+        meter = Meter(nbytes=_sum_sizes(req.x_train_info.size_bytes, req.y_train_info.size_bytes))
+        with self._gateway.metered(caller, "prepare_train_set_upload", meter):
+            answer = await client.prepare_train_set_upload(req)
+            if isinstance(answer, DuplicateTrainSetErrorResponse):
+                meter.trace_id = _str_or_none(answer.trace_id)
+                return answer
+            return PrepareTrainSetUploadResponse(
+                train_set_upload_id=answer.train_set_upload_id,
+                x_train_info=self._rewrite(caller, answer.x_train_info, "x_train", base_url),
+                y_train_info=self._rewrite(caller, answer.y_train_info, "y_train", base_url),
+            )
+
+    async def fit(self, api_key: str | SecretStr, req: FitRequest) -> FitResponse:
+        """``/tabpfn/fit``; the new fit is recorded as the caller's principal's."""
+        caller, client, _ = await self._client(api_key, _INFERENCE)
+        with self._gateway.metered(caller, "fit"):
+            answer = await client.fit_step(req)
+            await self._claim(caller, answer.fitted_train_set_id, req.task_config)
+            return answer
+
+    async def submit_fit_job(
+        self, api_key: str | SecretStr, req: SubmitFitJobRequest
+    ) -> SubmitFitJobResponse:
+        """``/tabpfn/submit_fit_job``; the pending fit is the caller's principal's."""
+        caller, client, _ = await self._client(api_key, _INFERENCE)
+        with self._gateway.metered(caller, "submit_fit_job"):
+            answer = await client.submit_fit_job(req)
+            await self._claim(caller, answer.fitted_train_set_id, req.task_config)
+            return answer
+
+    async def get_fit_status(
+        self, api_key: str | SecretStr, fitted_train_set_id: str | UUID
+    ) -> GetFitStatusResponse:
+        """Status of a fit the caller's principal owns (else ``FittedModelNotFound``)."""
+        caller, client, fit_id = await self._client(
+            api_key, _INFERENCE, fit_id=fitted_train_set_id
+        )
+        with self._gateway.metered(caller, "get_fit_status"):
+            return await client.get_fit_status(fit_id or str(fitted_train_set_id))
+
+    async def prepare_test_set_upload(
+        self, api_key: str | SecretStr, req: PrepareTestSetUploadRequest, *, base_url: str
+    ) -> PrepareTestSetUploadResponse | DuplicateTestSetErrorResponse:
+        """Upload URL for a test set of an owned fit, rewritten; or the upstream's 409."""
+        caller, client, _ = await self._client(
+            api_key, _INFERENCE, fit_id=req.fitted_train_set_id
+        )
+        meter = Meter(nbytes=req.x_test_info.size_bytes)
+        with self._gateway.metered(caller, "prepare_test_set_upload", meter):
+            answer = await client.prepare_test_set_upload(req)
+            if isinstance(answer, DuplicateTestSetErrorResponse):
+                meter.trace_id = _str_or_none(answer.trace_id)
+                return answer
+            return PrepareTestSetUploadResponse(
+                test_set_upload_id=answer.test_set_upload_id,
+                x_test_info=self._rewrite(caller, answer.x_test_info, "x_test", base_url),
+            )
+
+    async def predict(self, api_key: str | SecretStr, req: PredictRequest) -> PredictResponse:
+        """``/tabpfn/predict`` with an owned fit; a download-URI answer is fetched here and
+        answered inline, so clients never need to reach the upstream's storage."""
+        caller, client, _ = await self._client(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
+        meter = Meter()
+        with self._gateway.metered(caller, "predict", meter):
+            answer = await client.predict_step(req)
+            if isinstance(answer, PredictResponseWithDownloadURI):
+                prediction = await client.download_prediction(answer.prediction_uri)
+                answer = PredictResponse(
+                    prediction=prediction, metadata=answer.metadata, timings=answer.timings
+                )
+            meter.rows = answer.metadata.test_set_num_rows
+            meter.columns = answer.metadata.test_set_num_cols
+            return answer
+
+    async def get_api_usage(self, api_key: str | SecretStr) -> dict[str, Any]:
+        """The upstream account's usage, for the credential the key is bound to."""
+        caller, client, _ = await self._client(api_key, _USAGE)
+        with self._gateway.metered(caller, "get_api_usage"):
+            return await client.get_api_usage()
+
+    async def estimate_cost(
+        self, api_key: str | SecretStr, req: EstimateCostRequest
+    ) -> EstimateCostResponse:
+        caller, client, _ = await self._client(api_key, _INFERENCE)
+        with self._gateway.metered(caller, "estimate_cost", Meter(rows=req.train_rows)):
+            return await client.estimate_cost(req)
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    async def upload(
+        self,
+        token: str,
+        body: AsyncIterable[bytes],
+        *,
+        content_length: int | None = None,
+    ) -> int:
+        """Stream one upload through to the upstream's signed URL; return the bytes sent.
+
+        ``token`` is the last path segment of an upload URL this gateway handed out. The body
+        is forwarded chunk by chunk (never held whole); past ``max_upload_bytes`` it is cut
+        off with ``PayloadTooLarge``. The key the URL was issued to must still be usable.
+        """
+        gateway = self._gateway
+        grant = gateway.uploads.open(token)
+        caller = await anyio.to_thread.run_sync(lambda: gateway.check_key_alive(grant.key_id))
+        if caller.owner_id != grant.owner_id:
+            raise InvalidUpload()
+        limit = gateway.settings.max_upload_bytes
+        if content_length is not None and content_length > limit:
+            raise PayloadTooLarge(f"Uploads are limited to {limit} bytes.")
+        counted = _CountingBody(body, limit)
+        headers = dict(grant.upstream_headers)
+        if content_length is not None:
+            headers["Content-Length"] = str(content_length)
+        meter = Meter(nbytes=0)
+        with gateway.metered(caller, "upload", meter):
+            try:
+                await gateway.async_upstream.put_signed_url(
+                    grant.upstream_url, counted.iterate(), headers
+                )
+            except GatewayError:
+                # The body's own failure (too large, client gone) is the real cause.
+                if counted.failure is not None:
+                    raise counted.failure from None
+                raise
+            finally:
+                meter.nbytes = counted.count
+            if counted.failure is not None:
+                raise counted.failure
+        return counted.count
+
+    def _rewrite(
+        self, caller: Caller, info: FileUploadInfo, dataset: str, base_url: str
+    ) -> FileUploadInfo:
+        base = (self._gateway.settings.public_url or base_url).rstrip("/")
+        urls: list[str] = []
+        expires_at = info.expires_at
+        for signed_url in info.signed_urls:
+            token, token_expiry = self._gateway.uploads.seal(
+                upstream_url=signed_url,
+                upstream_headers=info.required_headers,
+                key_id=caller.key_id,
+                owner_id=caller.owner_id,
+                credential_id=caller.credential_id,
+                dataset=dataset,
+                upstream_expires_at=info.expires_at,
+            )
+            urls.append(f"{base}{UPLOAD_PATH_PREFIX}{token}")
+            expires_at = min(expires_at, token_expiry)
+        # Only the content type is the client's business; the upstream's other required
+        # headers are added again on the way out.
+        client_headers = {
+            name: value
+            for name, value in info.required_headers.items()
+            if name.lower() == "content-type"
+        }
+        return FileUploadInfo(
+            signed_urls=urls, expires_at=expires_at, required_headers=client_headers
+        )
+
+    async def _claim(self, caller: Caller, fit_id: UUID, task_config: Any) -> None:
+        task = getattr(getattr(task_config, "task", None), "value", "unknown")
+        await anyio.to_thread.run_sync(
+            lambda: self._gateway.claim_fit(caller, fit_id, task=str(task))
+        )
+
+
+class _CountingBody:
+    """Passes chunks through, counting them; stops past ``limit``. Remembers why it stopped,
+    because the upstream client may report the interruption as an upstream failure."""
+
+    def __init__(self, body: AsyncIterable[bytes], limit: int) -> None:
+        self._body = body
+        self._limit = limit
+        self.count = 0
+        self.failure: GatewayError | None = None
+
+    async def iterate(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._body:
+                self.count += len(chunk)
+                if self.count > self._limit:
+                    raise PayloadTooLarge(f"Uploads are limited to {self._limit} bytes.")
+                if chunk:
+                    yield chunk
+        except GatewayError as exc:
+            self.failure = exc
+            raise
+
+
+def _sum_sizes(*sizes: int | None) -> int | None:
+    known = [s for s in sizes if s is not None]
+    return sum(known) if known else None
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

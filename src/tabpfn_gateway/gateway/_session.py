@@ -1,0 +1,157 @@
+"""In-process gateway sessions: the high-level ``ProtocolClient`` shape, no server needed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import numpy as np
+import pandas as pd
+from pydantic import SecretStr
+
+from tabpfn_gateway.gateway._core import Caller, Gateway, Meter
+from tabpfn_gateway.protocol.messages import (
+    ClassifierConfig,
+    EstimateCostRequest,
+    EstimateCostResponse,
+    FitTaskConfig,
+    GetFitStatusResponse,
+    GetSettingsResponse,
+    RegressorConfig,
+    ThinkingConfig,
+)
+
+if TYPE_CHECKING:
+    from tabpfn_gateway.protocol import FitResult, PredictionResult, ProtocolClient
+
+__all__ = ["GatewaySession"]
+
+# Scope names, repeated here so importing a session does not import the key machinery.
+_INFERENCE = "inference"
+_USAGE = "usage"
+
+
+class GatewaySession:
+    """Acts as the holder of one gateway key, in this process, against the gateway's upstream.
+
+    Offers ``fit``, ``predict``, ``get_settings``, ``get_api_usage``, ``estimate_cost`` and
+    ``check_token`` with exactly the signatures of ``tabpfn_gateway.protocol.ProtocolClient``,
+    so code (the estimators) can use either. Each call verifies the key again (cheap: the
+    key cache), so a revoked key stops working here as it does behind the server; usage is
+    metered and fits are owned the same way.
+
+    Get one from ``Gateway.session(api_key)``. The key is kept as a ``SecretStr``.
+    """
+
+    def __init__(self, gateway: Gateway, api_key: str | SecretStr) -> None:
+        self._gateway = gateway
+        self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+
+    def __repr__(self) -> str:
+        return f"GatewaySession(gateway={self._gateway!r})"
+
+    def __enter__(self) -> GatewaySession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release: the pool belongs to the gateway."""
+
+    def _client(self, scope: str) -> tuple[Caller, ProtocolClient]:
+        caller = self._gateway.authenticate(self._api_key, scope=scope)
+        token = self._gateway.upstream_token(caller)
+        return caller, self._gateway.upstream.with_token(token)
+
+    # -- high level, as ProtocolClient ---------------------------------------------------------
+
+    def fit(
+        self,
+        X: pd.DataFrame | np.ndarray,  # noqa: N803 (scikit-learn's name)
+        y: Any,
+        task_config: FitTaskConfig,
+        *,
+        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
+        text_handling: str = "advanced",
+        thinking_config: ThinkingConfig | None = None,
+        api_mode: str = "auto",
+        description: str | None = None,
+        on_poll: Callable[[GetFitStatusResponse], None] | None = None,
+    ) -> FitResult:
+        """Upload ``X``/``y`` and fit upstream; the fit is recorded as the caller's."""
+        caller, client = self._client(_INFERENCE)
+        rows, columns = _shape(X)
+        with self._gateway.metered(caller, "fit", Meter(rows=rows, columns=columns)):
+            result = client.fit(
+                X,
+                y,
+                task_config,
+                tabpfn_systems=tabpfn_systems,
+                text_handling=text_handling,
+                thinking_config=thinking_config,
+                api_mode=api_mode,
+                description=description,
+                on_poll=on_poll,
+            )
+            self._gateway.claim_fit(
+                caller,
+                result.fitted_train_set_id,
+                task=_task_name(task_config),
+                rows=rows,
+                columns=columns,
+            )
+        return result
+
+    def predict(
+        self,
+        fitted_train_set_id: UUID | str,
+        X: pd.DataFrame | np.ndarray,  # noqa: N803 (scikit-learn's name)
+        task_config: ClassifierConfig | RegressorConfig,
+    ) -> PredictionResult:
+        """Predict with a fit the caller's principal owns (else ``FittedModelNotFound``)."""
+        caller, client = self._client(_INFERENCE)
+        fit_id = self._gateway.check_fit_owner(caller, fitted_train_set_id)
+        rows, columns = _shape(X)
+        with self._gateway.metered(caller, "predict", Meter(rows=rows, columns=columns)):
+            return client.predict(fit_id, X, task_config)
+
+    def get_settings(self) -> GetSettingsResponse:
+        """The upstream's limits and async settings."""
+        caller, client = self._client(_INFERENCE)
+        with self._gateway.metered(caller, "get_settings"):
+            return client.get_settings()
+
+    def get_api_usage(self) -> dict[str, Any]:
+        """The upstream account's usage (of the credential the key is bound to)."""
+        caller, client = self._client(_USAGE)
+        with self._gateway.metered(caller, "get_api_usage"):
+            return client.get_api_usage()
+
+    def estimate_cost(self, req: EstimateCostRequest) -> EstimateCostResponse:
+        """A quote from the upstream, from dimensions only."""
+        caller, client = self._client(_INFERENCE)
+        with self._gateway.metered(caller, "estimate_cost"):
+            return client.estimate_cost(req)
+
+    def check_token(self) -> bool:
+        """True if the key is accepted here and its TabPFN token upstream."""
+        caller, client = self._client(_INFERENCE)
+        with self._gateway.metered(caller, "protected"):
+            return client.check_token()
+
+
+def _shape(X: Any) -> tuple[int | None, int | None]:  # noqa: N803
+    shape = getattr(X, "shape", None)
+    if shape is None or len(shape) == 0:
+        return None, None
+    rows = int(shape[0])
+    columns = int(shape[1]) if len(shape) > 1 else 1
+    return rows, columns
+
+
+def _task_name(task_config: Any) -> str:
+    task = getattr(task_config, "task", None)
+    value = getattr(task, "value", task)
+    return str(value) if value is not None else "unknown"
