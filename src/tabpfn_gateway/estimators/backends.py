@@ -1,0 +1,368 @@
+"""Where estimators send calls: over HTTP to a gateway (or TabPFN), or to an in-process gateway.
+
+A backend is anything with the :class:`Backend` methods. Two ship here:
+
+- :class:`HTTPBackend`: the protocol client over HTTP. Pointed at a gateway with a gateway
+  key (the usual case), or at TabPFN cloud with a TabPFN token. Its client is made on first
+  use and dropped from pickles, so a pickled estimator carries the URL and, only if it was
+  given explicitly, the key; in a new process the key is looked up again (environment,
+  keyring).
+- :class:`InProcessBackend`: a core :class:`~tabpfn_gateway.gateway.Gateway` in this
+  process and a gateway key: no server needed. It cannot leave its process: a pickle of it
+  restores the same backend in the same process, and in any other process a backend that
+  refuses every call with a message saying so (use an HTTP backend there).
+
+Backends are shared handles, like a connection: ``copy.deepcopy`` (which ``sklearn.clone``
+uses) returns the same backend.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import SecretStr
+
+from tabpfn_gateway.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import httpx
+    import numpy as np
+    import pandas as pd
+
+    from tabpfn_gateway.gateway import Gateway, GatewaySession
+    from tabpfn_gateway.protocol import FitResult, PredictionResult, ProtocolClient
+    from tabpfn_gateway.protocol.messages import (
+        ClassifierConfig,
+        FitTaskConfig,
+        GetFitStatusResponse,
+        GetSettingsResponse,
+        RegressorConfig,
+        ThinkingConfig,
+    )
+
+__all__ = ["Backend", "DetachedInProcessBackend", "HTTPBackend", "InProcessBackend"]
+
+# How long upstream limits are trusted before asking again; tabpfn-client caches for an hour.
+SETTINGS_TTL_SECONDS = 300.0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What an estimator needs from the thing that reaches TabPFN.
+
+    The signatures are those of :class:`tabpfn_gateway.protocol.ProtocolClient`; errors are
+    :class:`~tabpfn_gateway.errors.GatewayError` subclasses, never a dependency's.
+    """
+
+    def get_settings(self) -> GetSettingsResponse:
+        """The upstream's limits and async settings (may be cached)."""
+        ...
+
+    def fit(
+        self,
+        X: pd.DataFrame | np.ndarray,  # noqa: N803 (scikit-learn's name)
+        y: Any,
+        task_config: FitTaskConfig,
+        *,
+        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
+        text_handling: str = "advanced",
+        thinking_config: ThinkingConfig | None = None,
+        api_mode: str = "auto",
+        description: str | None = None,
+        on_poll: Callable[[GetFitStatusResponse], None] | None = None,
+    ) -> FitResult:
+        """Upload a train set and fit it; ``on_poll`` sees each status of an async fit."""
+        ...
+
+    def predict(
+        self,
+        fitted_train_set_id: str,
+        X: pd.DataFrame | np.ndarray,  # noqa: N803 (scikit-learn's name)
+        task_config: ClassifierConfig | RegressorConfig,
+    ) -> PredictionResult:
+        """Predict ``X`` with a fitted train set."""
+        ...
+
+    def get_api_usage(self) -> dict[str, Any]:
+        """Usage of the credential behind this backend."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the backend may be used again (it reconnects)."""
+        ...
+
+
+class _SettingsCache:
+    """Caches ``get_settings`` for a while: every predict needs the limits, not a round trip."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value: GetSettingsResponse | None = None
+        self._fetched_at = 0.0
+
+    def get(self, fetch: Callable[[], GetSettingsResponse]) -> GetSettingsResponse:
+        with self._lock:
+            fresh = time.monotonic() - self._fetched_at < SETTINGS_TTL_SECONDS
+            if self._value is not None and fresh:
+                return self._value
+        value = fetch()
+        with self._lock:
+            self._value, self._fetched_at = value, time.monotonic()
+        return value
+
+
+class HTTPBackend:
+    """Reach a gateway (or TabPFN cloud) over HTTP with the protocol client.
+
+    Parameters
+    ----------
+    base_url : str or None, default=None
+        The gateway's URL. None: the ``TABPFN_GATEWAY_URL`` environment variable.
+        ``https://api.priorlabs.ai`` with a TabPFN token reaches TabPFN cloud directly.
+    api_key : str, SecretStr or None, default=None
+        The gateway key (or TabPFN token). None: looked up on first use, in this process,
+        from ``TABPFN_GATEWAY_API_KEY`` and then the OS keyring (see
+        :func:`tabpfn_gateway.login`). Only a key given here travels in pickles.
+    timeout : float, default=900.0
+        Seconds one call may take (fits can be long).
+    transport : httpx.BaseTransport or None, default=None
+        An httpx transport for every request (tests use in-process ones).
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | SecretStr | None = None,
+        *,
+        timeout: float = 900.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
+        self.timeout = timeout
+        self.transport = transport
+        self._lock = threading.Lock()
+        self._client: ProtocolClient | None = None
+        self._settings = _SettingsCache()
+
+    def __repr__(self) -> str:
+        key = "given" if self._api_key is not None else "looked up"
+        return f"HTTPBackend(base_url={self.base_url!r}, api_key=<{key}>, timeout={self.timeout})"
+
+    # A backend is a handle to a service: copies share it (and its connection pool).
+    def __deepcopy__(self, memo: dict[int, Any]) -> HTTPBackend:
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The client (sockets, a pool) and the lock cannot cross processes; rebuilt on use.
+        return {
+            "base_url": self.base_url,
+            "api_key": self._api_key,
+            "timeout": self.timeout,
+            "transport": self.transport,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["base_url"],
+            state["api_key"],
+            timeout=state["timeout"],
+            transport=state["transport"],
+        )
+
+    def client(self) -> ProtocolClient:
+        """The protocol client, made on first use (URL and key resolved then)."""
+        with self._lock:
+            if self._client is None:
+                from tabpfn_gateway.credentials import resolve_api_key, resolve_base_url
+                from tabpfn_gateway.protocol import ProtocolClient
+
+                url = resolve_base_url(self.base_url)
+                key = resolve_api_key(url, self._api_key)
+                self._client = ProtocolClient(
+                    url, key, timeout=self.timeout, transport=self.transport
+                )
+            return self._client
+
+    def get_settings(self) -> GetSettingsResponse:
+        return self._settings.get(lambda: self.client().get_settings())
+
+    def fit(
+        self,
+        X: pd.DataFrame | np.ndarray,  # noqa: N803
+        y: Any,
+        task_config: FitTaskConfig,
+        *,
+        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
+        text_handling: str = "advanced",
+        thinking_config: ThinkingConfig | None = None,
+        api_mode: str = "auto",
+        description: str | None = None,
+        on_poll: Callable[[GetFitStatusResponse], None] | None = None,
+    ) -> FitResult:
+        return self.client().fit(
+            X,
+            y,
+            task_config,
+            tabpfn_systems=tabpfn_systems,
+            text_handling=text_handling,
+            thinking_config=thinking_config,
+            api_mode=api_mode,
+            description=description,
+            on_poll=on_poll,
+        )
+
+    def predict(
+        self,
+        fitted_train_set_id: str,
+        X: pd.DataFrame | np.ndarray,  # noqa: N803
+        task_config: ClassifierConfig | RegressorConfig,
+    ) -> PredictionResult:
+        return self.client().predict(fitted_train_set_id, X, task_config)
+
+    def get_api_usage(self) -> dict[str, Any]:
+        return self.client().get_api_usage()
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+# In-process backends by id, so a pickle made in this process restores the very same backend.
+# Weak values: a registry entry must not keep a whole gateway alive.
+_IN_PROCESS: weakref.WeakValueDictionary[str, InProcessBackend] = weakref.WeakValueDictionary()
+
+
+class InProcessBackend:
+    """Reach TabPFN through a core gateway in this process, with a gateway key.
+
+    The same checks run as behind a server (key, scopes, limits, usage recorded), without
+    HTTP. Use :func:`tabpfn_gateway.testing.local_gateway` for a ready one wired to an
+    offline FakeTabPFN.
+
+    Pickling: a pickle restores this same backend when loaded in the same process (so
+    ``pickle``, ``copy`` and thread-based joblib work). Loaded in another process (loky
+    workers of ``GridSearchCV(n_jobs=2)``, a file read later) it becomes a backend whose
+    every call raises :class:`~tabpfn_gateway.errors.ConfigurationError` explaining that an
+    in-process gateway does not cross processes: use :class:`HTTPBackend` there.
+
+    Parameters
+    ----------
+    gateway : Gateway
+        The core gateway (``Gateway.from_settings(...)``).
+    api_key : str or SecretStr
+        A gateway key this gateway accepts.
+    """
+
+    def __init__(self, gateway: Gateway, api_key: str | SecretStr) -> None:
+        self.gateway = gateway
+        self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
+        self._lock = threading.Lock()
+        self._session: GatewaySession | None = None
+        self._settings = _SettingsCache()
+        self._registry_id = uuid.uuid4().hex
+        _IN_PROCESS[self._registry_id] = self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(gateway=<in process>, api_key=<given>)"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> InProcessBackend:
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (_restore_in_process_backend, (self._registry_id,))
+
+    def session(self) -> GatewaySession:
+        """The gateway session for this key, made on first use."""
+        with self._lock:
+            if self._session is None:
+                self._session = self.gateway.session(self._api_key)
+            return self._session
+
+    def get_settings(self) -> GetSettingsResponse:
+        return self._settings.get(lambda: self.session().get_settings())
+
+    def fit(
+        self,
+        X: pd.DataFrame | np.ndarray,  # noqa: N803
+        y: Any,
+        task_config: FitTaskConfig,
+        *,
+        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
+        text_handling: str = "advanced",
+        thinking_config: ThinkingConfig | None = None,
+        api_mode: str = "auto",
+        description: str | None = None,
+        on_poll: Callable[[GetFitStatusResponse], None] | None = None,
+    ) -> FitResult:
+        return self.session().fit(
+            X,
+            y,
+            task_config,
+            tabpfn_systems=tabpfn_systems,
+            text_handling=text_handling,
+            thinking_config=thinking_config,
+            api_mode=api_mode,
+            description=description,
+            on_poll=on_poll,
+        )
+
+    def predict(
+        self,
+        fitted_train_set_id: str,
+        X: pd.DataFrame | np.ndarray,  # noqa: N803
+        task_config: ClassifierConfig | RegressorConfig,
+    ) -> PredictionResult:
+        return self.session().predict(fitted_train_set_id, X, task_config)
+
+    def get_api_usage(self) -> dict[str, Any]:
+        return self.session().get_api_usage()
+
+    def close(self) -> None:
+        # The gateway belongs to whoever built it; a session holds nothing to release.
+        with self._lock:
+            self._session = None
+
+
+_DETACHED_MESSAGE = (
+    "This estimator's backend was an in-process gateway (InProcessBackend / local_gateway()), "
+    "which exists only in the process that created it, and this is another process. To use "
+    "fitted estimators across processes (GridSearchCV(n_jobs=2), joblib/loky, pickles loaded "
+    "later), run a gateway server and use the HTTP backend: "
+    "GatewayClassifier(base_url=..., api_key=...)."
+)
+
+
+class DetachedInProcessBackend:
+    """What an :class:`InProcessBackend` becomes in another process: refuses every call."""
+
+    def __init__(self, registry_id: str) -> None:
+        self._registry_id = registry_id
+
+    def __repr__(self) -> str:
+        return "DetachedInProcessBackend()"
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (_restore_in_process_backend, (self._registry_id,))
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigurationError(_DETACHED_MESSAGE)
+
+    get_settings = fit = predict = get_api_usage = _refuse
+
+    def close(self) -> None:
+        return None
+
+
+def _restore_in_process_backend(registry_id: str) -> InProcessBackend | DetachedInProcessBackend:
+    backend = _IN_PROCESS.get(registry_id)
+    if backend is None:
+        return DetachedInProcessBackend(registry_id)
+    return backend
