@@ -100,6 +100,8 @@ def _run(command_name: str, settings: Settings | None, revision: str) -> None:
     from alembic.util import CommandError
 
     settings = _settings(settings)
+    if settings.database_url.startswith("memory://"):
+        raise InvalidRequest("The memory store keeps no schema: there is nothing to migrate.")
     try:
         with _migration_connection(settings) as connection:
             getattr(command, command_name)(_alembic_config(connection), revision)
