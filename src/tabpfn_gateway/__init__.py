@@ -22,16 +22,57 @@ _LAZY: dict[str, str] = {
     "GatewayError": "tabpfn_gateway.errors",
     "setup_logging": "tabpfn_gateway.logs",
     "open_store": "tabpfn_gateway.store",
+    "GatewayClassifier": "tabpfn_gateway.estimators",
+    "GatewayRegressor": "tabpfn_gateway.estimators",
+    "HTTPBackend": "tabpfn_gateway.estimators",
+    "InProcessBackend": "tabpfn_gateway.estimators",
+    "login": "tabpfn_gateway.credentials",
+    "logout": "tabpfn_gateway.credentials",
+    "Admin": "tabpfn_gateway.admin",
+    "Gateway": "tabpfn_gateway.gateway",
+    "KeyManager": "tabpfn_gateway.keys",
+    "ProtocolClient": "tabpfn_gateway.protocol",
+    "TokenVault": "tabpfn_gateway.vault",
 }
 
-__all__ = ["__version__", *sorted(_LAZY)]
+# Explicit, and kept equal to {"__version__"} | set(_LAZY) by tests/test_public_api.py.
+__all__ = [
+    "Admin",
+    "Gateway",
+    "GatewayClassifier",
+    "GatewayError",
+    "GatewayRegressor",
+    "HTTPBackend",
+    "InProcessBackend",
+    "KeyManager",
+    "ProtocolClient",
+    "Settings",
+    "TokenVault",
+    "__version__",
+    "get_settings",
+    "login",
+    "logout",
+    "open_store",
+    "setup_logging",
+]
 
 if TYPE_CHECKING:
+    from tabpfn_gateway.admin import Admin as Admin
     from tabpfn_gateway.config import Settings as Settings
     from tabpfn_gateway.config import get_settings as get_settings
+    from tabpfn_gateway.credentials import login as login
+    from tabpfn_gateway.credentials import logout as logout
     from tabpfn_gateway.errors import GatewayError as GatewayError
+    from tabpfn_gateway.estimators import GatewayClassifier as GatewayClassifier
+    from tabpfn_gateway.estimators import GatewayRegressor as GatewayRegressor
+    from tabpfn_gateway.estimators import HTTPBackend as HTTPBackend
+    from tabpfn_gateway.estimators import InProcessBackend as InProcessBackend
+    from tabpfn_gateway.gateway import Gateway as Gateway
+    from tabpfn_gateway.keys import KeyManager as KeyManager
     from tabpfn_gateway.logs import setup_logging as setup_logging
+    from tabpfn_gateway.protocol import ProtocolClient as ProtocolClient
     from tabpfn_gateway.store import open_store as open_store
+    from tabpfn_gateway.vault import TokenVault as TokenVault
 
 
 def __getattr__(name: str) -> Any:
