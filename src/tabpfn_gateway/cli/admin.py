@@ -1,9 +1,492 @@
-"""`tabpfn-gateway` commands of this group (being built)."""
+"""`tabpfn-gateway keys|credentials|secrets|principals`: administration from the shell.
+
+Human tables by default, ``--json`` for scripts. A new key goes alone to stdout and its
+warning to stderr, so ``KEY=$(tabpfn-gateway keys create ...)`` captures just the key.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import getpass
+import json
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from tabpfn_gateway.cli._output import add_json_flag, emit, to_jsonable
+
+if TYPE_CHECKING:
+    import httpx
+
+    from tabpfn_gateway.admin import Admin
+    from tabpfn_gateway.config import Settings
+    from tabpfn_gateway.keys import CreatedKey
+    from tabpfn_gateway.store.records import ApiKey, Principal, UpstreamCredential
+
+__all__ = ["register", "upstream_transport"]
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_SHOWN_ONCE = "Copy it now: it will not be shown again."
+
+
+def upstream_transport(settings: Settings) -> httpx.BaseTransport | None:
+    """The httpx transport token verification uses (None: the network). Tests swap it for an
+    in-process FakeTabPFN."""
+    return None
+
+
+# -- parser ------------------------------------------------------------------------------------
 
 
 def register(subparsers: Any) -> None:
-    """Add this group's commands to the top-level parser."""
+    """Add the ``keys``, ``credentials``, ``secrets`` and ``principals`` groups."""
+    _register_principals(subparsers)
+    _register_credentials(subparsers)
+    _register_keys(subparsers)
+    _register_secrets(subparsers)
+
+
+def _group(subparsers: Any, name: str, help_text: str) -> Any:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(handler=lambda args: _help(parser))
+    return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _command(
+    group: Any, name: str, help_text: str, handler: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
+    add_json_flag(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _add_paging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
+    parser.add_argument("--cursor", help="the next_cursor a previous --json page printed")
+
+
+def _register_principals(subparsers: Any) -> None:
+    group = _group(subparsers, "principals", "users and teams that own keys and credentials")
+    add = _command(group, "add", "add a user or team", _principals_add)
+    add.add_argument("name", help="unique name (letters, digits, . _ @ + -)")
+    add.add_argument("--kind", choices=("user", "team"), default="user")
+    listing = _command(group, "list", "list principals, newest first", _principals_list)
+    listing.add_argument("--kind", choices=("user", "team"))
+    _add_paging(listing)
+
+
+def _register_credentials(subparsers: Any) -> None:
+    group = _group(subparsers, "credentials", "TabPFN tokens, stored encrypted")
+    add = _command(group, "add", "store a TabPFN token for a principal", _credentials_add)
+    add.add_argument("--owner", required=True, help="principal name or id")
+    add.add_argument("--label", required=True, help="a name for humans, e.g. 'team account'")
+    source = add.add_mutually_exclusive_group()
+    source.add_argument(
+        "--token-stdin", action="store_true", help="read the token from stdin (for scripts)"
+    )
+    source.add_argument(
+        "--token", help="the token itself (discouraged: it lands in shell history and ps)"
+    )
+    add.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="store without asking the upstream whether the token works",
+    )
+    listing = _command(group, "list", "list credentials (never their tokens)", _credentials_list)
+    listing.add_argument("--owner", help="only this principal's (name or id)")
+    _add_paging(listing)
+    remove = _command(group, "remove", "delete a credential", _credentials_remove)
+    remove.add_argument("credential_id")
+
+
+def _register_keys(subparsers: Any) -> None:
+    group = _group(subparsers, "keys", "gateway keys: create, list, rotate, revoke")
+    create = _command(group, "create", "create a key (printed once)", _keys_create)
+    create.add_argument("--owner", required=True, help="principal name or id")
+    create.add_argument("--name", required=True, help="what the key is for, e.g. 'laptop'")
+    create.add_argument(
+        "--credential", help="credential id the key calls TabPFN with (optional for --admin)"
+    )
+    create.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        choices=("inference", "usage", "admin"),
+        help="repeat for several (default: inference and usage)",
+    )
+    create.add_argument("--expires", help="a duration (30d, 12h) or an ISO 8601 time (UTC)")
+    create.add_argument("--admin", action="store_true", help="an admin key (tpga_ prefix)")
+    create.add_argument("--quiet", action="store_true", help="print only the key")
+    listing = _command(group, "list", "list keys, newest first", _keys_list)
+    listing.add_argument("--owner", help="only this principal's (name or id)")
+    _add_paging(listing)
+    for name, help_text, handler in (
+        ("show", "show one key", _keys_show),
+        ("revoke", "revoke a key for good", _keys_revoke),
+        ("disable", "refuse a key until enabled", _keys_disable),
+        ("enable", "accept a disabled key again", _keys_enable),
+    ):
+        parser = _command(group, name, help_text, handler)
+        parser.add_argument("key_id", help="key id or display prefix (tpg_...)")
+    rotate = _command(group, "rotate", "give a key a new secret (printed once)", _keys_rotate)
+    rotate.add_argument("key_id", help="key id or display prefix (tpg_...)")
+    rotate.add_argument(
+        "--grace", default="24h", help="how long the old secret keeps working (default 24h; 0)"
+    )
+    rotate.add_argument("--request-id", help="repeat it to get the same new key back")
+    rotate.add_argument("--quiet", action="store_true", help="print only the key")
+
+
+def _register_secrets(subparsers: Any) -> None:
+    group = _group(subparsers, "secrets", "the secret that encrypts stored TabPFN tokens")
+    _command(
+        group,
+        "rotate",
+        "re-encrypt every stored token under TABPFN_GATEWAY_SECRET_KEY",
+        _secrets_rotate,
+    )
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+def _open_admin() -> tuple[Admin, Settings]:
+    from tabpfn_gateway.admin import Admin
+    from tabpfn_gateway.config import get_settings
+
+    settings = get_settings()
+    # On the embedded SQLite store the CLI and the server share one data dir, so a secret
+    # generated here (on first use, with a warning) is the one the server uses; and the key
+    # pepper is then derived from it. On a shared database a local secret would be wrong.
+    return Admin.from_settings(settings, generate_secret=settings.is_sqlite), settings
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no user name in some containers
+        return "cli"
+
+
+def _principals_add(args: argparse.Namespace) -> int:
+    admin, _ = _open_admin()
+    with admin:
+        principal = admin.add_principal(args.name, args.kind, actor=_actor())
+    emit(_principal_row(principal), as_json=args.json)
+    return 0
+
+
+def _principals_list(args: argparse.Namespace) -> int:
+    admin, _ = _open_admin()
+    with admin:
+        page = admin.list_principals(kind=args.kind, limit=args.limit, cursor=args.cursor)
+    _emit_page(
+        [_principal_row(p) for p in page.items],
+        page.next_cursor,
+        args.json,
+        ["name", "kind", "id", "created_at"],
+    )
+    return 0
+
+
+def _credentials_add(args: argparse.Namespace) -> int:
+    from pydantic import SecretStr
+
+    from tabpfn_gateway.errors import InvalidRequest
+
+    token = _read_token(args)
+    if not token:
+        raise InvalidRequest("No TabPFN token given.")
+    admin, settings = _open_admin()
+    with admin:
+        verifier = None if args.no_verify else _verifier(settings)
+        credential = admin.add_credential(
+            args.owner, SecretStr(token), args.label, verify=verifier, actor=_actor()
+        )
+        owner = admin.get_principal(credential.owner_id)
+    emit(_credential_row(credential, owner.name), as_json=args.json)
+    return 0
+
+
+def _read_token(args: argparse.Namespace) -> str:
+    from tabpfn_gateway.errors import InvalidRequest
+
+    if args.token is not None:
+        print(
+            "warning: --token puts the token in your shell history and the process list; "
+            "prefer --token-stdin or the prompt.",
+            file=sys.stderr,
+        )
+        return str(args.token).strip()
+    if args.token_stdin:
+        return sys.stdin.read().strip()
+    if not sys.stdin.isatty():
+        raise InvalidRequest("No terminal to prompt for the token: use --token-stdin.")
+    return getpass.getpass("TabPFN token (input hidden): ").strip()
+
+
+def _verifier(settings: Settings) -> Callable[[Any], Any]:
+    from tabpfn_gateway.protocol import verify_tabpfn_token
+
+    transport = upstream_transport(settings)
+
+    def verify(token: Any) -> Any:
+        return verify_tabpfn_token(
+            token,
+            base_url=settings.upstream_url,
+            transport=transport,
+            timeout=settings.upstream_connect_timeout_seconds,
+        )
+
+    return verify
+
+
+def _credentials_list(args: argparse.Namespace) -> int:
+    admin, _ = _open_admin()
+    with admin:
+        page = admin.list_credentials(owner=args.owner, limit=args.limit, cursor=args.cursor)
+        names = _owner_names(admin, [c.owner_id for c in page.items])
+    rows = [_credential_row(c, names.get(c.owner_id)) for c in page.items]
+    _emit_page(
+        rows, page.next_cursor, args.json, ["id", "label", "owner", "created_at", "verified_at"]
+    )
+    return 0
+
+
+def _credentials_remove(args: argparse.Namespace) -> int:
+    admin, _ = _open_admin()
+    with admin:
+        admin.remove_credential(args.credential_id, actor=_actor())
+    emit({"removed": args.credential_id}, as_json=args.json)
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from tabpfn_gateway.keys import DEFAULT_SCOPES
+
+    admin, _ = _open_admin()
+    with admin:
+        owner = admin.get_principal(args.owner)
+        created = admin.keys.create(
+            owner.id,
+            args.credential,
+            args.name,
+            scopes=tuple(args.scopes) if args.scopes else DEFAULT_SCOPES,
+            expires_at=_parse_expiry(args.expires) if args.expires else None,
+            admin=args.admin,
+            actor=_actor(),
+        )
+    _show_new_key(created, owner.name, args, "Created")
+    return 0
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    admin, _ = _open_admin()
+    with admin:
+        created = admin.keys.rotate(
+            _key_id(args.key_id),
+            grace=_parse_duration(args.grace, "--grace"),
+            request_id=args.request_id,
+            actor=_actor(),
+        )
+        owner = admin.get_principal(created.record.owner_id)
+    _show_new_key(created, owner.name, args, "Rotated")
+    return 0
+
+
+def _show_new_key(
+    created: CreatedKey, owner_name: str, args: argparse.Namespace, verb: str
+) -> None:
+    record = created.record
+    if args.json:
+        row = _key_row(record, owner_name)
+        row["key"] = created.plaintext
+        json.dump(to_jsonable(row), sys.stdout, indent=2, sort_keys=True)
+        print()
+    else:
+        print(created.plaintext)
+    if not args.quiet:
+        print(
+            f"{verb} key {record.display_prefix} ({record.name}) for {owner_name}.", file=sys.stderr
+        )
+        if record.previous_valid_until is not None and verb == "Rotated":
+            print(
+                f"The old secret works until {record.previous_valid_until.isoformat()}.",
+                file=sys.stderr,
+            )
+        print(f"warning: {_SHOWN_ONCE}", file=sys.stderr)
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    admin, _ = _open_admin()
+    with admin:
+        owner_id = admin.get_principal(args.owner).id if args.owner else None
+        page = admin.keys.list(owner=owner_id, limit=args.limit, cursor=args.cursor)
+        names = _owner_names(admin, [k.owner_id for k in page.items])
+    rows = [_key_row(k, names.get(k.owner_id)) for k in page.items]
+    _emit_page(
+        rows,
+        page.next_cursor,
+        args.json,
+        ["display_prefix", "name", "owner", "scopes", "status", "created_at", "last_used_at"],
+    )
+    return 0
+
+
+def _key_action(action: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        admin, _ = _open_admin()
+        with admin:
+            key_id = _key_id(args.key_id)
+            if action == "show":
+                record = admin.keys.get(key_id)
+            else:
+                record = getattr(admin.keys, action)(key_id, actor=_actor())
+            names = _owner_names(admin, [record.owner_id])
+        emit(_key_row(record, names.get(record.owner_id)), as_json=args.json)
+        return 0
+
+    return handler
+
+
+_keys_show = _key_action("show")
+_keys_revoke = _key_action("revoke")
+_keys_disable = _key_action("disable")
+_keys_enable = _key_action("enable")
+
+
+def _secrets_rotate(args: argparse.Namespace) -> int:
+    admin, _ = _open_admin()
+    with admin:
+        report = admin.rotate_secrets(actor=_actor())
+    emit(
+        {
+            "rows": report.rows,
+            "reencrypted": report.reencrypted,
+            "already_current": report.already_current,
+        },
+        as_json=args.json,
+    )
+    return 0
+
+
+# -- rows and parsing --------------------------------------------------------------------------
+
+
+def _emit_page(
+    rows: list[dict[str, Any]], next_cursor: str | None, as_json: bool, columns: list[str]
+) -> None:
+    if as_json:
+        emit({"items": rows, "next_cursor": next_cursor}, as_json=True)
+        return
+    emit(rows, as_json=False, columns=columns)
+    if next_cursor:
+        print(f"(more: --cursor {next_cursor})")
+
+
+def _principal_row(principal: Principal) -> dict[str, Any]:
+    return {
+        "id": principal.id,
+        "name": principal.name,
+        "kind": principal.kind,
+        "created_at": principal.created_at,
+    }
+
+
+def _credential_row(credential: UpstreamCredential, owner_name: str | None) -> dict[str, Any]:
+    # Never the ciphertext: it is bytes, and _output drops bytes anyway.
+    return {
+        "id": credential.id,
+        "label": credential.label,
+        "owner": owner_name or credential.owner_id,
+        "owner_id": credential.owner_id,
+        "created_at": credential.created_at,
+        "verified_at": credential.verified_at,
+    }
+
+
+def _key_row(key: ApiKey, owner_name: str | None) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "display_prefix": key.display_prefix,
+        "last4": key.last4,
+        "name": key.name,
+        "owner": owner_name or key.owner_id,
+        "owner_id": key.owner_id,
+        "credential_id": key.credential_id,
+        "scopes": list(key.scopes),
+        "status": _key_status(key),
+        "hash_scheme": key.hash_scheme,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "last_used_at": key.last_used_at,
+        "revoked_at": key.revoked_at,
+        "disabled_at": key.disabled_at,
+        "rotated_at": key.rotated_at,
+        "previous_valid_until": key.previous_valid_until,
+    }
+
+
+def _key_status(key: ApiKey) -> str:
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.disabled_at is not None:
+        return "disabled"
+    if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
+def _owner_names(admin: Admin, owner_ids: list[str]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for owner_id in set(owner_ids):
+        principal = admin.store.get_principal(owner_id)
+        if principal is not None:
+            names[owner_id] = principal.name
+    return names
+
+
+def _key_id(text: str) -> str:
+    # Accept what listings show (tpg_<id>), and even a whole key, without logging it.
+    from tabpfn_gateway.keys.format import ADMIN_PREFIX, KEY_ID_LENGTH, PREFIX
+
+    for prefix in (ADMIN_PREFIX, PREFIX):
+        if text.startswith(prefix):
+            return text[len(prefix) : len(prefix) + KEY_ID_LENGTH]
+    return text
+
+
+def _parse_duration(text: str, option: str) -> timedelta:
+    from tabpfn_gateway.errors import InvalidRequest
+
+    text = text.strip()
+    if text == "0":
+        return timedelta(0)
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise InvalidRequest(f"{option} takes a duration like 30m, 24h, 7d or 0, not {text!r}.")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def _parse_expiry(text: str) -> datetime:
+    from tabpfn_gateway.errors import InvalidRequest
+
+    if _DURATION.fullmatch(text.strip()):
+        return datetime.now(UTC) + _parse_duration(text, "--expires")
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidRequest(
+            f"--expires takes a duration (30d, 12h) or an ISO 8601 time, not {text!r}."
+        ) from None
+    # A time without a zone is read as UTC, the zone every stored time is in.
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
