@@ -247,7 +247,7 @@ def test_scopes(manager: KeyManager, owner: Principal, credential: UpstreamCrede
         ({"credential": "missing"}, CredentialNotFound),
         ({"owner": "missing"}, PrincipalNotFound),
         ({"expires_at": START - timedelta(seconds=1)}, InvalidRequest),
-        ({"expires_at": datetime(2031, 1, 1)}, InvalidRequest),  # noqa: DTZ001 - naive on purpose
+        ({"expires_at": datetime(2031, 1, 1)}, InvalidRequest),
     ],
 )
 def test_create_refuses_bad_input_and_stores_nothing(
@@ -273,7 +273,8 @@ def test_get_list_and_missing_keys(
     mine = [manager.create(owner.id, credential.id, f"k{i}").record for i in range(3)]
     manager.create(other.id, credential.id, "theirs")
     first = manager.list(owner=owner.id, limit=2)
-    assert len(first.items) == 2 and first.next_cursor is not None
+    assert len(first.items) == 2
+    assert first.next_cursor is not None
     rest = manager.list(owner=owner.id, limit=2, cursor=first.next_cursor)
     assert {k.key_id for k in [*first.items, *rest.items]} == {k.key_id for k in mine}
     assert len(manager.list().items) == 4
@@ -429,7 +430,11 @@ def test_verifying_from_many_threads(
 
 
 def test_rotate_with_grace(
-    manager: KeyManager, store: Store, clock: Clock, owner: Principal, credential: UpstreamCredential
+    manager: KeyManager,
+    store: Store,
+    clock: Clock,
+    owner: Principal,
+    credential: UpstreamCredential,
 ) -> None:
     old = manager.create(owner.id, credential.id, "k")
     manager.verify(old.plaintext)  # cached before the rotation
@@ -484,7 +489,11 @@ def test_rotate_without_grace_ends_the_old_secret_now(
 
 
 def test_rotate_is_idempotent_per_request_id(
-    manager: KeyManager, store: Store, clock: Clock, owner: Principal, credential: UpstreamCredential
+    manager: KeyManager,
+    store: Store,
+    clock: Clock,
+    owner: Principal,
+    credential: UpstreamCredential,
 ) -> None:
     old = manager.create(owner.id, credential.id, "k", admin=True)
     first = manager.rotate(old.record.key_id, request_id="req-1")
@@ -559,7 +568,8 @@ def test_slow_scheme_keys_are_rehashed_to_the_configured_scheme(
     fast = manager_for(store, clock, cache_ttl=0)
     assert fast.verify(created.plaintext).hash_scheme == "hmac-sha256"
     stored = store.get_key(created.record.key_id)
-    assert stored is not None and stored.hash_scheme == "hmac-sha256"
+    assert stored is not None
+    assert stored.hash_scheme == "hmac-sha256"
     fast.verify(created.plaintext)
     with pytest.raises(InvalidKey):
         fast.verify(format_key(created.record.key_id, new_secret()))
