@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from tabpfn_gateway.gateway._proxy import GatewayProxy
     from tabpfn_gateway.gateway._session import GatewaySession
     from tabpfn_gateway.keys import CreatedKey, KeyManager
-    from tabpfn_gateway.protocol import AsyncProtocolClient, ProtocolClient
+    from tabpfn_gateway.protocol import AsyncProtocolClient, ProtocolClient, TokenStatus
     from tabpfn_gateway.vault import TokenVault
 
 __all__ = ["Caller", "Gateway", "SetupResult", "UpstreamCall"]
@@ -190,7 +190,7 @@ class Gateway:
         self.uploads = uploads
         self.usage = usage or UsageRecorder(store, flush_interval=settings.usage_flush_seconds)
         self.bus: InvalidationBus = bus or LocalBus()
-        self._upstream_transport = upstream_transport
+        self.upstream_transport = upstream_transport
         self._owns_store = owns_store
         self._tokens = _TtlCache(settings.key_cache_ttl_seconds)
         # Fit ownership never changes once recorded, so it is cached without expiry.
@@ -470,18 +470,13 @@ class Gateway:
         """
         from tabpfn_gateway.admin import Admin
         from tabpfn_gateway.keys import DEFAULT_SCOPES, KeyManager
-        from tabpfn_gateway.protocol import TokenStatus, verify_tabpfn_token
+        from tabpfn_gateway.protocol import TokenStatus
 
         token = tabpfn_token if isinstance(tabpfn_token, SecretStr) else SecretStr(tabpfn_token)
         if not token.get_secret_value().strip():
             raise InvalidRequest("tabpfn_token must not be empty.")
         principal_name = _check_principal_name(name) if name is not None else None
-        status = verify_tabpfn_token(
-            token,
-            base_url=self.settings.upstream_url,
-            transport=self._upstream_transport,
-            timeout=min(self.settings.upstream_timeout_seconds, 30.0),
-        )
+        status = self.verify_upstream_token(token)
         if status is TokenStatus.INVALID:
             raise UpstreamAuthenticationFailed("The upstream rejected this TabPFN token.")
         with self.store.atomic() as tx:
@@ -497,6 +492,17 @@ class Gateway:
                 principal.id, credential.id, "setup", DEFAULT_SCOPES, actor=actor
             )
         return SetupResult(principal=principal, credential=credential, key=created)
+
+    def verify_upstream_token(self, token: SecretStr) -> TokenStatus:
+        """Ask the upstream whether ``token`` works (``UpstreamUnavailable`` if it cannot)."""
+        from tabpfn_gateway.protocol import verify_tabpfn_token
+
+        return verify_tabpfn_token(
+            token,
+            base_url=self.settings.upstream_url,
+            transport=self.upstream_transport,
+            timeout=min(self.settings.upstream_timeout_seconds, 30.0),
+        )
 
     def remove_credential(self, credential_id: str, *, actor: str) -> None:
         """Remove a credential; keys bound to it stop working on every replica."""

@@ -1,0 +1,101 @@
+"""The FastAPI application: ``create_app(settings)`` wires the gateway core to HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tabpfn_gateway import __version__
+from tabpfn_gateway.config import Settings, get_settings
+from tabpfn_gateway.gateway import Gateway
+from tabpfn_gateway_server.errors import install_error_handlers
+from tabpfn_gateway_server.metrics import GatewayMetrics
+from tabpfn_gateway_server.middleware import RequestContextMiddleware
+from tabpfn_gateway_server.ratelimit import limiter_for
+from tabpfn_gateway_server.routes import admin, health, setup, tabpfn, uploads
+
+__all__ = ["create_app", "create_app_from_env"]
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = """\
+A self-hosted gateway in front of TabPFN: it keeps the team's TabPFN tokens encrypted, hands out
+revocable, scoped, metered gateway keys, and proxies TabPFN calls. Existing `tabpfn-client`
+code works unchanged: set `TABPFN_CLIENT_API_URL` to this server and `TABPFN_TOKEN` to a gateway
+key. Every error body is `{"error_code", "message", "trace_id"}`.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    gateway: Gateway | None = None,
+    migrate: bool | None = None,
+) -> FastAPI:
+    """The gateway server as an ASGI app.
+
+    Without ``gateway``, one is built from ``settings`` (closed at shutdown): the database
+    schema is migrated first (``migrate``, default on; concurrent replicas are safe, see
+    ``tabpfn_gateway.migrate``) and, with no ``TABPFN_GATEWAY_SECRET_KEY``, a secret is
+    generated and persisted (mode 0600) in the data dir with a loud warning. A ``gateway``
+    passed in stays the caller's to close.
+    """
+    if settings is None:
+        settings = gateway.settings if gateway is not None else get_settings()
+    owns_gateway = gateway is None
+    if gateway is None:
+        if migrate is None or migrate:
+            from tabpfn_gateway import migrate as migrations
+
+            migrations.upgrade(settings)
+        gateway = Gateway.from_settings(settings, generate_secret=True)
+    metrics = GatewayMetrics()
+    gateway.add_observer(metrics.observe_operation)
+    limiter = limiter_for(settings.redis_url, settings.setup_attempts_per_minute)
+    the_gateway = gateway
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            limiter.close()
+            if owns_gateway:
+                # Flushes buffered usage and key last-use before the process goes.
+                await the_gateway.aclose()
+
+    app = FastAPI(
+        title="tabpfn-gateway",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        max_body_size=settings.max_json_body_bytes,
+    )
+    app.state.gateway = gateway
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.limiter = limiter
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.include_router(health.build_health_router(metrics_enabled=settings.metrics_enabled))
+    app.include_router(setup.router)
+    app.include_router(admin.admin_router)
+    app.include_router(admin.usage_router)
+    app.include_router(tabpfn.router)
+    app.include_router(uploads.build_upload_router(settings))
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """``create_app()`` from the environment: the factory uvicorn workers import."""
+    from tabpfn_gateway.logs import setup_logging
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    return create_app(settings)

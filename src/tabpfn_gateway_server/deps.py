@@ -1,0 +1,60 @@
+"""FastAPI dependencies: the app's gateway, the bearer key, and an admin caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from tabpfn_gateway.errors import MissingCredentials
+from tabpfn_gateway.gateway import Caller, Gateway
+
+__all__ = ["AdminCaller", "BearerKey", "GatewayDep", "client_address", "public_base_url"]
+
+# auto_error=False: a missing header gets our own 401 body, not FastAPI's 403.
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="GatewayKey",
+    description="A gateway key (tpg_... or tpga_...) as a bearer token.",
+)
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def bearer_key(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> SecretStr:
+    """The gateway key from ``Authorization: Bearer ...`` (kept secret), or 401."""
+    if credentials is None or not credentials.credentials.strip():
+        raise MissingCredentials("Send a gateway key as 'Authorization: Bearer <key>'.")
+    return SecretStr(credentials.credentials.strip())
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+BearerKey = Annotated[SecretStr, Depends(bearer_key)]
+
+
+async def admin_caller(gateway: GatewayDep, key: BearerKey) -> Caller:
+    """The caller, if the key has the admin scope (else 401/403)."""
+    from tabpfn_gateway.keys import SCOPE_ADMIN
+
+    return await gateway.proxy.authenticate(key, scope=SCOPE_ADMIN)
+
+
+AdminCaller = Annotated[Caller, Depends(admin_caller)]
+
+
+def public_base_url(request: Request) -> str:
+    """Where clients reach this gateway: ``public_url`` if set, else the request's base URL."""
+    gateway: Gateway = request.app.state.gateway
+    return (gateway.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def client_address(request: Request) -> str:
+    """The client's address (as uvicorn reports it: honour proxy headers there)."""
+    return request.client.host if request.client is not None else "unknown"

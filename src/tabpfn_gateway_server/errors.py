@@ -1,0 +1,113 @@
+"""Domain errors to HTTP answers: one body shape ``{error_code, message, trace_id}`` for all."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+from uuid import UUID
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tabpfn_gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tabpfn_gateway.gateway import http_status, is_retry_hinted
+from tabpfn_gateway.gateway._status import DEFAULT_RETRY_AFTER_SECONDS
+
+__all__ = ["error_response", "install_error_handlers", "trace_id_of"]
+
+logger = logging.getLogger(__name__)
+
+
+def trace_id_of(request: Request) -> str:
+    """The trace id the request context middleware gave this request."""
+    return str(getattr(request.state, "trace_id", "") or "")
+
+
+def error_response(
+    error: GatewayError, trace_id: str, *, status: int | None = None
+) -> JSONResponse:
+    """The JSON answer for ``error``: its code's status, Retry-After when retrying can help,
+    ``WWW-Authenticate`` on 401."""
+    status = status if status is not None else http_status(error)
+    upstream_trace = error.trace_id
+    # tabpfn-client validates 404/409 bodies with ``trace_id: UUID | None``; keep it a UUID.
+    if upstream_trace is not None and status in (404, 409) and not _is_uuid(upstream_trace):
+        upstream_trace = None
+    body = {
+        "error_code": error.error_code,
+        "message": error.message,
+        "trace_id": upstream_trace or trace_id or None,
+    }
+    headers: dict[str, str] = {}
+    if is_retry_hinted(error):
+        wait = error.retry_after if error.retry_after is not None else DEFAULT_RETRY_AFTER_SECONDS
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GatewayError)
+    status = http_status(exc)
+    if status >= 500:
+        logger.warning(
+            "%s %s -> %d %s: %s",
+            request.method,
+            _route_of(request),
+            status,
+            exc.error_code,
+            exc.message,
+        )
+    return error_response(exc, trace_id_of(request))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Say where and what, never echo the values: a body may hold a token.
+    problems = []
+    for error in exc.errors()[:10]:
+        location = ".".join(str(part) for part in error.get("loc", ()))
+        problems.append(f"{location}: {error.get('msg', 'invalid')}")
+    message = "The request is malformed: " + "; ".join(problems)
+    return error_response(InvalidRequest(message), trace_id_of(request), status=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error: GatewayError
+    if exc.status_code == 413:
+        error = PayloadTooLarge()
+    elif exc.status_code == 404:
+        error = NotFound("No such route.")
+    elif exc.status_code == 405:
+        error = InvalidRequest("This method is not allowed on this route.")
+    else:
+        error = InvalidRequest(str(exc.detail) if exc.detail else "The request was refused.")
+    response = error_response(error, trace_id_of(request), status=exc.status_code)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _route_of(request: Request) -> str:
+    route: Any = request.scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every error the documented body and status."""
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

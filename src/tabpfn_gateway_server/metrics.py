@@ -1,0 +1,65 @@
+"""Prometheus metrics of one app instance (its own registry): requests, upstream calls, usage."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest as _generate_latest
+
+from tabpfn_gateway.gateway import UpstreamCall
+
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class GatewayMetrics:
+    """The server's metrics. Labels are route templates (never raw paths: upload paths carry
+    sealed tokens) and public key ids (never keys)."""
+
+    def __init__(self) -> None:
+        # A registry per app, so several apps in one process (tests, replicas) do not collide.
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tabpfn_gateway_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ("route", "method", "status"),
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "tabpfn_gateway_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template and method.",
+            ("route", "method"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_calls = Counter(
+            "tabpfn_gateway_operations",
+            "Metered gateway operations (upstream calls and uploads), by operation, key id "
+            "and status.",
+            ("operation", "key_id", "status"),
+            registry=self.registry,
+        )
+        self.upstream_seconds = Histogram(
+            "tabpfn_gateway_operation_duration_seconds",
+            "Time of metered operations including the upstream call, by operation and key id.",
+            ("operation", "key_id"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.usage_written = Counter(
+            "tabpfn_gateway_usage_events_written",
+            "Usage events written to the store by the batching recorder.",
+            registry=self.registry,
+        )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_seconds.labels(route, method).observe(seconds)
+
+    def observe_operation(self, call: UpstreamCall) -> None:
+        self.upstream_calls.labels(call.operation, call.key_id, str(call.status)).inc()
+        self.upstream_seconds.labels(call.operation, call.key_id).observe(call.seconds)
+
+    def render(self) -> bytes:
+        """The exposition text for ``/metrics``."""
+        return bytes(_generate_latest(self.registry))

@@ -1,0 +1,73 @@
+"""ASGI middleware: a trace id per request, request metrics, and a last-resort 500 answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tabpfn_gateway.errors import GatewayError
+from tabpfn_gateway_server.errors import error_response
+from tabpfn_gateway_server.metrics import GatewayMetrics
+
+__all__ = ["TRACE_HEADER", "RequestContextMiddleware"]
+
+logger = logging.getLogger(__name__)
+
+TRACE_HEADER = "x-trace-id"
+
+
+class RequestContextMiddleware:
+    """Gives each request a trace id (``request.state.trace_id``, echoed as ``X-Trace-Id``),
+    observes it in the metrics by route template, and turns an unexpected exception into the
+    documented 500 body instead of a bare traceback page."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        trace_id = str(uuid.uuid4())
+        scope.setdefault("state", {})["trace_id"] = trace_id
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_trace(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((TRACE_HEADER.encode(), trace_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_trace)
+        except Exception:
+            # Redacted by the logging filter; the client gets the trace id to quote.
+            logger.exception("unhandled error answering %s (trace id %s)", _route(scope), trace_id)
+            if response_started:
+                raise
+            response = error_response(
+                GatewayError("The gateway failed unexpectedly; quote the trace id."), trace_id
+            )
+            await response(scope, receive, send_with_trace)
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_request(
+                    _route(scope), scope.get("method", "?"), status, time.perf_counter() - started
+                )
+
+
+def _route(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"

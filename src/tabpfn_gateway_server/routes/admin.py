@@ -1,0 +1,322 @@
+"""Admin API (``/api/v1/admin/...``, admin-scoped keys only) and a key's own usage."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Annotated, Literal, TypeVar
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Header, Query, Response
+
+from tabpfn_gateway.errors import InvalidRequest
+from tabpfn_gateway.gateway import Caller, Gateway
+from tabpfn_gateway_server.deps import AdminCaller, BearerKey, GatewayDep
+from tabpfn_gateway_server.schemas import (
+    AuditEventOut,
+    CreatedKeyOut,
+    CredentialIn,
+    CredentialOut,
+    KeyIn,
+    KeyOut,
+    PageOut,
+    PrincipalIn,
+    PrincipalOut,
+    RotateIn,
+    UsageEventOut,
+    UsageSummaryOut,
+    page_of,
+)
+
+__all__ = ["admin_router", "usage_router"]
+
+T = TypeVar("T")
+
+admin_router = APIRouter(
+    prefix="/api/v1/admin",
+    tags=["Admin"],
+    responses={
+        401: {"description": "Missing or refused key."},
+        403: {"description": "The key lacks the admin scope (INSUFFICIENT_SCOPE)."},
+    },
+)
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page.")]
+
+
+async def _run(func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+    # Store and vault calls block; keep them off the event loop.
+    return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidRequest(f"{name} needs a timezone (e.g. 2030-01-01T00:00:00Z).")
+    return value
+
+
+# -- principals ----------------------------------------------------------------------------------
+
+
+@admin_router.post("/principals", status_code=201, response_model=PrincipalOut)
+async def add_principal(
+    body: PrincipalIn, gateway: GatewayDep, caller: AdminCaller
+) -> PrincipalOut:
+    record = await _run(gateway.admin.add_principal, body.name, body.kind, actor=caller.actor)
+    return PrincipalOut.of(record)
+
+
+@admin_router.get("/principals", response_model=PageOut[PrincipalOut])
+async def list_principals(
+    gateway: GatewayDep,
+    caller: AdminCaller,
+    kind: Literal["user", "team"] | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> PageOut[PrincipalOut]:
+    page = await _run(gateway.admin.list_principals, kind=kind, limit=limit, cursor=cursor)
+    return page_of(page.items, page.next_cursor, PrincipalOut.of)
+
+
+@admin_router.get("/principals/{id_or_name}", response_model=PrincipalOut)
+async def get_principal(id_or_name: str, gateway: GatewayDep, caller: AdminCaller) -> PrincipalOut:
+    return PrincipalOut.of(await _run(gateway.admin.get_principal, id_or_name))
+
+
+# -- credentials ---------------------------------------------------------------------------------
+
+
+@admin_router.post("/credentials", status_code=201, response_model=CredentialOut)
+async def add_credential(
+    body: CredentialIn, gateway: GatewayDep, caller: AdminCaller
+) -> CredentialOut:
+    record = await _run(
+        gateway.admin.add_credential,
+        body.owner,
+        body.tabpfn_token,
+        body.label,
+        verify=gateway.verify_upstream_token if body.verify else None,
+        actor=caller.actor,
+    )
+    return CredentialOut.of(record)
+
+
+@admin_router.get("/credentials", response_model=PageOut[CredentialOut])
+async def list_credentials(
+    gateway: GatewayDep,
+    caller: AdminCaller,
+    owner: Annotated[str | None, Query(description="Principal id or name.")] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> PageOut[CredentialOut]:
+    page = await _run(gateway.admin.list_credentials, owner=owner, limit=limit, cursor=cursor)
+    return page_of(page.items, page.next_cursor, CredentialOut.of)
+
+
+@admin_router.delete("/credentials/{credential_id}", status_code=204)
+async def remove_credential(
+    credential_id: str, gateway: GatewayDep, caller: AdminCaller
+) -> Response:
+    await _run(gateway.remove_credential, credential_id, actor=caller.actor)
+    return Response(status_code=204)
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+@admin_router.post("/keys", status_code=201, response_model=CreatedKeyOut)
+async def create_key(
+    body: KeyIn, response: Response, gateway: GatewayDep, caller: AdminCaller
+) -> CreatedKeyOut:
+    from tabpfn_gateway.keys import DEFAULT_SCOPES
+
+    def create() -> CreatedKeyOut:
+        owner = gateway.admin.get_principal(body.owner)
+        created = gateway.keys.create(
+            owner.id,
+            body.credential_id,
+            body.name,
+            body.scopes if body.scopes is not None else DEFAULT_SCOPES,
+            _aware(body.expires_at, "expires_at"),
+            admin=body.admin,
+            actor=caller.actor,
+        )
+        return CreatedKeyOut.created(created.record, created.plaintext)
+
+    response.headers["Cache-Control"] = "no-store"
+    return await _run(create)
+
+
+@admin_router.get("/keys", response_model=PageOut[KeyOut])
+async def list_keys(
+    gateway: GatewayDep,
+    caller: AdminCaller,
+    owner: Annotated[str | None, Query(description="Principal id or name.")] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> PageOut[KeyOut]:
+    def list_page() -> PageOut[KeyOut]:
+        owner_id = gateway.admin.get_principal(owner).id if owner is not None else None
+        page = gateway.keys.list(owner=owner_id, limit=limit, cursor=cursor)
+        return page_of(page.items, page.next_cursor, KeyOut.of)
+
+    return await _run(list_page)
+
+
+@admin_router.get("/keys/{key_id}", response_model=KeyOut)
+async def show_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> KeyOut:
+    return KeyOut.of(await _run(gateway.keys.get, key_id))
+
+
+@admin_router.post("/keys/{key_id}/rotate", response_model=CreatedKeyOut)
+async def rotate_key(
+    key_id: str,
+    response: Response,
+    gateway: GatewayDep,
+    caller: AdminCaller,
+    body: RotateIn | None = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> CreatedKeyOut:
+    """A new secret for the key; the old one works for ``grace_seconds`` more. A retried
+    request (same ``request_id`` or ``Idempotency-Key``) answers with the same new key."""
+    body = body or RotateIn()
+    created = await _run(
+        gateway.keys.rotate,
+        key_id,
+        grace=timedelta(seconds=body.grace_seconds),
+        request_id=body.request_id or idempotency_key,
+        actor=caller.actor,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return CreatedKeyOut.created(created.record, created.plaintext)
+
+
+@admin_router.post("/keys/{key_id}/revoke", response_model=KeyOut)
+async def revoke_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> KeyOut:
+    """Revoke for good; every replica refuses the key from its next request."""
+    return KeyOut.of(await _run(gateway.keys.revoke, key_id, actor=caller.actor))
+
+
+@admin_router.post("/keys/{key_id}/disable", response_model=KeyOut)
+async def disable_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> KeyOut:
+    return KeyOut.of(await _run(gateway.keys.disable, key_id, actor=caller.actor))
+
+
+@admin_router.post("/keys/{key_id}/enable", response_model=KeyOut)
+async def enable_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> KeyOut:
+    return KeyOut.of(await _run(gateway.keys.enable, key_id, actor=caller.actor))
+
+
+# -- usage and audit -----------------------------------------------------------------------------
+
+Since = Annotated[datetime | None, Query(description="From (inclusive), with a timezone.")]
+Until = Annotated[datetime | None, Query(description="To (exclusive), with a timezone.")]
+
+
+@admin_router.get("/usage", response_model=PageOut[UsageEventOut])
+async def list_usage(
+    gateway: GatewayDep,
+    caller: AdminCaller,
+    key_id: str | None = None,
+    owner: Annotated[str | None, Query(description="Principal id or name.")] = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> PageOut[UsageEventOut]:
+    def list_page() -> PageOut[UsageEventOut]:
+        owner_id = gateway.admin.get_principal(owner).id if owner is not None else None
+        page = gateway.store.list_usage(
+            key_id=key_id,
+            owner_id=owner_id,
+            since=_aware(since, "since"),
+            until=_aware(until, "until"),
+            limit=limit,
+            cursor=cursor,
+        )
+        return page_of(page.items, page.next_cursor, UsageEventOut.of)
+
+    await _run(_flush_usage, gateway)
+    return await _run(list_page)
+
+
+@admin_router.get("/usage/summary", response_model=list[UsageSummaryOut])
+async def summarize_usage(
+    gateway: GatewayDep,
+    caller: AdminCaller,
+    key_id: str | None = None,
+    owner: Annotated[str | None, Query(description="Principal id or name.")] = None,
+    since: Since = None,
+    until: Until = None,
+) -> list[UsageSummaryOut]:
+    """Calls, errors, rows, bytes and latency per key and operation."""
+
+    def summarize() -> list[UsageSummaryOut]:
+        owner_id = gateway.admin.get_principal(owner).id if owner is not None else None
+        rows = gateway.store.summarize_usage(
+            key_id=key_id,
+            owner_id=owner_id,
+            since=_aware(since, "since"),
+            until=_aware(until, "until"),
+        )
+        return [UsageSummaryOut.of(row) for row in rows]
+
+    await _run(_flush_usage, gateway)
+    return await _run(summarize)
+
+
+@admin_router.get("/audit", response_model=PageOut[AuditEventOut])
+async def list_audit(
+    gateway: GatewayDep,
+    caller: AdminCaller,
+    target_id: str | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> PageOut[AuditEventOut]:
+    page = await _run(
+        gateway.admin.list_audit,
+        target_id=target_id,
+        actor=actor,
+        action=action,
+        limit=limit,
+        cursor=cursor,
+    )
+    return page_of(page.items, page.next_cursor, AuditEventOut.of)
+
+
+def _flush_usage(gateway: Gateway) -> None:
+    # This replica's buffered events are written first so a reader sees its own calls.
+    gateway.usage.flush()
+
+
+# -- a key's own usage ---------------------------------------------------------------------------
+
+usage_router = APIRouter(prefix="/api/v1", tags=["Usage"])
+
+
+async def _usage_caller(gateway: GatewayDep, key: BearerKey) -> Caller:
+    from tabpfn_gateway.keys import SCOPE_USAGE
+
+    return await gateway.proxy.authenticate(key, scope=SCOPE_USAGE)
+
+
+UsageCaller = Annotated[Caller, Depends(_usage_caller)]
+
+
+@usage_router.get("/usage/summary", response_model=list[UsageSummaryOut])
+async def own_usage_summary(
+    gateway: GatewayDep, caller: UsageCaller, since: Since = None, until: Until = None
+) -> list[UsageSummaryOut]:
+    """Your key's usage per operation (needs the ``usage`` scope)."""
+    await _run(_flush_usage, gateway)
+    rows = await _run(
+        gateway.store.summarize_usage,
+        key_id=caller.key_id,
+        since=_aware(since, "since"),
+        until=_aware(until, "until"),
+    )
+    return [UsageSummaryOut.of(row) for row in rows]

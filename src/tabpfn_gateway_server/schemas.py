@@ -1,0 +1,290 @@
+"""Request and answer bodies of the gateway's own API (setup, admin, usage). No secrets out,
+except a new key's plaintext, once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field, SecretStr
+
+from tabpfn_gateway.store import (
+    ApiKey,
+    AuditEvent,
+    Principal,
+    UpstreamCredential,
+    UsageEvent,
+    UsageSummary,
+    utcnow,
+)
+
+__all__ = [
+    "AuditEventOut",
+    "CreatedKeyOut",
+    "CredentialIn",
+    "CredentialOut",
+    "KeyIn",
+    "KeyOut",
+    "PageOut",
+    "PrincipalIn",
+    "PrincipalOut",
+    "RotateIn",
+    "SetupIn",
+    "SetupOut",
+    "UsageEventOut",
+    "UsageSummaryOut",
+    "page_of",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+SHOWN_ONCE = "Store this key now: it is shown only once and cannot be recovered."
+
+
+class PageOut(BaseModel, Generic[T]):
+    """One page of a list; pass ``next_cursor`` as ``cursor`` for the next (null: last)."""
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+def page_of(items: Sequence[R], next_cursor: str | None, convert: Callable[[R], T]) -> PageOut[T]:
+    return PageOut[T](items=[convert(item) for item in items], next_cursor=next_cursor)
+
+
+# -- setup -------------------------------------------------------------------------------------
+
+
+class SetupIn(BaseModel):
+    """Self-service setup: your TabPFN token, and optionally a name for you."""
+
+    tabpfn_token: SecretStr = Field(description="Your TabPFN API token (stored encrypted).")
+    name: str | None = Field(
+        default=None, max_length=100, description="Your principal name (default: generated)."
+    )
+
+
+class SetupOut(BaseModel):
+    """The new gateway key, shown once, and what it belongs to."""
+
+    api_key: str = Field(description=SHOWN_ONCE)
+    key_id: str
+    principal_id: str
+    principal_name: str
+    credential_id: str
+    scopes: list[str]
+    expires_at: datetime | None = None
+    message: str = SHOWN_ONCE
+
+
+# -- principals and credentials ----------------------------------------------------------------
+
+
+class PrincipalIn(BaseModel):
+    name: str = Field(max_length=100)
+    kind: Literal["user", "team"] = "user"
+
+
+class PrincipalOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: Principal) -> PrincipalOut:
+        return cls(id=record.id, name=record.name, kind=record.kind, created_at=record.created_at)
+
+
+class CredentialIn(BaseModel):
+    owner: str = Field(description="Principal id or name.")
+    tabpfn_token: SecretStr
+    label: str = Field(max_length=100)
+    verify: bool = Field(default=True, description="Check the token upstream before storing.")
+
+
+class CredentialOut(BaseModel):
+    """A stored TabPFN credential: its token never leaves the vault."""
+
+    id: str
+    owner_id: str
+    label: str
+    created_at: datetime
+    verified_at: datetime | None = None
+
+    @classmethod
+    def of(cls, record: UpstreamCredential) -> CredentialOut:
+        return cls(
+            id=record.id,
+            owner_id=record.owner_id,
+            label=record.label,
+            created_at=record.created_at,
+            verified_at=record.verified_at,
+        )
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+class KeyIn(BaseModel):
+    owner: str = Field(description="Principal id or name.")
+    credential_id: str | None = Field(
+        default=None, description="The TabPFN credential calls go out with (admin keys: none)."
+    )
+    name: str = Field(max_length=200)
+    scopes: list[str] | None = Field(default=None, description="Default: inference, usage.")
+    expires_at: datetime | None = None
+    admin: bool = Field(default=False, description="An admin key (tpga_ prefix, admin scope).")
+
+
+class RotateIn(BaseModel):
+    grace_seconds: float = Field(
+        default=86_400, ge=0, description="How long the old secret keeps working."
+    )
+    request_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Retrying with the same id answers with the same new key.",
+    )
+
+
+class KeyOut(BaseModel):
+    """A gateway key as stored: a public id and hints, never the secret or its hash."""
+
+    key_id: str
+    name: str
+    owner_id: str
+    credential_id: str | None
+    scopes: list[str]
+    display_prefix: str
+    last4: str
+    state: Literal["active", "revoked", "disabled", "expired"]
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    disabled_at: datetime | None = None
+    last_used_at: datetime | None = None
+    rotated_at: datetime | None = None
+    previous_valid_until: datetime | None = None
+
+    @classmethod
+    def of(cls, record: ApiKey) -> KeyOut:
+        return cls(
+            key_id=record.key_id,
+            name=record.name,
+            owner_id=record.owner_id,
+            credential_id=record.credential_id,
+            scopes=list(record.scopes),
+            display_prefix=record.display_prefix,
+            last4=record.last4,
+            state=_state(record),
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+            revoked_at=record.revoked_at,
+            disabled_at=record.disabled_at,
+            last_used_at=record.last_used_at,
+            rotated_at=record.rotated_at,
+            previous_valid_until=record.previous_valid_until,
+        )
+
+
+class CreatedKeyOut(KeyOut):
+    """A key just created or rotated, with its plaintext (shown this once)."""
+
+    api_key: str = Field(description=SHOWN_ONCE)
+    message: str = SHOWN_ONCE
+
+    @classmethod
+    def created(cls, record: ApiKey, plaintext: str) -> CreatedKeyOut:
+        return cls(**KeyOut.of(record).model_dump(), api_key=plaintext)
+
+
+def _state(record: ApiKey) -> Literal["active", "revoked", "disabled", "expired"]:
+    if record.revoked_at is not None:
+        return "revoked"
+    if record.disabled_at is not None:
+        return "disabled"
+    if record.expires_at is not None and record.expires_at <= utcnow():
+        return "expired"
+    return "active"
+
+
+# -- usage and audit -----------------------------------------------------------------------------
+
+
+class UsageEventOut(BaseModel):
+    id: str
+    key_id: str
+    owner_id: str
+    credential_id: str | None
+    operation: str
+    status: int
+    latency_ms: float
+    rows: int | None
+    columns: int | None
+    bytes: int | None
+    upstream_trace_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, event: UsageEvent) -> UsageEventOut:
+        return cls(
+            id=event.id,
+            key_id=event.key_id,
+            owner_id=event.owner_id,
+            credential_id=event.credential_id,
+            operation=event.operation,
+            status=event.status,
+            latency_ms=event.latency_ms,
+            rows=event.rows,
+            columns=event.columns,
+            bytes=event.bytes,
+            upstream_trace_id=event.upstream_trace_id,
+            created_at=event.created_at,
+        )
+
+
+class UsageSummaryOut(BaseModel):
+    key_id: str
+    operation: str
+    calls: int
+    errors: int
+    rows: int
+    bytes: int
+    total_latency_ms: float
+
+    @classmethod
+    def of(cls, summary: UsageSummary) -> UsageSummaryOut:
+        return cls(
+            key_id=summary.key_id,
+            operation=summary.operation,
+            calls=summary.calls,
+            errors=summary.errors,
+            rows=summary.rows,
+            bytes=summary.bytes,
+            total_latency_ms=summary.total_latency_ms,
+        )
+
+
+class AuditEventOut(BaseModel):
+    id: str
+    actor: str
+    action: str
+    target_type: str
+    target_id: str
+    created_at: datetime
+    details: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> AuditEventOut:
+        return cls(
+            id=event.id,
+            actor=event.actor,
+            action=event.action,
+            target_type=event.target_type,
+            target_id=event.target_id,
+            created_at=event.created_at,
+            details=dict(event.details),
+        )
