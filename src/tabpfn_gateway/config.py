@@ -129,6 +129,11 @@ class Settings(BaseSettings):
         description="Optional Redis for cross-replica rate limits and cache invalidation.",
     )
     metrics_enabled: bool = Field(default=True, description="Serve Prometheus /metrics.")
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Whether the server upgrades the database schema when it starts "
+        "(safe with several replicas: migrations take a lock).",
+    )
     usage_flush_seconds: float = Field(
         default=5.0,
         gt=0,
