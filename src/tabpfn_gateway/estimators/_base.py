@@ -250,8 +250,7 @@ class GatewayEstimatorBase(BaseEstimator):  # type: ignore[misc]
             return
         if not self._thinking():
             raise InvalidData(
-                "group_col, time_col and group_time_col need thinking mode: "
-                "set thinking_mode=True."
+                "group_col, time_col and group_time_col need thinking mode: set thinking_mode=True."
             )
         if self.group_col is not None and self.time_col is not None:
             raise InvalidData("group_col and time_col cannot be combined.")

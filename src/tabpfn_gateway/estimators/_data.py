@@ -170,4 +170,3 @@ def check_target(y: Any, *, numeric: bool, n_samples: int) -> np.ndarray:
             f"X and y have different numbers of samples: [{n_samples}, {array.shape[0]}]."
         )
     return array
-
