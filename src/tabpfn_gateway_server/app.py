@@ -41,13 +41,13 @@ def create_app(
     schema is migrated first (``migrate``, default on; concurrent replicas are safe, see
     ``tabpfn_gateway.migrate``) and, with no ``TABPFN_GATEWAY_SECRET_KEY``, a secret is
     generated and persisted (mode 0600) in the data dir with a loud warning. A ``gateway``
-    passed in stays the caller's to close.
+    passed in stays the caller's to close. ``migrate`` defaults to ``settings.migrate_on_start``.
     """
     if settings is None:
         settings = gateway.settings if gateway is not None else get_settings()
     owns_gateway = gateway is None
     if gateway is None:
-        if migrate is None or migrate:
+        if settings.migrate_on_start if migrate is None else migrate:
             from tabpfn_gateway import migrate as migrations
 
             migrations.upgrade(settings)
@@ -95,7 +95,9 @@ def create_app(
 def create_app_from_env() -> FastAPI:
     """``create_app()`` from the environment: the factory uvicorn workers import."""
     from tabpfn_gateway.logs import setup_logging
+    from tabpfn_gateway_server.logfilter import install_access_log_filter
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    install_access_log_filter()
     return create_app(settings)

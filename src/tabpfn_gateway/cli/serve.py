@@ -1,9 +1,76 @@
-"""`tabpfn-gateway` commands of this group (being built)."""
+"""`tabpfn-gateway serve`: run the gateway server with uvicorn."""
 
 from __future__ import annotations
 
+import argparse
+import os
 from typing import Any
+
+__all__ = ["register"]
+
+_SERVER_EXTRA = "The server needs its extra: pip install 'tabpfn-gateway[server]'"
 
 
 def register(subparsers: Any) -> None:
-    """Add this group's commands to the top-level parser."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the gateway server (embedded SQLite by default, or PostgreSQL)",
+        description="Serve the gateway: setup, admin and TabPFN-compatible routes. Settings "
+        "come from TABPFN_GATEWAY_* variables (database_url, secret_key, upstream_url...).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; they share the DB)"
+    )
+    parser.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not upgrade the database schema on start (run `tabpfn-gateway db upgrade`)",
+    )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="proxies whose X-Forwarded-For is trusted (uvicorn's option; default 127.0.0.1)",
+    )
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise SystemExit(_SERVER_EXTRA) from None
+    if args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    if args.no_migrate:
+        # Workers build their app from the environment, so the choice travels there.
+        os.environ["TABPFN_GATEWAY_MIGRATE_ON_START"] = "false"
+
+    from tabpfn_gateway.config import get_settings
+    from tabpfn_gateway.logs import setup_logging
+    from tabpfn_gateway_server.logfilter import install_access_log_filter
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    install_access_log_filter()
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        # Our logging setup (stdout, redaction) instead of uvicorn's own handlers.
+        "log_config": None,
+    }
+    if args.forwarded_allow_ips:
+        options["forwarded_allow_ips"] = args.forwarded_allow_ips
+    if args.workers == 1:
+        from tabpfn_gateway_server import create_app
+
+        uvicorn.run(create_app(settings), **options)
+    else:
+        uvicorn.run(
+            "tabpfn_gateway_server:create_app_from_env",
+            factory=True,
+            workers=args.workers,
+            **options,
+        )
+    return 0
