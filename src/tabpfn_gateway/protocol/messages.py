@@ -7,7 +7,7 @@ scikit-learn's datasets, omegaconf and more (about 2 s measured with ``python -X
 and builds the vendor's process-global HTTP client. ``tests/test_protocol_messages.py`` keeps this
 copy equal to the vendor's: every model's ``model_json_schema()`` must match.
 
-Edits to the vendor's text, all schema-neutral: ``Union[...]`` written as ``X | Y``, type hints on
+Edits to the vendor's text, all schema-neutral: ``Union[...]`` written as ``X | Y``, ``ruff format``, type hints on
 ``UnknownEnum``'s schema hook. Our own additions follow the vendored part, below the marker.
 """
 
@@ -96,7 +96,8 @@ class ClassifierTabPFNConfig(BaseModel):
     average_before_softmax: bool | None = None
     random_state: int | None = None
     inference_config: dict[str, Any] | None = Field(
-        default=None, description="Refer to tabpfn.inference_config.InferenceConfig for more details."
+        default=None,
+        description="Refer to tabpfn.inference_config.InferenceConfig for more details.",
     )
     inference_precision: (
         Annotated[Literal["autocast", "auto"] | str, Field(union_mode="left_to_right")] | None
@@ -134,7 +135,8 @@ class ClassifierMetadata(BaseModel):
     ) = None
     cache_outcome: (
         Annotated[
-            Literal["not_requested", "hit", "miss", "fallback"] | str, Field(union_mode="left_to_right")
+            Literal["not_requested", "hit", "miss", "fallback"] | str,
+            Field(union_mode="left_to_right"),
         ]
         | None
     ) = None
@@ -260,7 +262,8 @@ class RegressorTabPFNConfig(BaseModel):
     average_before_softmax: bool | None = None
     random_state: int | None = None
     inference_config: dict[str, Any] | None = Field(
-        default=None, description="Refer to tabpfn.inference_config.InferenceConfig for more details."
+        default=None,
+        description="Refer to tabpfn.inference_config.InferenceConfig for more details.",
     )
     inference_precision: (
         Annotated[Literal["autocast", "auto"] | str, Field(union_mode="left_to_right")] | None
@@ -292,7 +295,8 @@ class RegressorMetadata(BaseModel):
     ) = None
     cache_outcome: (
         Annotated[
-            Literal["not_requested", "hit", "miss", "fallback"] | str, Field(union_mode="left_to_right")
+            Literal["not_requested", "hit", "miss", "fallback"] | str,
+            Field(union_mode="left_to_right"),
         ]
         | None
     ) = None
@@ -340,7 +344,9 @@ class DuplicateTrainSetErrorResponse(BaseModel):
 
 class FitRequest(BaseModel):
     task_config: FitTaskConfig
-    tabpfn_systems: list[Annotated[TabPFNSystem | str, Field(union_mode="left_to_right")]] | None = None
+    tabpfn_systems: (
+        list[Annotated[TabPFNSystem | str, Field(union_mode="left_to_right")]] | None
+    ) = None
     text_handling: Annotated[TextHandling | str, Field(union_mode="left_to_right")] | None = None
     thinking_config: ThinkingConfig | None = None
     train_set_upload_id: UUID
@@ -425,7 +431,9 @@ class PrepareTrainSetUploadResponse(BaseModel):
 
 class SubmitFitJobRequest(BaseModel):
     task_config: FitTaskConfig
-    tabpfn_systems: list[Annotated[TabPFNSystem | str, Field(union_mode="left_to_right")]] | None = None
+    tabpfn_systems: (
+        list[Annotated[TabPFNSystem | str, Field(union_mode="left_to_right")]] | None
+    ) = None
     text_handling: Annotated[TextHandling | str, Field(union_mode="left_to_right")] | None = None
     thinking_config: ThinkingConfig | None = None
     train_set_upload_id: UUID
@@ -446,10 +454,16 @@ class EstimateCostRequest(BaseModel):
     train_rows: int
     raw_columns: int
     test_rows: int | None = None
-    model_version: Annotated[ModelVersion | UnknownEnum, Field(union_mode="left_to_right")] | None = None
-    operation: Annotated[QuotaOperation | UnknownEnum, Field(union_mode="left_to_right")] | None = None
+    model_version: (
+        Annotated[ModelVersion | UnknownEnum, Field(union_mode="left_to_right")] | None
+    ) = None
+    operation: Annotated[QuotaOperation | UnknownEnum, Field(union_mode="left_to_right")] | None = (
+        None
+    )
     n_estimators: int | None = None
-    thinking_effort: Annotated[ThinkingEffort | str, Field(union_mode="left_to_right")] | None = None
+    thinking_effort: Annotated[ThinkingEffort | str, Field(union_mode="left_to_right")] | None = (
+        None
+    )
 
 
 class EstimateCostResponse(BaseModel):

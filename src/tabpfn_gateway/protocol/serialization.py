@@ -39,6 +39,4 @@ def split_chunks(data: bytes, parts: int) -> list[memoryview]:
         raise ValueError("parts must be at least 1")
     view = memoryview(data)
     size = len(data) // parts
-    return [
-        view[i * size : (i + 1) * size if i < parts - 1 else len(data)] for i in range(parts)
-    ]
+    return [view[i * size : (i + 1) * size if i < parts - 1 else len(data)] for i in range(parts)]

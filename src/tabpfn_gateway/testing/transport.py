@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from types import TracebackType
 from typing import Any
 
 import httpx
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 __all__ = ["ASGIBridgeTransport"]
 
@@ -18,16 +21,58 @@ class ASGIBridgeTransport(httpx.BaseTransport):
     from many threads at once. The event loop lives in an anyio blocking portal started on
     first use and stopped by ``close()``. An exception raised by the app reaches the caller as
     ``httpx.RemoteProtocolError``, the way a dropped connection looks to a real client.
+
+    Request bodies are read whole before they are handed to the app, and responses are
+    buffered whole: this is a test transport, not a streaming proxy.
     """
 
     def __init__(self, app: Any, *, client: tuple[str, int] = ("127.0.0.1", 123)) -> None:
-        raise NotImplementedError
+        self.app = app
+        self._asgi = httpx.ASGITransport(app=app, client=client)
+        self._lock = threading.Lock()
+        self._stack: contextlib.ExitStack | None = None
+        self._portal: BlockingPortal | None = None
+
+    def _get_portal(self) -> BlockingPortal:
+        with self._lock:
+            if self._portal is None:
+                stack = contextlib.ExitStack()
+                self._portal = stack.enter_context(start_blocking_portal())
+                self._stack = stack
+            return self._portal
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        raise NotImplementedError
+        body = request.read()
+        portal = self._get_portal()
+        try:
+            status, headers, content = portal.call(self._handle, request, body)
+        except Exception as exc:
+            # What a client sees when the server dies mid-request: the connection drops.
+            raise httpx.RemoteProtocolError(
+                f"The ASGI app failed ({type(exc).__name__}); connection dropped.",
+                request=request,
+            ) from exc
+        return httpx.Response(status, headers=headers, content=content, request=request)
+
+    async def _handle(
+        self, request: httpx.Request, body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        # The body is whole now: drop framing headers that described the original stream.
+        headers = [
+            (k, v)
+            for k, v in request.headers.raw
+            if k.lower() not in (b"content-length", b"transfer-encoding")
+        ]
+        inner = httpx.Request(request.method, request.url, headers=headers, content=body)
+        response = await self._asgi.handle_async_request(inner)
+        content = await response.aread()
+        return response.status_code, response.headers.raw, content
 
     def close(self) -> None:
-        raise NotImplementedError
+        with self._lock:
+            stack, self._stack, self._portal = self._stack, None, None
+        if stack is not None:
+            stack.close()
 
     def __enter__(self) -> ASGIBridgeTransport:
         return self
