@@ -56,6 +56,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# Log lines name keys by their bare key id: the redactor hides anything shaped tpg_...,
+# display prefixes included.
 
 SCOPE_INFERENCE: Final = "inference"  # TabPFN calls: settings, uploads, fit, predict, cost estimate
 SCOPE_USAGE: Final = "usage"  # read own usage
@@ -234,7 +236,7 @@ class KeyManager:
                 if self._store.get_key(parsed.key_id) is None:
                     raise
                 continue
-            logger.info("Created key %s for principal %s", stored.display_prefix, principal.id)
+            logger.info("Created key id %s for principal %s", stored.key_id, principal.id)
             return CreatedKey(record=stored, plaintext=plaintext)
         raise Conflict("Could not find a free key id; try again.")
 
@@ -314,7 +316,7 @@ class KeyManager:
             updated = self._store.update_key(record.key_id, changes, expected=expected)
         except StoreError as exc:
             # The key did verify; re-hashing is an improvement that can wait for next time.
-            logger.warning("Could not re-hash key %s (%s)", record.display_prefix, exc.error_code)
+            logger.warning("Could not re-hash key id %s (%s)", record.key_id, exc.error_code)
             return record
         return updated if updated is not None else record
 
@@ -331,8 +333,8 @@ class KeyManager:
             )
         except StoreError as exc:
             logger.warning(
-                "Could not drop the rotation replay of key %s (%s)",
-                record.display_prefix,
+                "Could not drop the rotation replay of key id %s (%s)",
+                record.key_id,
                 exc.error_code,
             )
             return record
@@ -462,7 +464,7 @@ class KeyManager:
             if request_id is not None and updated.rotation_request_id == request_id:
                 return self._replay_rotation(updated, request_id, now)
             raise Conflict("The key was rotated concurrently; look at it again and retry.")
-        logger.info("Rotated key %s", updated.display_prefix)
+        logger.info("Rotated key id %s", updated.key_id)
         return CreatedKey(record=updated, plaintext=plaintext)
 
     def _seal_rotation(self, plaintext: str, key_id: str, request_id: str) -> bytes:
@@ -505,7 +507,7 @@ class KeyManager:
         if updated is None:
             raise KeyNotFound(f"No gateway key with id {record.key_id!r}.")
         self._changed(record.key_id)
-        logger.info("%s %s by %s", action, record.display_prefix, actor)
+        logger.info("%s key id %s by %s", action, record.key_id, actor)
         return updated
 
     def _audit(
