@@ -151,7 +151,9 @@ def check_target(y: Any, *, numeric: bool, n_samples: int) -> np.ndarray:
 
     try:
         if y is None:
-            raise InvalidData("y is required: this estimator is supervised (fit(X, y)).")
+            raise InvalidData(
+                "This estimator requires y to be passed, but the target y is None."
+            )
         array = check_array(
             y,
             input_name="y",

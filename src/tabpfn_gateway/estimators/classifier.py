@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
 
 from tabpfn_gateway.errors import InvalidData, MalformedResponse
 from tabpfn_gateway.estimators._base import (
@@ -219,6 +220,7 @@ class GatewayClassifier(ClassifierMixin, GatewayEstimatorBase):  # type: ignore[
         y_pred : ndarray of shape (n_samples,)
             Predicted labels, of the type of ``classes_``.
         """
+        check_is_fitted(self)
         raw = np.asarray(self._predict_upstream(X, self._predict_config("preds"), "preds"))
         try:
             codes = raw.astype(np.int64)
@@ -244,6 +246,7 @@ class GatewayClassifier(ClassifierMixin, GatewayEstimatorBase):  # type: ignore[
         proba : ndarray of shape (n_samples, n_classes)
             Probability of each class, columns in the order of ``classes_``.
         """
+        check_is_fitted(self)
         proba = np.asarray(
             self._predict_upstream(X, self._predict_config("probas"), "probas"), dtype=np.float64
         )

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from sklearn.base import RegressorMixin
+from sklearn.utils.validation import check_is_fitted
 
 from tabpfn_gateway.errors import InvalidData
 from tabpfn_gateway.estimators._base import (
@@ -193,6 +194,7 @@ default="mean"
             An array for point estimates, one array per quantile for "quantiles", a dict
             for "full" and "main" (split into batches, it is joined exactly as one call).
         """
+        check_is_fitted(self)
         if output_type not in OUTPUT_TYPES:
             raise InvalidData(
                 f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}."
