@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from tabpfn_gateway.config import Settings, get_settings
 from tabpfn_gateway.errors import (
+    ConfigurationError,
     Conflict,
     CredentialNotFound,
     FittedModelNotFound,
@@ -173,8 +174,9 @@ class Gateway:
         admin: Admin,
         vault: TokenVault,
         upstream: ProtocolClient,
-        async_upstream: AsyncProtocolClient,
         uploads: UploadSigner,
+        async_upstream: AsyncProtocolClient | None = None,
+        async_upstream_factory: Callable[[], AsyncProtocolClient] | None = None,
         usage: UsageRecorder | None = None,
         bus: InvalidationBus | None = None,
         upstream_transport: httpx.BaseTransport | None = None,
@@ -186,7 +188,10 @@ class Gateway:
         self.admin = admin
         self.vault = vault
         self.upstream = upstream
-        self.async_upstream = async_upstream
+        # Made on first use: in-process sessions never need the async client.
+        self._async_upstream = async_upstream
+        self._async_upstream_factory = async_upstream_factory
+        self._async_lock = threading.Lock()
         self.uploads = uploads
         self.usage = usage or UsageRecorder(store, flush_interval=settings.usage_flush_seconds)
         self.bus: InvalidationBus = bus or LocalBus()
@@ -251,9 +256,12 @@ class Gateway:
             upstream = ProtocolClient(
                 settings.upstream_url, transport=upstream_transport, **timeouts
             )
-            async_upstream = AsyncProtocolClient(
-                settings.upstream_url, transport=async_upstream_transport, **timeouts
-            )
+
+            def make_async_upstream() -> AsyncProtocolClient:
+                return AsyncProtocolClient(
+                    settings.upstream_url, transport=async_upstream_transport, **timeouts
+                )
+
             return cls(
                 settings=settings,
                 store=store,
@@ -261,7 +269,7 @@ class Gateway:
                 admin=admin,
                 vault=vault,
                 upstream=upstream,
-                async_upstream=async_upstream,
+                async_upstream_factory=make_async_upstream,
                 uploads=signer,
                 bus=bus if bus is not None else bus_from_settings(settings),
                 upstream_transport=upstream_transport,
@@ -273,6 +281,17 @@ class Gateway:
             raise
 
     # -- faces -------------------------------------------------------------------------------
+
+    @property
+    def async_upstream(self) -> AsyncProtocolClient:
+        """The pooled async upstream client (made on first use)."""
+        if self._async_upstream is None:
+            with self._async_lock:
+                if self._async_upstream is None:
+                    if self._async_upstream_factory is None:
+                        raise ConfigurationError("This gateway has no async upstream client.")
+                    self._async_upstream = self._async_upstream_factory()
+        return self._async_upstream
 
     def session(self, api_key: str | SecretStr) -> GatewaySession:
         """An in-process client acting as the holder of ``api_key`` (no server involved)."""
@@ -552,7 +571,8 @@ class Gateway:
 
     async def aclose(self) -> None:
         """``close()`` plus the async upstream client's pool."""
-        await self.async_upstream.aclose()
+        if self._async_upstream is not None:
+            await self._async_upstream.aclose()
         self.close()
 
 
