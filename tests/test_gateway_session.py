@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gateway_support import Tenant, add_admin_key, add_tenant, build_gateway, make_settings
 from sklearn.datasets import make_classification, make_regression
 
+from gateway_support import Tenant, add_admin_key, add_tenant, build_gateway, make_settings
 from tabpfn_gateway import migrate
 from tabpfn_gateway.errors import (
     CredentialNotFound,
