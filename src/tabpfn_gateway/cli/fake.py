@@ -1,9 +1,98 @@
-"""`tabpfn-gateway` commands of this group (being built)."""
+"""`tabpfn-gateway fake-upstream`: serve FakeTabPFN on a local port (tests, CI, offline demo)."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
+
+from tabpfn_gateway.errors import ConfigurationError
+
+__all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
-    """Add this group's commands to the top-level parser."""
+    """Add ``fake-upstream`` to the top-level parser."""
+    parser = subparsers.add_parser(
+        "fake-upstream",
+        help="serve FakeTabPFN, an offline TabPFN API backed by scikit-learn models",
+        description="Serve FakeTabPFN: the TabPFN API's endpoints and bodies, offline, with "
+        "scikit-learn models behind. Point tabpfn-client at it with TABPFN_CLIENT_API_URL. "
+        "Needs uvicorn (pip install tabpfn-gateway[server]).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port to bind (default 8765)")
+    parser.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="a valid token (repeatable); TOKEN:LIMIT gives it a credit limit",
+    )
+    parser.add_argument(
+        "--unverified-token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="a token answered with 403 (unverified e-mail; repeatable)",
+    )
+    parser.add_argument(
+        "--pending-polls", type=int, default=0, help="polls an async fit stays pending"
+    )
+    parser.add_argument(
+        "--retry-in-secs", type=float, default=0.0, help="polling hint while a fit is pending"
+    )
+    parser.add_argument(
+        "--upload-chunks", type=int, default=1, help="signed URLs per uploaded file"
+    )
+    parser.add_argument(
+        "--prediction-uri", action="store_true", help="answer predict with a download URI"
+    )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
+    parser.add_argument(
+        "--error-rate", type=float, default=0.0, help="fraction of requests answered 503"
+    )
+    parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+    parser.set_defaults(handler=_serve)
+
+
+def _parse_tokens(values: list[str]) -> dict[str, int | None]:
+    tokens: dict[str, int | None] = {}
+    for value in values:
+        token, sep, limit = value.rpartition(":")
+        if sep and limit.isdigit() and token:
+            tokens[token] = int(limit)
+        else:
+            tokens[value] = None
+    return tokens
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise ConfigurationError(
+            "fake-upstream needs uvicorn: pip install 'tabpfn-gateway[server]'"
+        ) from None
+    from tabpfn_gateway.testing.fake import FakeTabPFN
+
+    tokens = _parse_tokens(args.token)
+    if not tokens and not args.unverified_token:
+        raise ConfigurationError("Give at least one --token (or --unverified-token).")
+    fake = FakeTabPFN(
+        tokens,
+        unverified_tokens=args.unverified_token,
+        pending_polls=args.pending_polls,
+        retry_in_secs=args.retry_in_secs,
+        upload_chunks=args.upload_chunks,
+        prediction_uri_mode=args.prediction_uri,
+        latency=args.latency,
+        error_rate=args.error_rate,
+    )
+    # Tokens are not printed: they may be real-looking strings someone pasted.
+    print(
+        f"FakeTabPFN serving on http://{args.host}:{args.port} ({len(tokens)} token(s)); "
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+    uvicorn.run(fake.app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -7,11 +7,17 @@ from types import TracebackType
 from typing import Any
 from uuid import UUID
 
+import anyio
 import httpx
 import numpy as np
 import pandas as pd
+import tenacity
 from pydantic import SecretStr
 
+from tabpfn_gateway.errors import InvalidRequest, MalformedResponse, UpstreamError
+from tabpfn_gateway.protocol import _base
+from tabpfn_gateway.protocol._base import ClientOptions, Endpoint
+from tabpfn_gateway.protocol._errors import error_from_storage, error_from_transport
 from tabpfn_gateway.protocol.messages import (
     ClassifierConfig,
     DuplicateTestSetErrorResponse,
@@ -21,7 +27,9 @@ from tabpfn_gateway.protocol.messages import (
     FileUploadInfo,
     FitRequest,
     FitResponse,
+    FitStatus,
     FitTaskConfig,
+    GetFitStatusRequest,
     GetFitStatusResponse,
     GetSettingsResponse,
     Prediction,
@@ -38,8 +46,19 @@ from tabpfn_gateway.protocol.messages import (
     ThinkingConfig,
 )
 from tabpfn_gateway.protocol.results import FitResult, PredictionResult
+from tabpfn_gateway.protocol.serialization import split_chunks
 
 __all__ = ["AsyncProtocolClient"]
+
+
+class _Shared:
+    """The pool, options and settings cache one client shares with its ``with_token`` siblings."""
+
+    def __init__(self, options: ClientOptions, transport: httpx.AsyncBaseTransport | None) -> None:
+        self.options = options
+        self.http = httpx.AsyncClient(transport=transport, **options.httpx_kwargs())
+        self.settings: GetSettingsResponse | None = None
+        self.settings_lock = anyio.Lock()
 
 
 class AsyncProtocolClient:
@@ -48,14 +67,13 @@ class AsyncProtocolClient:
     ``put_signed_url`` also takes an ``AsyncIterable[bytes]``: the gateway streams a client's
     upload through it chunk by chunk without holding the dataset in memory.
 
-    Speaks the TabPFN wire protocol to one upstream (TabPFN cloud, a gateway, FakeTabPFN).
-
     Each instance has its own base URL, bearer credential, timeouts and connection pool: no
-    process-global state, so many clients with many tokens run side by side in threads.
+    process-global state, so many clients with many tokens run side by side in tasks.
     ``with_token`` makes a sibling that shares the pool and the settings cache. The bearer
     credential goes only to ``base_url``: uploads to signed URLs carry the URL's own required
-    headers and nothing else. Errors are ``tabpfn_gateway.errors.UpstreamError`` subclasses;
-    httpx exceptions never escape.
+    headers and nothing else. Errors are ``tabpfn_gateway.errors.UpstreamError`` subclasses
+    (bad arguments: ``InvalidRequest`` / ``ConfigurationError``); httpx exceptions never escape.
+    Runs on asyncio or trio (anyio).
 
     Parameters
     ----------
@@ -66,18 +84,20 @@ class AsyncProtocolClient:
     timeout, connect_timeout:
         Seconds for one request (fits can be long) and for connecting.
     transport:
-        An httpx transport to send everything through (``httpx.MockTransport``,
-        ``httpx.ASGITransport(FakeTabPFN().app)``...). Signed-URL uploads and
-        prediction downloads use it too.
+        An async httpx transport (``httpx.ASGITransport(FakeTabPFN().app)``,
+        ``httpx.MockTransport``...). Signed-URL uploads and prediction downloads use it too.
     max_connections:
         Size of the connection pool.
     upload_concurrency:
-        Chunks of one upload PUT in parallel.
+        Chunks of one upload PUT concurrently.
     poll_timeout:
         Overall deadline, in seconds, for waiting on an async fit; ``None`` takes the
         upstream's ``async_settings.poll_timeout_secs``.
     headers:
         Extra headers on every call to ``base_url`` (never on signed URLs).
+    max_retries, retry_wait:
+        Retries of an idempotent step after a transient failure, and the first back-off in
+        seconds (doubling, jittered).
     """
 
     def __init__(
@@ -92,15 +112,42 @@ class AsyncProtocolClient:
         upload_concurrency: int = 8,
         poll_timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
+        max_retries: int = 2,
+        retry_wait: float = 0.25,
     ) -> None:
-        raise NotImplementedError
+        options = ClientOptions.build(
+            base_url,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            upload_concurrency=upload_concurrency,
+            poll_timeout=poll_timeout,
+            headers=headers,
+            max_retries=max_retries,
+            retry_wait=retry_wait,
+        )
+        self._token = _base.coerce_token(token)
+        self._shared = _Shared(options, transport)
+        self._owns_pool = True
 
     def with_token(self, token: str | SecretStr) -> AsyncProtocolClient:
         """A client for another credential sharing this one's pool, settings and options.
 
         Closing the sibling does not close the shared pool; closing the original does.
         """
-        raise NotImplementedError
+        sibling = object.__new__(type(self))
+        sibling._token = _base.coerce_token(token)
+        sibling._shared = self._shared
+        sibling._owns_pool = False
+        return sibling
+
+    @property
+    def base_url(self) -> str:
+        return self._shared.options.base_url
+
+    def __repr__(self) -> str:
+        auth = "token set" if self._token is not None else "anonymous"
+        return f"{type(self).__name__}({self.base_url!r}, {auth})"
 
     # -- context manager -----------------------------------------------------------------
 
@@ -117,23 +164,156 @@ class AsyncProtocolClient:
 
     async def aclose(self) -> None:
         """Close the connection pool (if this client owns it)."""
-        raise NotImplementedError
+        if self._owns_pool:
+            await self._shared.http.aclose()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _retrying(self, predicate: Callable[[BaseException], bool]) -> tenacity.AsyncRetrying:
+        kwargs = _base.retry_kwargs(self._shared.options, predicate)
+        return tenacity.AsyncRetrying(sleep=anyio.sleep, **kwargs)
+
+    async def _send(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        json: Any = None,
+        content: bytes | Iterable[bytes] | AsyncIterable[bytes] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        kwargs: dict[str, Any] = {"headers": headers}
+        if json is not None:
+            kwargs["json"] = json
+        if content is not None:
+            kwargs["content"] = content
+        if timeout is not None:
+            kwargs["timeout"] = httpx.Timeout(timeout, connect=self._shared.options.connect_timeout)
+        try:
+            return await self._shared.http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise error_from_transport(exc, operation) from exc
+        except httpx.InvalidURL as exc:
+            raise InvalidRequest(f"TabPFN {operation}: invalid URL ({exc}).") from None
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        retry: Callable[[BaseException], bool] = _base.retry_idempotent,
+        allowed: Sequence[int] = (),
+        fitted_model: bool = False,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """One API call with the credential, retried by ``retry``, errors mapped."""
+        options = self._shared.options
+        headers = _base.api_headers(options, self._token)
+        async for attempt in self._retrying(retry):
+            with attempt:
+                response = await self._send(
+                    operation,
+                    method,
+                    options.url(path),
+                    headers=headers,
+                    json=json,
+                    timeout=timeout,
+                )
+                _base.raise_for_error(
+                    response,
+                    operation,
+                    secret=self._token,
+                    allowed=allowed,
+                    fitted_model=fitted_model,
+                )
+        return response
 
     # -- low-level steps -----------------------------------------------------------------
 
     async def get_settings(self) -> GetSettingsResponse:
         """``GET /tabpfn/get_settings`` (limits, async settings); cached per instance."""
-        raise NotImplementedError
+        shared = self._shared
+        async with shared.settings_lock:
+            if shared.settings is None:
+                response = await self._call("get_settings", "GET", Endpoint.SETTINGS)
+                shared.settings = _base.parse_model(
+                    response, GetSettingsResponse, "get_settings", secret=self._token
+                )
+            return shared.settings
 
     async def prepare_train_set_upload(
         self, req: PrepareTrainSetUploadRequest
     ) -> PrepareTrainSetUploadResponse | DuplicateTrainSetErrorResponse:
-        """``POST /tabpfn/prepare_train_set_upload``: signed upload URLs, or the 409 duplicate."""
-        raise NotImplementedError
+        """``POST /tabpfn/prepare_train_set_upload``: signed upload URLs, or the 409 duplicate.
+
+        Retried on connect errors only: the upstream registers an upload per call.
+        """
+        response = await self._call(
+            "prepare_train_set_upload",
+            "POST",
+            Endpoint.PREPARE_TRAIN,
+            json=_base.dump(req),
+            retry=_base.retry_connect_only,
+            allowed=(409,),
+        )
+        if response.status_code == 409:
+            return _base.parse_model(
+                response,
+                DuplicateTrainSetErrorResponse,
+                "prepare_train_set_upload",
+                secret=self._token,
+            )
+        return _base.parse_model(
+            response,
+            PrepareTrainSetUploadResponse,
+            "prepare_train_set_upload",
+            secret=self._token,
+        )
 
     async def upload(self, data: bytes, info: FileUploadInfo) -> None:
-        """PUT ``data`` to ``info.signed_urls`` in chunks, in parallel, retried."""
-        raise NotImplementedError
+        """PUT ``data`` to ``info.signed_urls`` in chunks, concurrently, retried."""
+        await self._upload_all([(data, info)])
+
+    async def _upload_all(self, files: Sequence[tuple[bytes, FileUploadInfo]]) -> None:
+        # All chunks of all files share one limiter, so x and y of a train set upload
+        # together without exceeding `upload_concurrency` connections.
+        jobs: list[tuple[str, bytes | memoryview, Mapping[str, str]]] = []
+        for data, info in files:
+            if not info.signed_urls:
+                raise MalformedResponse("The upstream handed out no upload URL for a file.")
+            chunks = split_chunks(data, len(info.signed_urls))
+            jobs.extend(
+                (url, chunk, info.required_headers)
+                for url, chunk in zip(info.signed_urls, chunks, strict=True)
+            )
+        if len(jobs) == 1:
+            await self._put_chunk(*jobs[0])
+            return
+        limiter = anyio.CapacityLimiter(self._shared.options.upload_concurrency)
+
+        async def put(url: str, chunk: bytes | memoryview, headers: Mapping[str, str]) -> None:
+            async with limiter:
+                await self._put_chunk(url, chunk, headers)
+
+        try:
+            async with anyio.create_task_group() as group:
+                for job in jobs:
+                    group.start_soon(put, *job)
+        except BaseExceptionGroup as group_error:
+            # The first failure is the cause; the rest were cancelled or failed alike.
+            first = group_error.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+
+    async def _put_chunk(
+        self, url: str, chunk: bytes | memoryview, headers: Mapping[str, str]
+    ) -> None:
+        await self.put_signed_url(url, chunk if isinstance(chunk, bytes) else bytes(chunk), headers)
 
     async def put_signed_url(
         self,
@@ -141,20 +321,57 @@ class AsyncProtocolClient:
         content: bytes | Iterable[bytes] | AsyncIterable[bytes],
         headers: Mapping[str, str],
     ) -> None:
-        """PUT one chunk to a signed URL with exactly ``headers`` (never the bearer credential)."""
-        raise NotImplementedError
+        """PUT one chunk to a signed URL with exactly ``headers`` (never the bearer credential).
+
+        ``bytes`` are retried on transient failures; an (async) iterable is streamed once,
+        chunk by chunk, and not retried (it cannot be replayed).
+        """
+        _base.check_signed_url(url)
+        replayable = isinstance(content, bytes)
+        retry = _base.retry_idempotent if replayable else _base.retry_never
+        async for attempt in self._retrying(retry):
+            with attempt:
+                response = await self._send(
+                    "upload", "PUT", url, headers=dict(headers), content=content
+                )
+                if response.status_code >= 300:
+                    raise error_from_storage(response, "upload")
 
     async def fit_step(self, req: FitRequest) -> FitResponse:
         """``POST /tabpfn/fit`` (retried on connect errors only: every call is a new job)."""
-        raise NotImplementedError
+        response = await self._call(
+            "fit", "POST", Endpoint.FIT, json=_base.dump(req), retry=_base.retry_connect_only
+        )
+        return _base.parse_model(response, FitResponse, "fit", secret=self._token)
 
     async def submit_fit_job(self, req: SubmitFitJobRequest) -> SubmitFitJobResponse:
         """``POST /tabpfn/submit_fit_job`` (retried on connect errors only)."""
-        raise NotImplementedError
+        response = await self._call(
+            "submit_fit_job",
+            "POST",
+            Endpoint.SUBMIT_FIT,
+            json=_base.dump(req),
+            retry=_base.retry_connect_only,
+        )
+        return _base.parse_model(
+            response, SubmitFitJobResponse, "submit_fit_job", secret=self._token
+        )
 
     async def get_fit_status(self, fitted_train_set_id: UUID | str) -> GetFitStatusResponse:
-        """``POST /tabpfn/get_fit_status`` for one fit."""
-        raise NotImplementedError
+        """``POST /tabpfn/get_fit_status`` for one fit (one attempt: ``wait_for_fit`` retries)."""
+        req = GetFitStatusRequest(fitted_train_set_id=_base.as_uuid(fitted_train_set_id))
+        response = await self._call(
+            "get_fit_status",
+            "POST",
+            Endpoint.FIT_STATUS,
+            json=_base.dump(req),
+            retry=_base.retry_never,
+            fitted_model=True,
+            timeout=min(_base.POLL_REQUEST_TIMEOUT, self._shared.options.timeout),
+        )
+        return _base.parse_model(
+            response, GetFitStatusResponse, "get_fit_status", secret=self._token
+        )
 
     async def wait_for_fit(
         self,
@@ -164,25 +381,69 @@ class AsyncProtocolClient:
     ) -> GetFitStatusResponse:
         """Poll until the fit completes; honours ``retry_in_secs`` (with a floor) and a deadline.
 
-        Raises ``UpstreamError`` if the fit failed, ``UpstreamTimeout`` past the deadline.
+        Raises ``UpstreamError`` if the fit failed, ``UpstreamTimeout`` past the deadline
+        (``poll_timeout``, else the upstream's ``async_settings.poll_timeout_secs``).
         """
-        raise NotImplementedError
+        options = self._shared.options
+        settings = await self.get_settings() if options.poll_timeout is None else None
+        poller = _base.FitPoller(str(fitted_train_set_id), _base.poll_timeout(options, settings))
+        while True:
+            try:
+                status = await self.get_fit_status(fitted_train_set_id)
+            except UpstreamError as exc:
+                poller.on_error(exc)
+            else:
+                if on_poll is not None:
+                    on_poll(status)
+                if poller.on_status(status):
+                    return status
+            await anyio.sleep(poller.next_sleep())
 
     async def prepare_test_set_upload(
         self, req: PrepareTestSetUploadRequest
     ) -> PrepareTestSetUploadResponse | DuplicateTestSetErrorResponse:
         """``POST /tabpfn/prepare_test_set_upload``; a 404 raises ``FittedModelNotFound``."""
-        raise NotImplementedError
+        response = await self._call(
+            "prepare_test_set_upload",
+            "POST",
+            Endpoint.PREPARE_TEST,
+            json=_base.dump(req),
+            retry=_base.retry_connect_only,
+            allowed=(409,),
+            fitted_model=True,
+        )
+        if response.status_code == 409:
+            return _base.parse_model(
+                response,
+                DuplicateTestSetErrorResponse,
+                "prepare_test_set_upload",
+                secret=self._token,
+            )
+        return _base.parse_model(
+            response,
+            PrepareTestSetUploadResponse,
+            "prepare_test_set_upload",
+            secret=self._token,
+        )
 
     async def predict_step(
         self, req: PredictRequest
     ) -> PredictResponse | PredictResponseWithDownloadURI:
         """``POST /tabpfn/predict``: the prediction inline, or a signed download URI."""
-        raise NotImplementedError
+        response = await self._call(
+            "predict", "POST", Endpoint.PREDICT, json=_base.dump(req), fitted_model=True
+        )
+        return _base.parse_predict_response(response, secret=self._token)
 
     async def download_prediction(self, uri: str) -> Prediction:
-        """GET a prediction from a signed URI (no bearer credential)."""
-        raise NotImplementedError
+        """GET a prediction from a signed URI (no bearer credential), retried."""
+        _base.check_signed_url(uri)
+        async for attempt in self._retrying(_base.retry_idempotent):
+            with attempt:
+                response = await self._send("download_prediction", "GET", uri, headers={})
+                if response.status_code >= 300:
+                    raise error_from_storage(response, "download_prediction")
+        return _base.parse_prediction(response)
 
     # -- high level ----------------------------------------------------------------------
 
@@ -203,8 +464,38 @@ class AsyncProtocolClient:
 
         ``api_mode``: ``"sync"`` (``/fit``), ``"async"`` (``submit_fit_job`` then polls) or
         ``"auto"`` (async above the upstream's ``use_above_trainset_size_bytes``).
+        Serialization runs in a worker thread so the event loop keeps serving.
         """
-        raise NotImplementedError
+        _base.check_fit_options(api_mode, text_handling)
+        settings = await self.get_settings()
+        prepared = await anyio.to_thread.run_sync(
+            _base.prepare_train_set, X, y, settings, description
+        )
+        use_async = _base.use_async_fit(api_mode, prepared.in_memory_bytes, settings)
+        upload = await self.prepare_train_set_upload(prepared.request)
+        if isinstance(upload, PrepareTrainSetUploadResponse):
+            await self._upload_all(
+                [(prepared.x_bytes, upload.x_train_info), (prepared.y_bytes, upload.y_train_info)]
+            )
+        del prepared  # the bytes are uploaded; do not hold them through a long fit
+        args = (
+            upload.train_set_upload_id,
+            task_config,
+            tabpfn_systems,
+            text_handling,
+            thinking_config,
+        )
+        if use_async:
+            submitted = await self.submit_fit_job(_base.fit_request(SubmitFitJobRequest, *args))
+            done = await self.wait_for_fit(submitted.fitted_train_set_id, on_poll=on_poll)
+            return FitResult(str(submitted.fitted_train_set_id), _base.timings_dict(done.timings))
+        fitted = await self.fit_step(_base.fit_request(FitRequest, *args))
+        timings = fitted.timings
+        # Anything but COMPLETED (PENDING, or a status a newer upstream added) is waited on.
+        if fitted.status != FitStatus.COMPLETED:
+            status = await self.wait_for_fit(fitted.fitted_train_set_id, on_poll=on_poll)
+            timings = status.timings
+        return FitResult(str(fitted.fitted_train_set_id), _base.timings_dict(timings))
 
     async def predict(
         self,
@@ -212,16 +503,45 @@ class AsyncProtocolClient:
         X: pd.DataFrame | np.ndarray,  # noqa: N803 (scikit-learn's name)
         task_config: ClassifierConfig | RegressorConfig,
     ) -> PredictionResult:
-        """Upload a test set (skipped on 409) and predict with a fitted train set."""
-        raise NotImplementedError
+        """Upload a test set (skipped on 409) and predict with a fitted train set.
+
+        A fitted model the upstream does not know (or that another token made) raises
+        ``UpstreamFittedModelNotFound`` (a ``FittedModelNotFound``).
+        """
+        settings = await self.get_settings()
+        prepared = await anyio.to_thread.run_sync(
+            _base.prepare_test_set, fitted_train_set_id, X, settings
+        )
+        upload = await self.prepare_test_set_upload(prepared.request)
+        if isinstance(upload, PrepareTestSetUploadResponse):
+            await self.upload(prepared.x_bytes, upload.x_test_info)
+        del prepared
+        answer = await self.predict_step(
+            PredictRequest(
+                test_set_upload_id=upload.test_set_upload_id,
+                fitted_train_set_id=_base.as_uuid(fitted_train_set_id),
+                task_config=task_config,
+            )
+        )
+        if isinstance(answer, PredictResponseWithDownloadURI):
+            prediction = await self.download_prediction(answer.prediction_uri)
+        else:
+            prediction = answer.prediction
+        return _base.prediction_result(answer, prediction)
 
     async def get_api_usage(self) -> dict[str, Any]:
         """``POST /get_api_usage/``: the account's usage and limit."""
-        raise NotImplementedError
+        response = await self._call("get_api_usage", "POST", Endpoint.USAGE)
+        return _base.parse_json_object(response, "get_api_usage", secret=self._token)
 
     async def estimate_cost(self, req: EstimateCostRequest) -> EstimateCostResponse:
         """``POST /tabpfn/estimate_cost``: a quote from dimensions only."""
-        raise NotImplementedError
+        response = await self._call(
+            "estimate_cost", "POST", Endpoint.ESTIMATE_COST, json=_base.dump(req)
+        )
+        return _base.parse_model(
+            response, EstimateCostResponse, "estimate_cost", secret=self._token
+        )
 
     async def check_token(self) -> bool:
         """``GET /protected/``: True if the credential is accepted.
@@ -229,4 +549,5 @@ class AsyncProtocolClient:
         Raises ``UpstreamForbidden`` on 403 (e-mail not verified) and
         ``UpstreamAuthenticationFailed`` on 401.
         """
-        raise NotImplementedError
+        await self._call("check_token", "GET", Endpoint.PROTECTED)
+        return True

@@ -8,6 +8,12 @@ import httpx
 from pydantic import SecretStr
 
 from tabpfn_gateway.config import DEFAULT_UPSTREAM_URL
+from tabpfn_gateway.errors import (
+    UpstreamAuthenticationFailed,
+    UpstreamForbidden,
+    UsageLimitReached,
+)
+from tabpfn_gateway.protocol.client import ProtocolClient
 
 __all__ = ["TokenStatus", "verify_tabpfn_token"]
 
@@ -32,6 +38,34 @@ def verify_tabpfn_token(
     ``VALID`` when the usage call succeeds, ``VALID_LIMIT_REACHED`` when it reports a usage
     limit, ``INVALID`` on an authentication failure (401, or 403: an unverified account's token
     cannot be used either). Raises ``UpstreamUnavailable`` (retryable) when the upstream cannot
-    be reached or fails: "cannot verify now" is never "invalid".
+    be reached or fails: "cannot verify now" is never "invalid". Any other upstream error
+    (e.g. a 404 from a wrong ``base_url``) propagates as the ``UpstreamError`` it is.
     """
-    raise NotImplementedError
+    # No retries here: the caller (a CLI command, a setup request) decides whether to retry,
+    # and a person is waiting for the answer.
+    client = ProtocolClient(
+        base_url,
+        token,
+        transport=transport,
+        timeout=timeout,
+        connect_timeout=timeout,
+        max_retries=0,
+    )
+    with client:
+        try:
+            usage = client.get_api_usage()
+        except UsageLimitReached:
+            return TokenStatus.VALID_LIMIT_REACHED
+        except (UpstreamAuthenticationFailed, UpstreamForbidden):
+            return TokenStatus.INVALID
+    return TokenStatus.VALID_LIMIT_REACHED if _limit_reached(usage) else TokenStatus.VALID
+
+
+def _limit_reached(usage: dict[str, object]) -> bool:
+    """Whether a usage body says the limit is used up (``usage_limit`` -1 is unlimited)."""
+    try:
+        limit = float(str(usage.get("usage_limit")))
+        used = float(str(usage.get("current_usage")))
+    except ValueError:
+        return False
+    return limit >= 0 and used >= limit
