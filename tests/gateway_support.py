@@ -99,6 +99,16 @@ def add_admin_key(gateway: Gateway, name: str = "ops") -> str:
     return gateway.keys.create(principal.id, None, f"{name}-admin", admin=True).plaintext
 
 
+@contextlib.contextmanager
+def asgi_client(app: Any, base_url: str = "http://gateway.test") -> Iterator[httpx.Client]:
+    """A sync httpx client talking to ``app`` in process (no sockets)."""
+    from tabpfn_gateway.testing.transport import ASGIBridgeTransport
+
+    transport = ASGIBridgeTransport(app)
+    with httpx.Client(transport=transport, base_url=base_url, timeout=120) as client:
+        yield client
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

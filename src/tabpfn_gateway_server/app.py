@@ -10,10 +10,10 @@ from fastapi import FastAPI
 
 from tabpfn_gateway import __version__
 from tabpfn_gateway.config import Settings, get_settings
-from tabpfn_gateway.gateway import Gateway
+from tabpfn_gateway.gateway import UPLOAD_PATH_PREFIX, Gateway
 from tabpfn_gateway_server.errors import install_error_handlers
 from tabpfn_gateway_server.metrics import GatewayMetrics
-from tabpfn_gateway_server.middleware import RequestContextMiddleware
+from tabpfn_gateway_server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tabpfn_gateway_server.ratelimit import limiter_for
 from tabpfn_gateway_server.routes import admin, health, setup, tabpfn, uploads
 
@@ -75,13 +75,18 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
-        max_body_size=settings.max_json_body_bytes,
     )
     app.state.gateway = gateway
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.limiter = limiter
     install_error_handlers(app)
+    # Added last = runs first: the trace id exists before a body is refused.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=settings.max_json_body_bytes,
+        limits=[(UPLOAD_PATH_PREFIX, settings.max_upload_bytes)],
+    )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(health.build_health_router(metrics_enabled=settings.metrics_enabled))
     app.include_router(setup.router)

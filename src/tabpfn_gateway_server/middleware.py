@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tabpfn_gateway.errors import GatewayError
+from tabpfn_gateway.errors import GatewayError, PayloadTooLarge
 from tabpfn_gateway_server.errors import error_response
 from tabpfn_gateway_server.metrics import GatewayMetrics
 
-__all__ = ["TRACE_HEADER", "RequestContextMiddleware"]
+__all__ = ["TRACE_HEADER", "BodyLimitMiddleware", "RequestContextMiddleware"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,3 +74,56 @@ def _route(scope: Scope) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
     return str(path) if path else "unmatched"
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies past a limit with 413 PAYLOAD_TOO_LARGE, while they stream.
+
+    ``limits`` maps path prefixes to their own limit (uploads: ``max_upload_bytes``); every
+    other path gets ``default_limit`` (``max_json_body_bytes``). A declared Content-Length
+    past the limit is answered before anything is read; otherwise bytes are counted as they
+    arrive and the read fails at the first byte past the limit (a 413 from the route's
+    error handler), so an oversized body is never held whole. Starlette's own
+    ``RequestBodyLimitMiddleware`` answers in plain text and replaces any response when the
+    declared length is too large, which would break the documented error body.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, default_limit: int, limits: Sequence[tuple[str, int]] = ()
+    ) -> None:
+        self.app = app
+        self.default_limit = default_limit
+        self.limits = tuple(limits)
+
+    def _limit_for(self, path: str) -> int:
+        for prefix, limit in self.limits:
+            if path.startswith(prefix):
+                return limit
+        return self.default_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self._limit_for(scope.get("path", ""))
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            trace_id = str(scope.get("state", {}).get("trace_id", ""))
+            response = error_response(
+                PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes."), trace_id
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # FastAPI re-raises HTTPExceptions from body reading: our handler answers.
+                    raise HTTPException(413, f"The request body exceeds {limit} bytes.")
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -30,14 +30,13 @@ async def _request_body(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 
 def build_upload_router(settings: Settings) -> APIRouter:
-    """The upload route, with the body limit of uploads rather than of JSON calls."""
+    """The upload route (``BodyLimitMiddleware`` gives it the upload limit, not the JSON one)."""
     router = APIRouter(tags=["Uploads"])
     limit = settings.max_upload_bytes
 
     @router.put(
         UPLOAD_PATH_PREFIX + "{token}",
         summary="Upload one chunk of a dataset (a URL from prepare_*_upload)",
-        max_body_size=limit,
         responses={
             400: {"description": "The upload URL is invalid, expired or not yours."},
             413: {"description": "The body exceeds max_upload_bytes."},
