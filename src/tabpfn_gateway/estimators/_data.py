@@ -45,13 +45,16 @@ def prepare_features(
     allowed everywhere, infinity in numeric arrays is not. ``reset`` sets
     ``n_features_in_`` / ``feature_names_in_`` (fit) or checks them (predict).
     """
+    # TabPFN cannot learn from a single row; predicting a single row is fine.
+    min_samples = 2 if reset else 1
     try:
         if is_dataframe(X):
             validate_data(estimator, X, reset=reset, skip_check_array=True)
-            if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+            if X.shape[0] < min_samples or X.shape[1] < 1:
                 raise InvalidData(
                     f"Found array with {X.shape[0]} sample(s) and {X.shape[1]} feature(s) "
-                    f"while a minimum of 1 is required by {type(estimator).__name__}."
+                    f"while a minimum of {min_samples} sample(s) and 1 feature is required "
+                    f"by {type(estimator).__name__}."
                 )
             return clean_text_features(X)  # type: ignore[no-any-return]
         array = validate_data(
@@ -61,6 +64,7 @@ def prepare_features(
             dtype=None,
             ensure_all_finite="allow-nan",
             accept_sparse=False,
+            ensure_min_samples=min_samples,
         )
     except InvalidData:
         raise
