@@ -350,9 +350,10 @@ def retry_never(exc: BaseException) -> bool:
 
 def retry_kwargs(options: ClientOptions, predicate: Callable[[BaseException], bool]) -> Any:
     """Arguments for ``tenacity.Retrying`` / ``AsyncRetrying``: bounded, jittered, re-raising."""
+    step = options.retry_wait
     wait: Any = (
-        tenacity.wait_exponential_jitter(initial=options.retry_wait, max=options.retry_wait * 8)
-        if options.retry_wait > 0
+        tenacity.wait_exponential(multiplier=step, max=step * 8) + tenacity.wait_random(0, step)
+        if step > 0
         else tenacity.wait_none()
     )
     return {

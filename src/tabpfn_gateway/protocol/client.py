@@ -16,7 +16,12 @@ import pandas as pd
 import tenacity
 from pydantic import SecretStr
 
-from tabpfn_gateway.errors import InvalidRequest, MalformedResponse, UpstreamError
+from tabpfn_gateway.errors import (
+    ConfigurationError,
+    InvalidRequest,
+    MalformedResponse,
+    UpstreamError,
+)
 from tabpfn_gateway.protocol import _base
 from tabpfn_gateway.protocol._base import ClientOptions, Endpoint
 from tabpfn_gateway.protocol._errors import error_from_storage, error_from_transport
@@ -187,6 +192,9 @@ class ProtocolClient:
             kwargs["content"] = content
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=self._shared.options.connect_timeout)
+        if self._shared.http.is_closed:
+            # httpx would raise a bare RuntimeError; say what happened in our own terms.
+            raise ConfigurationError("This protocol client is closed; create a new one.")
         try:
             return self._shared.http.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
