@@ -303,9 +303,7 @@ def test_prediction_uri_mode_downloads_without_credential(
     assert "authorization" not in downloads[0].headers
 
 
-def test_put_signed_url_streams_an_iterable_once(
-    client: ProtocolClient, fake: FakeTabPFN
-) -> None:
+def test_put_signed_url_streams_an_iterable_once(client: ProtocolClient, fake: FakeTabPFN) -> None:
     X, y = classification_data(40)
     frame_bytes = [pd.DataFrame(X).to_parquet(), pd.DataFrame(y).to_parquet()]
     from tabpfn_gateway.protocol.messages import FileInfo, PrepareTrainSetUploadRequest
@@ -318,7 +316,9 @@ def test_put_signed_url_streams_an_iterable_once(
     )
     assert not isinstance(prepared, UpstreamError)
     for data, info in zip(
-        frame_bytes, [prepared.x_train_info, prepared.y_train_info], strict=True  # type: ignore[union-attr]
+        frame_bytes,
+        [prepared.x_train_info, prepared.y_train_info],
+        strict=True,  # type: ignore[union-attr]
     ):
         pieces = iter([data[:100], data[100:]])
         client.put_signed_url(info.signed_urls[0], pieces, info.required_headers)
@@ -477,9 +477,7 @@ def test_rate_limits_are_not_retried_and_carry_retry_after(
     assert paths(fake).count("POST /get_api_usage/") == 1
 
 
-def test_status_polls_ride_out_transient_failures(
-    client: ProtocolClient, fake: FakeTabPFN
-) -> None:
+def test_status_polls_ride_out_transient_failures(client: ProtocolClient, fake: FakeTabPFN) -> None:
     fake.pending_polls = 1
     fake.fail_next(1, status=503, path="/tabpfn/get_fit_status")
     X, y = classification_data()
