@@ -50,9 +50,7 @@ _CHECKS = parametrize_with_checks(
 )
 # The same parametrization, its generator made a list: pytest 9 deprecates generators there
 # (and warnings are errors in this suite).
-_CHECKS_AS_LIST = pytest.mark.parametrize(
-    _CHECKS.args[0], list(_CHECKS.args[1]), **_CHECKS.kwargs
-)
+_CHECKS_AS_LIST = pytest.mark.parametrize(_CHECKS.args[0], list(_CHECKS.args[1]), **_CHECKS.kwargs)
 
 
 @_CHECKS_AS_LIST
