@@ -70,29 +70,58 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=frame.index)
 
 
+class _TextColumnEncoder:
+    """String columns to ordinal codes (NaN for missing or unseen), numbers passed through.
+
+    Not a ColumnTransformer: that one runs through joblib's Parallel, which warns when many
+    threads fit at once (the fake fits from worker threads).
+    """
+
+    def __init__(self, text_columns: list[str]) -> None:
+        from sklearn.preprocessing import OrdinalEncoder
+
+        self.text_columns = text_columns
+        self.encoder = OrdinalEncoder(
+            handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan
+        )
+
+    def fit(self, frame: pd.DataFrame) -> _TextColumnEncoder:
+        if self.text_columns:
+            self.encoder.fit(frame[self.text_columns])
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        numeric = frame.drop(columns=self.text_columns).to_numpy(dtype="float64")
+        if not self.text_columns:
+            return numeric
+        codes = np.asarray(self.encoder.transform(frame[self.text_columns]), dtype="float64")
+        # Encoded columns first: the categorical mask below relies on this order.
+        return np.hstack([codes, numeric])
+
+
+@dataclass
+class _Estimator:
+    """An encoder and a scikit-learn model, fitted and applied together."""
+
+    encoder: _TextColumnEncoder
+    model: Any
+
+    def fit(self, frame: pd.DataFrame, target: Any) -> _Estimator:
+        self.model.fit(self.encoder.fit(frame).transform(frame), target)
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.model.predict(self.encoder.transform(frame)))
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.model.predict_proba(self.encoder.transform(frame)))
+
+
 def _build_estimator(frame: pd.DataFrame, task: Task, max_iter: int, random_state: int) -> Any:
-    from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OrdinalEncoder
 
     text_columns = [c for c in frame.columns if frame[c].dtype == object]
-    encoder = ColumnTransformer(
-        [
-            (
-                "categories",
-                OrdinalEncoder(
-                    handle_unknown="use_encoded_value",
-                    unknown_value=np.nan,
-                    encoded_missing_value=np.nan,
-                ),
-                text_columns,
-            )
-        ],
-        remainder="passthrough",
-        verbose_feature_names_out=False,
-    )
-    # Encoded columns come first; only low-cardinality ones fit HGB's categorical bins.
+    # Only low-cardinality text columns fit HGB's categorical bins; the rest stay ordinal.
     categorical = [frame[c].nunique() <= _MAX_CATEGORIES for c in text_columns]
     categorical += [False] * (frame.shape[1] - len(text_columns))
     model_cls = (
@@ -106,7 +135,7 @@ def _build_estimator(frame: pd.DataFrame, task: Task, max_iter: int, random_stat
         random_state=random_state,
         categorical_features=categorical if any(categorical) else None,
     )
-    return make_pipeline(encoder, model)
+    return _Estimator(_TextColumnEncoder(text_columns), model)
 
 
 @contextmanager
