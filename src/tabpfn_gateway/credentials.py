@@ -171,11 +171,14 @@ def logout(base_url: str) -> bool:
 
 
 def _check_key(url: str, secret: SecretStr, *, transport: httpx.BaseTransport | None) -> None:
+    from tabpfn_gateway.errors import UpstreamAuthenticationFailed
     from tabpfn_gateway.protocol import ProtocolClient
 
     client = ProtocolClient(url, secret, transport=transport)
     try:
         accepted = client.check_token()
+    except UpstreamAuthenticationFailed:
+        accepted = False
     finally:
         client.close()
     if not accepted:

@@ -155,9 +155,7 @@ def check_target(y: Any, *, numeric: bool, n_samples: int) -> np.ndarray:
 
     try:
         if y is None:
-            raise InvalidData(
-                "This estimator requires y to be passed, but the target y is None."
-            )
+            raise InvalidData("This estimator requires y to be passed, but the target y is None.")
         array = check_array(
             y,
             input_name="y",

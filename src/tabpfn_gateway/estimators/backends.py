@@ -187,6 +187,9 @@ class HTTPBackend:
                 self._client = ProtocolClient(
                     url, key, timeout=self.timeout, transport=self.transport
                 )
+                # Estimators make backends implicitly and never close them: release the
+                # sockets when the backend goes away instead of leaking them until exit.
+                weakref.finalize(self, self._client.close)
             return self._client
 
     def get_settings(self) -> GetSettingsResponse:

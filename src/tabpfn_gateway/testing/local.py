@@ -50,8 +50,9 @@ class LocalGateway(InProcessBackend):
     principal_id : str
         The principal that owns the key and the fits.
 
-    ``close()`` flushes usage and stops the gateway and the in-process transport; it is
-    also what ``with local_gateway() as backend:`` does on exit.
+    ``api_key`` is the gateway key (a ``SecretStr``). ``close()`` flushes usage and stops
+    the gateway and the in-process transport; it is also what ``with local_gateway() as
+    backend:`` does on exit.
     """
 
     def __init__(
@@ -71,6 +72,11 @@ class LocalGateway(InProcessBackend):
         self.key_id = key_id
         self.principal_id = principal_id
         self._closed = False
+
+    @property
+    def api_key(self) -> SecretStr:
+        """The gateway key this backend uses (to reach the same gateway over HTTP too)."""
+        return self._api_key
 
     def __enter__(self) -> LocalGateway:
         return self
@@ -142,10 +148,18 @@ def local_gateway(
         upstream_url="http://fake-tabpfn.local",
         redis_url=None,
     )
+    import httpx
+
     transport = ASGIBridgeTransport(fake.app)
     store = MemoryStore()
+    # The async transport lets the same gateway be served over HTTP as well
+    # (tabpfn_gateway_server.create_app(gateway=backend.gateway)): the server proxies async.
     gateway = Gateway.from_settings(
-        settings, store=store, upstream_transport=transport, bus=LocalBus()
+        settings,
+        store=store,
+        upstream_transport=transport,
+        async_upstream_transport=httpx.ASGITransport(app=fake.app),
+        bus=LocalBus(),
     )
     try:
         owner = gateway.admin.add_principal(principal)
