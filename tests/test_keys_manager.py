@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tabpfn_gateway import migrate
@@ -177,6 +177,7 @@ def test_malformed_unknown_and_wrong_keys_get_one_error(
     assert errors[0][0] == "INVALID_KEY"
 
 
+@settings(deadline=None)  # no timed assertions: these machines are shared
 @given(st.text(max_size=80))
 def test_malformed_keys_never_reach_the_store(text: str) -> None:
     counting = CountingStore(MemoryStore())
