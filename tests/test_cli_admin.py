@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,61 @@ def test_group_without_a_command_prints_help(shell: Shell) -> None:
     code, out, _ = shell.run("keys")
     assert code == 2
     assert "rotate" in out
+
+
+# -- token verification against FakeTabPFN (in process) ---------------------------------------
+
+
+@pytest.fixture
+def fake_upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from tabpfn_gateway.cli import admin as cli_admin
+    from tabpfn_gateway.testing import FakeTabPFN
+    from tabpfn_gateway.testing.transport import ASGIBridgeTransport
+
+    fake = FakeTabPFN(
+        tokens={TOKEN: None, "tabpfn-token-spent-0002": 0},
+        unverified_tokens=["tabpfn-token-unverified-3"],
+    )
+    with ASGIBridgeTransport(fake.app) as transport:
+        monkeypatch.setattr(cli_admin, "upstream_transport", lambda settings: transport)
+        yield fake
+
+
+def add_credential(shell: Shell, token: str, *extra: str) -> tuple[int, str, str]:
+    return shell.run(
+        "credentials", "add", "--owner", "alice", "--label", "x", "--token-stdin", "--json",
+        *extra, stdin=token,
+    )  # fmt: skip
+
+
+def test_credentials_are_verified_upstream_by_default(shell: Shell, fake_upstream: Any) -> None:
+    shell.ok("principals", "add", "alice")
+    code, out, _ = add_credential(shell, TOKEN)
+    assert code == 0
+    assert json.loads(out)["verified_at"] is not None
+    code, out, _ = add_credential(shell, "tabpfn-token-spent-0002")
+    assert code == 0  # over its limit, but a real token: stored
+    assert json.loads(out)["verified_at"] is not None
+    for rejected in ("tabpfn-token-wrong-0004", "tabpfn-token-unverified-3"):
+        code, out, err = add_credential(shell, rejected)
+        assert code == 1
+        assert "[UPSTREAM_AUTHENTICATION_FAILED]" in err
+        assert rejected not in err
+    assert len(shell.json("credentials", "list")["items"]) == 2
+    # --no-verify stores without asking.
+    code, out, _ = add_credential(shell, "tabpfn-token-wrong-0004", "--no-verify")
+    assert code == 0
+    assert json.loads(out)["verified_at"] is None
+    assert [r.token for r in fake_upstream.requests].count("tabpfn-token-wrong-0004") == 1
+
+
+def test_an_unreachable_upstream_is_retryable_and_stores_nothing(
+    shell: Shell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TABPFN_GATEWAY_UPSTREAM_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("TABPFN_GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "2")
+    shell.ok("principals", "add", "alice")
+    code, _, err = add_credential(shell, TOKEN)
+    assert code == 1
+    assert "[UPSTREAM_UNAVAILABLE]" in err
+    assert shell.json("credentials", "list")["items"] == []
