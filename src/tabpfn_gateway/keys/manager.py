@@ -393,7 +393,8 @@ class KeyManager:
         """Give the key a new secret; the old one keeps working for ``grace`` (never past expiry).
 
         Rotating again with the same ``request_id`` (a retried request) answers with the same
-        new key, for up to ``ROTATION_REPLAY_WINDOW``. Concurrent rotations are settled by a
+        new key, for up to ``ROTATION_REPLAY_WINDOW`` and while no other rotation came in
+        between (only the latest request id is kept). Concurrent rotations are settled by a
         compare-and-set on the stored hash: the loser gets ``Conflict``. Only one previous
         secret is kept: rotating twice ends the first secret's grace at once.
         """
