@@ -1,0 +1,70 @@
+"""`tabpfn-gateway demo`, in process, twice, on a fresh SQLite store in a temporary data dir:
+offline, idempotent, and honest about what it stored."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from tabpfn_gateway.cli import main
+from tabpfn_gateway.config import get_settings
+from tabpfn_gateway.store import open_store
+
+
+@pytest.fixture
+def fresh_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("TABPFN_GATEWAY_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("TABPFN_GATEWAY_DATABASE_URL", f"sqlite:///{data_dir / 'gateway.db'}")
+    for name in ("TABPFN_TOKEN", "TABPFN_GATEWAY_SECRET_KEY", "TABPFN_GATEWAY_KEY_PEPPER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    return data_dir
+
+
+def test_demo_twice(fresh_machine: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["upstream"] == "FakeTabPFN (in process)"
+    assert first["accuracy"] > 0.9
+    assert (first["train_rows"], first["test_rows"]) == (426, 143)
+    assert first["principal_created"] is True
+    assert first["credential_created"] is True
+    assert first["revoked_keys"] == 0
+    usage = {u["operation"]: u for u in first["usage"]}
+    assert usage["fit"]["calls"] == 1
+    assert usage["fit"]["rows"] == 426
+    assert usage["predict"]["rows"] == 143
+    assert first["database"] == f"sqlite ({fresh_machine / 'gateway.db'})"
+    secret_file = Path(first["secret_key_file"])
+    assert secret_file.parent == fresh_machine
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+
+    assert main(["demo"]) == 0
+    second = capsys.readouterr().out
+    assert "principal         demo (reused)" in second
+    assert "credential        reused" in second
+    assert "revoked 1 earlier demo key(s)" in second
+    assert "accuracy on 143 held-out rows: 0.9" in second
+    assert str(fresh_machine / "gateway.db") in second
+    # Key ids are public; plaintext keys and the fake's token are never printed.
+    assert "tpg_" not in second
+    assert "demo-fake-tabpfn-token" not in second
+
+    settings = get_settings()
+    store = open_store(settings)
+    try:
+        principal = store.get_principal_by_name("demo")
+        assert principal is not None
+        keys = store.list_keys(owner_id=principal.id).items
+        assert len(keys) == 2
+        assert sum(k.revoked_at is None for k in keys) == 1
+        assert len(store.list_credentials(owner_id=principal.id).items) == 1
+        total = sum(s.calls for s in store.summarize_usage(owner_id=principal.id))
+        assert total == 2 * first["total_calls_all_runs"]
+    finally:
+        store.close()
+    assert f"calls by the demo principal over all runs: {total}" in second
