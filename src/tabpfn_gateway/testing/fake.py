@@ -76,13 +76,17 @@ class LoggedRequest:
 
     ``token`` is the bearer credential the request carried (``None`` if none): the fake's own
     test tokens, recorded so isolation tests can prove whose request was whose. ``status`` is
-    ``0`` for a connection the fake dropped on purpose.
+    ``0`` for a connection the fake dropped on purpose. ``json`` is the parsed body of a JSON
+    request (``None`` otherwise): fidelity tests compare what two clients sent.
+    ``headers`` are the request's headers, lower-cased, without ``authorization``.
     """
 
     method: str
     path: str
     token: str | None
     status: int
+    json: Any = field(default=None, compare=False)
+    headers: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -835,6 +839,14 @@ class _RequestLog:
         token = _bearer(headers.get(b"authorization", b"").decode("latin-1") or None)
         method, path = scope["method"], scope["path"]
         status = 0
+        is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+        body_parts: list[bytes] = []
+
+        async def logging_receive() -> Message:
+            message = await receive()
+            if is_json and message["type"] == "http.request":
+                body_parts.append(message.get("body", b""))
+            return message
 
         async def logging_send(message: Message) -> None:
             nonlocal status
@@ -862,11 +874,31 @@ class _RequestLog:
                     fault_headers["Retry-After"] = f"{fault.retry_after:g}"
                 body = {"message": f"Injected fault: HTTP {fault.status}."}
                 response = JSONResponse(body, fault.status, headers=fault_headers)
-                await response(scope, receive, logging_send)
+                await response(scope, logging_receive, logging_send)
                 return
-            await self._app(scope, receive, logging_send)
+            await self._app(scope, logging_receive, logging_send)
         finally:
-            fake._record(LoggedRequest(method, path, token, status))
+            fake._record(
+                LoggedRequest(
+                    method,
+                    path,
+                    token,
+                    status,
+                    json=_parse_json(b"".join(body_parts)) if is_json else None,
+                    headers={
+                        k.decode("latin-1"): v.decode("latin-1")
+                        for k, v in headers.items()
+                        if k != b"authorization"
+                    },
+                )
+            )
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _bearer(header: str | None) -> str | None:
