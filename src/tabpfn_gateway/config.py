@@ -22,8 +22,11 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("tabpfn-gateway", appauthor=False))
 
 
-def _default_database_url() -> str:
-    return f"sqlite:///{default_data_dir() / 'gateway.db'}"
+def _default_database_url(validated: dict[str, Any]) -> str:
+    # Follows data_dir (validated before this field), so TABPFN_GATEWAY_DATA_DIR alone moves
+    # the embedded database too.
+    data_dir = validated.get("data_dir") or default_data_dir()
+    return f"sqlite:///{Path(data_dir) / 'gateway.db'}"
 
 
 class Settings(BaseSettings):
@@ -40,17 +43,19 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        # Validation errors never echo input values: one of them may be a secret.
+        hide_input_in_errors=True,
     )
 
     # -- storage -------------------------------------------------------------------------
-    database_url: str = Field(
-        default_factory=_default_database_url,
-        description="SQLAlchemy URL. Default: a SQLite file in the user data dir. PostgreSQL: "
-        "postgresql+psycopg://user:pass@host/db (postgresql:// is accepted too).",
-    )
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="Directory for the embedded database and a generated secret key.",
+    )
+    database_url: str = Field(
+        default_factory=_default_database_url,
+        description="SQLAlchemy URL. Default: gateway.db (SQLite) in data_dir. PostgreSQL: "
+        "postgresql+psycopg://user:pass@host/db (postgresql:// is accepted too).",
     )
     db_pool_size: int = Field(default=10, ge=1, description="PostgreSQL connection pool size.")
     db_pool_timeout_seconds: float = Field(
