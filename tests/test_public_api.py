@@ -1,0 +1,79 @@
+"""The public API: an explicit ``tabpfn_gateway.__all__`` whose every name resolves, loaded
+lazily so ``import tabpfn_gateway`` stays light."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import tabpfn_gateway
+
+INIT = Path(tabpfn_gateway.__file__)
+
+
+def test_all_is_an_explicit_literal_list() -> None:
+    tree = ast.parse(INIT.read_text(encoding="utf-8"))
+    literal = None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            literal = ast.literal_eval(node.value)
+    assert isinstance(literal, list), "__all__ must be a literal list of names"
+    assert literal == tabpfn_gateway.__all__
+    assert len(set(literal)) == len(literal)
+
+
+def test_every_public_name_resolves() -> None:
+    for name in tabpfn_gateway.__all__:
+        value = getattr(tabpfn_gateway, name)
+        assert value is not None, name
+        if name != "__version__":
+            assert getattr(value, "__name__", name) == name
+    # Everything lazily importable is public, and nothing public is missing from the map.
+    assert set(tabpfn_gateway.__all__) == {"__version__", *tabpfn_gateway._LAZY}
+    assert sorted(dir(tabpfn_gateway)) == sorted(tabpfn_gateway.__all__)
+
+
+def test_the_sdk_names_users_need_are_public() -> None:
+    from tabpfn_gateway.estimators import GatewayClassifier, GatewayRegressor
+
+    assert tabpfn_gateway.GatewayClassifier is GatewayClassifier
+    assert tabpfn_gateway.GatewayRegressor is GatewayRegressor
+    for name in ("login", "logout", "KeyManager", "Admin", "Gateway", "HTTPBackend"):
+        assert name in tabpfn_gateway.__all__
+    import tabpfn_gateway.testing as testing
+
+    assert callable(testing.local_gateway)
+    assert set(testing.__all__) >= {"FakeTabPFN", "local_gateway"}
+
+
+def test_unknown_names_raise_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        tabpfn_gateway.NoSuchThing  # noqa: B018
+
+
+def test_import_is_light() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        import tabpfn_gateway
+        heavy = ["sklearn", "pandas", "httpx", "tabpfn_client", "sqlalchemy", "keyring",
+                 "fastapi", "pyarrow", "cryptography"]
+        print(",".join(m for m in heavy if m in sys.modules))
+        from tabpfn_gateway import GatewayClassifier
+        print(",".join(m for m in ["tabpfn_client", "httpx", "sqlalchemy", "keyring", "fastapi"]
+                       if m in sys.modules))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    bare, with_estimator = done.stdout.splitlines()
+    assert bare == "", f"import tabpfn_gateway loaded {bare}"
+    assert with_estimator == "", f"importing GatewayClassifier loaded {with_estimator}"
