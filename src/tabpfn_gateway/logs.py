@@ -38,17 +38,18 @@ def register_secret(value: str) -> None:
 
 def redact(text: str) -> str:
     """Return ``text`` with every secret-shaped or registered secret replaced by [REDACTED]."""
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-        else:
-            text = pattern.sub(REDACTED, text)
+    # Registered secrets first: a pattern rewriting part of one would leave the rest behind.
     if _known_secrets:
         with _known_lock:
             known = sorted(_known_secrets, key=len, reverse=True)
         for secret in known:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        else:
+            text = pattern.sub(REDACTED, text)
     return text
 
 
@@ -67,6 +68,9 @@ class RedactingFilter(logging.Filter):
             formatter = logging.Formatter()
             record.exc_text = redact(formatter.formatException(record.exc_info))
             record.exc_info = None
+        elif record.exc_text:
+            # Formatted (and cached on the record) by a handler that ran before this filter.
+            record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
@@ -78,8 +82,10 @@ _configured = False
 def setup_logging(level: str | int = "INFO", *, stream: Any = None, force: bool = False) -> None:
     """Configure the ``tabpfn_gateway`` loggers once: stdout, a plain format, redaction.
 
-    The redacting filter sits on the handler (so records from every library that reach it are
-    redacted, httpx's request lines included) and on the package logger.
+    The redacting filter sits on the handler, so records from every library that reach it are
+    redacted, httpx's request lines included. (It is also on the ``tabpfn_gateway`` logger,
+    but logger filters do not apply to child loggers: other handlers you add yourself need
+    ``RedactingFilter`` too.)
     """
     global _configured
     if _configured and not force:
