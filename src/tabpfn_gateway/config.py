@@ -166,7 +166,7 @@ class Settings(BaseSettings):
     def _check_log_level(cls, value: str) -> str:
         level = value.upper()
         if level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET"}:
-            raise ValueError(f"unknown log level {value!r}")
+            raise ValueError("unknown log level; use CRITICAL, ERROR, WARNING, INFO or DEBUG")
         return level
 
     def all_secret_keys(self) -> list[SecretStr]:
