@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from logging.config import fileConfig
+
 from alembic import context
 from sqlalchemy import Connection
 
@@ -16,6 +18,9 @@ def _run(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # Our SQLite engines begin transactions themselves (see store.sql), so DDL is
+        # transactional there too: a failed run leaves nothing half-done.
+        transactional_ddl=True,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -27,7 +32,11 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    # Plain `alembic upgrade head` from the repository: same engine setup as the store.
+    # Plain `alembic upgrade head` from the repository: same engine setup as the store, and
+    # alembic.ini's logging (tabpfn_gateway.migrate never passes an ini file, so an
+    # application's own logging setup is left alone).
+    if config.config_file_name is not None:
+        fileConfig(config.config_file_name, disable_existing_loggers=False)
     from tabpfn_gateway.config import get_settings
     from tabpfn_gateway.store.sql import create_engine_for_url
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -166,3 +167,44 @@ def test_db_upgrade_runs_from_a_built_wheel(tmp_path: Path) -> None:
     current, head = revisions.split()
     assert current == head == migrate.head_revision()
     assert database.is_file()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_failing_migration_leaves_the_schema_as_it_was(
+    backend: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/gw.db"
+    else:
+        url = request.getfixturevalue("pg_url")
+    settings = Settings(database_url=url)
+    migrate.upgrade(settings)
+    head = migrate.head_revision()
+
+    scripts = tmp_path / "scripts"
+    shutil.copytree(migrate.scripts_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "9999_broken.py").write_text(
+        "import sqlalchemy as sa\n"
+        "from alembic import op\n"
+        "revision = '9999'\n"
+        f"down_revision = {head!r}\n"
+        "branch_labels = None\n"
+        "depends_on = None\n"
+        "def upgrade():\n"
+        "    op.create_table('half_done', sa.Column('id', sa.Integer, primary_key=True))\n"
+        "    op.add_column('principals', sa.Column('extra', sa.Integer))\n"
+        "    raise RuntimeError('this migration fails half way')\n"
+        "def downgrade():\n"
+        "    pass\n"
+    )
+    monkeypatch.setattr(migrate, "scripts_dir", lambda: scripts)
+    with pytest.raises(RuntimeError, match="half way"):
+        migrate.upgrade(settings)
+    monkeypatch.undo()
+
+    assert migrate.current_revision(settings) == head
+    assert table_names(settings) == TABLES
+    assert schema_differences(settings) == []
