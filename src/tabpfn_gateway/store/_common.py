@@ -6,7 +6,7 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ __all__ = [
     "check_json",
     "check_key_changes",
     "check_limit",
+    "check_scopes",
     "decode_cursor",
     "encode_cursor",
     "normalize_record",
@@ -87,7 +88,7 @@ def check_key_changes(changes: Mapping[str, Any], name: str) -> dict[str, Any]:
         ):
             checked[field_name] = check_aware(value, f"{name}[{field_name!r}]")
         elif field_name == "scopes":
-            checked[field_name] = tuple(value)
+            checked[field_name] = check_scopes(value)
         else:
             checked[field_name] = value
     return checked
@@ -120,3 +121,12 @@ def check_json(details: Any) -> dict[str, Any]:
         ) from exc
     assert isinstance(copied, dict)
     return copied
+
+
+def check_scopes(scopes: Any) -> tuple[str, ...]:
+    """``scopes`` as a tuple of strings; a bare string is refused (it is not a list of one)."""
+    if not isinstance(scopes, str | bytes) and isinstance(scopes, Iterable):
+        values: tuple[Any, ...] = tuple(scopes)
+        if all(isinstance(scope, str) for scope in values):
+            return values
+    raise InvalidRequest("scopes must be a sequence of strings, e.g. ('fit', 'predict').")

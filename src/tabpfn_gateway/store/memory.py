@@ -15,6 +15,7 @@ from tabpfn_gateway.store._common import (
     check_json,
     check_key_changes,
     check_limit,
+    check_scopes,
     decode_cursor,
     encode_cursor,
     normalize_record,
@@ -243,7 +244,7 @@ class MemoryStore:
     # -- gateway keys ------------------------------------------------------------------
 
     def add_key(self, key: ApiKey) -> ApiKey:
-        key = normalize_record(dataclasses.replace(key, scopes=tuple(key.scopes)))
+        key = normalize_record(dataclasses.replace(key, scopes=check_scopes(key.scopes)))
         with self._lock:
             self._check_open()
             tables = self._tables

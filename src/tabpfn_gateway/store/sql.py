@@ -30,6 +30,7 @@ from tabpfn_gateway.store._common import (
     check_json,
     check_key_changes,
     check_limit,
+    check_scopes,
     decode_cursor,
     encode_cursor,
     normalize_record,
@@ -482,7 +483,7 @@ class SqlStore:
     # -- gateway keys ------------------------------------------------------------------
 
     def add_key(self, key: ApiKey) -> ApiKey:
-        key = normalize_record(dataclasses.replace(key, scopes=tuple(key.scopes)))
+        key = normalize_record(dataclasses.replace(key, scopes=check_scopes(key.scopes)))
         self._insert(
             schema.api_keys,
             key,
@@ -509,15 +510,14 @@ class SqlStore:
         table = schema.api_keys
         select_key = sa.select(table).where(table.c.key_id == key_id)
         with self._transaction("update key", write=True) as connection:
+            # The expectations go into the UPDATE's WHERE, so compare-and-set is one atomic
+            # statement; whether it matched or not, the answer is the key as it now stands.
             if new_values:
                 conditions = [table.c.key_id == key_id]
                 for field_name, value in expected_values.items():
                     column = table.c[field_name]
                     conditions.append(column.is_(None) if value is None else column == value)
                 connection.execute(table.update().where(*conditions).values(**new_values))
-            elif expected_values:
-                # Nothing to change: the current key is the answer either way.
-                pass
             row = connection.execute(select_key).mappings().first()
         return None if row is None else ApiKey(**row)
 

@@ -367,6 +367,19 @@ class StoreContractTests:
         assert stored is not None
         assert stored.scopes == ("predict",)
 
+    def test_key_scopes_must_be_a_sequence_of_strings(
+        self, store: Store, make: _Factory, owner: Principal
+    ) -> None:
+        bare_string: Any = "predict"
+        with pytest.raises(InvalidRequest):
+            store.add_key(make.key(owner, scopes=bare_string))
+        key = store.add_key(make.key(owner))
+        with pytest.raises(InvalidRequest):
+            store.update_key(key.key_id, {"scopes": bare_string})
+        with pytest.raises(InvalidRequest):
+            store.update_key(key.key_id, {"scopes": (1, 2)})  # type: ignore[typeddict-item]
+        assert store.get_key(key.key_id) == key
+
     def test_key_duplicate_id_conflicts(
         self, store: Store, make: _Factory, owner: Principal
     ) -> None:
