@@ -68,3 +68,42 @@ def test_demo_twice(fresh_machine: Path, capsys: pytest.CaptureFixture[str]) -> 
     finally:
         store.close()
     assert f"calls by the demo principal over all runs: {total}" in second
+
+
+def test_readme_first_command_is_the_demo_and_runs_on_a_fresh_home(tmp_path: Path) -> None:
+    """The README's first command ends in `tabpfn-gateway demo`; run that console script with
+    no settings at all (a fresh HOME: default data dir, generated secret)."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    first = re.search(r"```bash\n(.*?)\n```", readme, flags=re.DOTALL)
+    assert first is not None
+    assert first.group(1) == (
+        "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/tabpfn-gateway demo"
+    )
+    executable = shutil.which("tabpfn-gateway", path=str(Path(sys.executable).parent))
+    assert executable is not None, "the console script is not installed"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TABPFN_GATEWAY_", "XDG_")) and k != "TABPFN_TOKEN"
+    }
+    env["HOME"] = str(tmp_path / "home")
+    done = subprocess.run(
+        [executable, "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data_dir = tmp_path / "home" / ".local" / "share" / "tabpfn-gateway"
+    assert f"database          sqlite ({data_dir / 'gateway.db'})" in done.stdout
+    assert "accuracy on 143 held-out rows: 0.9" in done.stdout
+    assert (data_dir / "gateway.db").is_file()

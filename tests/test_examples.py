@@ -1,6 +1,6 @@
 """Every example in examples/ runs offline and says what it should; the notebook runs in a real
-Jupyter kernel (nbclient); every Python code block of docs/sdk.md runs, in order, against a real
-gateway server on loopback."""
+Jupyter kernel (nbclient); every Python code block of docs/sdk.md and README.md runs, in order,
+against a real gateway server on loopback."""
 
 from __future__ import annotations
 
@@ -103,7 +103,6 @@ def test_notebook_runs_in_a_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 # -- docs/sdk.md -------------------------------------------------------------------------------
 
-DOC = ROOT / "docs" / "sdk.md"
 PLACEHOLDER_URL = "https://tabpfn-gateway.example.com"
 
 
@@ -124,15 +123,22 @@ def served_gateway() -> Iterator[tuple[str, str]]:
             yield url, local.api_key.get_secret_value()
 
 
-def test_sdk_doc_code_blocks_run(
-    served_gateway: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize(("document", "minimum_blocks"), [("docs/sdk.md", 6), ("README.md", 1)])
+def test_python_blocks_of_the_docs_run(
+    document: str,
+    minimum_blocks: int,
+    served_gateway: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     import keyring
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
     from tests.test_credentials import MemoryKeyring
 
     url, key = served_gateway
-    blocks = python_blocks(DOC.read_text(encoding="utf-8"))
-    assert len(blocks) >= 6
+    blocks = python_blocks((ROOT / document).read_text(encoding="utf-8"))
+    assert len(blocks) >= minimum_blocks
     # The reader's machine: a keyring, a person typing the key when asked, no env keys.
     previous = keyring.get_keyring()
     keyring.set_keyring(MemoryKeyring())
@@ -140,14 +146,22 @@ def test_sdk_doc_code_blocks_run(
     for name in ("TABPFN_GATEWAY_URL", "TABPFN_GATEWAY_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {"__name__": "sdk_doc"}
+    # README's snippet uses the reader's own data; give it some.
+    features, target = load_breast_cancer(return_X_y=True, as_frame=True)
+    x_train, x_test, y_train, _ = train_test_split(features, target, random_state=0)
+    namespace: dict[str, object] = {
+        "__name__": "doc",
+        "X_train": x_train,
+        "X_test": x_test,
+        "y_train": y_train,
+    }
     try:
         for number, block in enumerate(blocks, start=1):
             code = block.replace(PLACEHOLDER_URL, url)
             try:
-                exec(compile(code, f"docs/sdk.md block {number}", "exec"), namespace)
+                exec(compile(code, f"{document} block {number}", "exec"), namespace)
             except Exception as exc:
-                raise AssertionError(f"docs/sdk.md block {number} failed:\n{block}") from exc
+                raise AssertionError(f"{document} block {number} failed:\n{block}") from exc
     finally:
         keyring.set_keyring(previous)
         for value in namespace.values():
