@@ -29,14 +29,17 @@ def to_parquet(df: pd.DataFrame) -> tuple[bytes, str]:
     return data, crc32c_b64(data)
 
 
-def split_chunks(data: bytes, parts: int) -> list[memoryview]:
+def split_chunks(data: bytes, parts: int) -> list[bytes | memoryview]:
     """Split ``data`` into ``parts`` consecutive chunks, the last one taking the remainder.
 
     The same split as the vendor's, so the upstream reassembles what either client sent.
-    Views, not copies: a 1 GB upload is not held twice.
+    One part is ``data`` itself; several are views, not copies, so a 1 GB upload is not held
+    twice (each view is copied only while its PUT is in flight).
     """
     if parts < 1:
         raise ValueError("parts must be at least 1")
+    if parts == 1:
+        return [data]
     view = memoryview(data)
     size = len(data) // parts
     return [view[i * size : (i + 1) * size if i < parts - 1 else len(data)] for i in range(parts)]
