@@ -10,7 +10,9 @@ from typing import Any
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
+    "ASGIBridgeTransport": "tabpfn_gateway.testing.transport",
     "FakeTabPFN": "tabpfn_gateway.testing.fake",
+    "serve_in_thread": "tabpfn_gateway.testing.fake_server",
     "StoreContractTests": "tabpfn_gateway.testing.store_contract",
     "local_gateway": "tabpfn_gateway.testing.local",
 }
