@@ -227,9 +227,11 @@ def test_polling_gives_up_at_the_deadline(transport: RecordingTransport, fake: F
     fake.pending_polls = 1000
     fake.retry_in_secs = 0.2  # floored to 0.3 s by the client
     X, y = classification_data(50)
-    with ProtocolClient(BASE, "tok-a", transport=transport, poll_timeout=1.0) as client:
-        with pytest.raises(UpstreamTimeout, match="did not finish"):
-            client.fit(X, y, ClassifierFitTaskConfig(), api_mode="async")
+    with (
+        ProtocolClient(BASE, "tok-a", transport=transport, poll_timeout=1.0) as client,
+        pytest.raises(UpstreamTimeout, match="did not finish"),
+    ):
+        client.fit(X, y, ClassifierFitTaskConfig(), api_mode="async")
     polls = paths(fake).count("POST /tabpfn/get_fit_status")
     # A hard bound: at most one poll per floored interval within the deadline.
     assert 1 <= polls <= 4

@@ -78,7 +78,7 @@ class AsyncProtocolClient:
     credential goes only to ``base_url``: uploads to signed URLs carry the URL's own required
     headers and nothing else. Errors are ``tabpfn_gateway.errors.UpstreamError`` subclasses
     (bad arguments: ``InvalidRequest`` / ``ConfigurationError``); httpx exceptions never escape.
-    Runs on asyncio or trio (anyio).
+    Written against anyio (tested on asyncio).
 
     Parameters
     ----------
