@@ -7,13 +7,7 @@ The heavy parts (estimators, the protocol client, the store) are imported on fir
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
-
-try:
-    __version__ = version("tabpfn-gateway")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0.dev0"
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -57,6 +51,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    __version__: str
     from tabpfn_gateway.admin import Admin as Admin
     from tabpfn_gateway.config import Settings as Settings
     from tabpfn_gateway.config import get_settings as get_settings
@@ -75,7 +70,20 @@ if TYPE_CHECKING:
     from tabpfn_gateway.vault import TokenVault as TokenVault
 
 
+def _version() -> str:
+    # Looked up on first use: importlib.metadata alone costs ~30 ms and ~6 MB at import.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tabpfn-gateway")
+    except PackageNotFoundError:  # running from a source tree without an install
+        return "0.0.0.dev0"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value = globals()["__version__"] = _version()
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tabpfn_gateway' has no attribute {name!r}")
