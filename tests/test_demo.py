@@ -107,3 +107,50 @@ def test_readme_first_command_is_the_demo_and_runs_on_a_fresh_home(tmp_path: Pat
     assert f"database          sqlite ({data_dir / 'gateway.db'})" in done.stdout
     assert "accuracy on 143 held-out rows: 0.9" in done.stdout
     assert (data_dir / "gateway.db").is_file()
+
+
+def test_demo_uses_the_upstream_when_tabpfn_token_is_valid(
+    fresh_machine: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "The cloud" here is FakeTabPFN on loopback: tests never call TabPFN itself.
+    from tabpfn_gateway.testing import FakeTabPFN
+    from tabpfn_gateway.testing.fake_server import serve_in_thread
+
+    fake = FakeTabPFN(tokens=["valid-cloud-token"])
+    with serve_in_thread(fake.app) as url:
+        monkeypatch.setenv("TABPFN_GATEWAY_UPSTREAM_URL", url)
+        monkeypatch.setenv("TABPFN_TOKEN", "valid-cloud-token")
+        assert main(["demo", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["upstream"] == url
+        assert report["notes"] == []
+        assert report["accuracy"] > 0.9
+        assert fake.requests_to("/tabpfn/fit")
+        assert {r.token for r in fake.requests_to("/tabpfn/")} == {"valid-cloud-token"}
+
+        monkeypatch.setenv("TABPFN_TOKEN", "rejected-token")
+        fake.clear_log()
+        assert main(["demo", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["upstream"] == "FakeTabPFN (in process)"
+        assert report["notes"] == ["TABPFN_TOKEN is set but TabPFN rejected it; used FakeTabPFN."]
+        assert fake.requests_to("/tabpfn/fit") == []
+
+
+def test_demo_falls_back_offline_when_the_upstream_is_unreachable(
+    fresh_machine: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("TABPFN_GATEWAY_UPSTREAM_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("TABPFN_TOKEN", "some-token")
+    assert main(["demo", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["upstream"] == "FakeTabPFN (in process)"
+    assert report["notes"][0].startswith("TABPFN_TOKEN is set but TabPFN cannot be checked now")
+    assert "some-token" not in report["notes"][0]
+    assert main(["demo", "--offline", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notes"] == []
