@@ -270,6 +270,16 @@ def test_bad_input_gets_clear_coded_errors(backend: LocalGateway, iris: Any) -> 
             clf.fit(bad_X, bad_y)
         assert isinstance(info.value, ValueError)
         assert isinstance(info.value, GatewayError)
+    # scikit-learn's TypeErrors for unusable X get our code too (and stay ValueErrors).
+    import scipy.sparse
+
+    for bad_X, message in (
+        (scipy.sparse.random(150, 4, format="csr"), "Sparse data"),
+        (pd.DataFrame({1: X[:, 0], "a": X[:, 1]}), "Feature names are only supported"),
+        (X + 1j, "Complex data"),
+    ):
+        with pytest.raises(InvalidData, match=message):
+            clf.fit(bad_X, y)
     with pytest.raises(InvalidParameterError):
         GatewayClassifier(backend=backend, n_estimators=0).fit(X, y)
     with pytest.raises(InvalidParameterError):

@@ -6,6 +6,7 @@ import numbers
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_array, validate_data
 
 from tabpfn_gateway.errors import InvalidData
@@ -68,9 +69,10 @@ def prepare_features(
         )
     except InvalidData:
         raise
-    except ValueError as exc:
-        # scikit-learn's own messages are precise; keep them and add our error code.
-        if type(exc).__name__ == "NotFittedError":
+    except (TypeError, ValueError) as exc:
+        # scikit-learn's own messages are precise (sparse input, complex numbers, mixed
+        # column-name types...); keep them and add our error code.
+        if isinstance(exc, NotFittedError):
             raise
         raise InvalidData(str(exc)) from exc
     if array.dtype.kind in "fiub":
@@ -167,7 +169,7 @@ def check_target(y: Any, *, numeric: bool, n_samples: int) -> np.ndarray:
         array = np.asarray(column_or_1d(array, warn=True))
     except InvalidData:
         raise
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise InvalidData(str(exc)) from exc
     if array.shape[0] != n_samples:
         raise InvalidData(
