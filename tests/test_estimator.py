@@ -556,3 +556,17 @@ def test_usage_is_metered_per_key(backend: LocalGateway, iris: Any) -> None:
     assert by_operation["fit"].rows == 150
     assert by_operation["predict"].calls == 1
     assert by_operation["predict"].rows == 150
+
+
+def test_http_backend_follows_set_params_and_keeps_no_key_copy() -> None:
+    clf = GatewayClassifier(base_url="http://gw.example", api_key="tpg_first_key_0123456789")
+    first = clf._get_backend()
+    assert isinstance(first, HTTPBackend)
+    assert clf._get_backend() is first
+    assert "tpg_first_key_0123456789" not in repr(clf.__dict__["_http_backend"])
+    clf.set_params(api_key="tpg_second_key_0123456789")
+    second = clf._get_backend()
+    assert second is not first
+    clf.set_params(timeout=30.0)
+    assert clf._get_backend() is not second
+    assert clf._get_backend().timeout == 30.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from numbers import Integral, Real
@@ -206,7 +207,7 @@ class GatewayEstimatorBase(BaseEstimator):  # type: ignore[misc]
         from tabpfn_gateway.estimators.backends import HTTPBackend
 
         # Built from the parameters on first use, rebuilt if set_params changed them.
-        config = (self.base_url, _key_text(self.api_key), float(self.timeout))
+        config = (self.base_url, _key_fingerprint(self.api_key), float(self.timeout))
         cached: tuple[Any, Backend] | None = self.__dict__.get("_http_backend")
         if cached is None or cached[0] != config:
             cached = (config, HTTPBackend(self.base_url, self.api_key, timeout=config[2]))
@@ -353,11 +354,12 @@ class GatewayEstimatorBase(BaseEstimator):  # type: ignore[misc]
         return merge_predictions(parts, output_type)
 
 
-def _key_text(api_key: Any) -> str | None:
-    # Compared only to notice set_params(api_key=...); never printed.
-    if isinstance(api_key, SecretStr):
-        return api_key.get_secret_value()
-    return api_key if api_key is None else str(api_key)
+def _key_fingerprint(api_key: Any) -> str | None:
+    # Only to notice set_params(api_key=...): a digest, so no second copy of the key is kept.
+    if api_key is None:
+        return None
+    raw = api_key.get_secret_value() if isinstance(api_key, SecretStr) else str(api_key)
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
 @contextmanager
