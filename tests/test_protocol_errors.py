@@ -12,7 +12,13 @@ import pytest
 from tabpfn_gateway.errors import (
     ClientTooOld,
     GatewayError,
+    InsufficientScope,
+    InvalidKey,
+    KeyDisabled,
+    KeyExpired,
+    KeyRevoked,
     MalformedResponse,
+    PayloadTooLarge,
     UpstreamAuthenticationFailed,
     UpstreamError,
     UpstreamFittedModelNotFound,
@@ -268,3 +274,34 @@ def test_scrub_removes_urls_queries_userinfo_and_bearer_values() -> None:
     assert "u:p@" not in cleaned
     assert "eyJabcdefgh" not in cleaned
     assert "tok-1" not in cleaned
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (401, "INVALID_KEY", InvalidKey),
+        (401, "KEY_REVOKED", KeyRevoked),
+        (401, "KEY_EXPIRED", KeyExpired),
+        (403, "KEY_DISABLED", KeyDisabled),
+        (403, "INSUFFICIENT_SCOPE", InsufficientScope),
+        (413, "PAYLOAD_TOO_LARGE", PayloadTooLarge),
+    ],
+)
+def test_a_gateway_answer_about_the_key_raises_the_gateways_own_class(
+    status: int, code: str, expected: type[GatewayError]
+) -> None:
+    # The SDK pointed at a tabpfn-gateway server: user code can `except KeyRevoked`.
+    body = {"error_code": code, "message": "the gateway says no", "trace_id": "t-1"}
+    with sync_client(answering(status, body)) as client, pytest.raises(expected) as info:
+        client.get_api_usage()
+    assert info.value.error_code == code
+    assert info.value.trace_id == "t-1"
+    assert info.value.details["status_code"] == status
+    assert TOKEN not in str(info.value)
+
+
+def test_a_vendor_not_found_code_still_maps_by_status() -> None:
+    # The cloud's own NOT_FOUND body must not be mistaken for a gateway code.
+    body = {"error_code": "NOT_FOUND", "message": "no such fit"}
+    with sync_client(answering(404, body)) as client, pytest.raises(UpstreamNotFound):
+        client.get_api_usage()

@@ -171,18 +171,21 @@ def logout(base_url: str) -> bool:
 
 
 def _check_key(url: str, secret: SecretStr, *, transport: httpx.BaseTransport | None) -> None:
-    from tabpfn_gateway.errors import UpstreamAuthenticationFailed
+    from tabpfn_gateway.errors import AuthenticationError, UpstreamAuthenticationFailed
     from tabpfn_gateway.protocol import ProtocolClient
 
     client = ProtocolClient(url, secret, transport=transport)
+    reason = ""
     try:
         accepted = client.check_token()
-    except UpstreamAuthenticationFailed:
+    except (UpstreamAuthenticationFailed, AuthenticationError) as exc:
+        # A gateway says why (revoked, expired, disabled): keep its code in the message.
         accepted = False
+        reason = f" ({exc.error_code})" if isinstance(exc, AuthenticationError) else ""
     finally:
         client.close()
     if not accepted:
-        raise InvalidKey(f"The gateway at {url} refused this key; nothing was stored.")
+        raise InvalidKey(f"The gateway at {url} refused this key{reason}; nothing was stored.")
 
 
 def _import_keyring() -> Any:

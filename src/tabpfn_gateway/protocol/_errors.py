@@ -18,7 +18,17 @@ import httpx
 
 from tabpfn_gateway.errors import (
     ClientTooOld,
+    GatewayError,
+    InsufficientScope,
+    InvalidKey,
+    InvalidUpload,
+    KeyDisabled,
+    KeyExpired,
+    KeyRevoked,
     MalformedResponse,
+    PayloadTooLarge,
+    SetupDisabled,
+    TooManyAttempts,
     UpstreamAuthenticationFailed,
     UpstreamError,
     UpstreamFittedModelNotFound,
@@ -47,6 +57,24 @@ _USAGE_CODE = re.compile(r"LIMIT|QUOTA|CREDIT|USAGE", re.IGNORECASE)
 # A URL's query string (a signed URL's signature lives there) or userinfo.
 _URL_SECRETS = re.compile(r"(https?://)[^/\s@]*@|\?[^\s'\"]*")
 _MAX_MESSAGE = 500
+
+# Codes only a tabpfn-gateway server answers with (the SDK talking to a gateway): they are
+# about the caller's gateway key or request, so the caller gets the gateway's own class
+# (``except KeyRevoked`` works in user code) instead of a generic upstream error by status.
+_GATEWAY_ERRORS: dict[str, type[GatewayError]] = {
+    cls.error_code: cls
+    for cls in (
+        InvalidKey,
+        KeyRevoked,
+        KeyExpired,
+        KeyDisabled,
+        InsufficientScope,
+        SetupDisabled,
+        TooManyAttempts,
+        PayloadTooLarge,
+        InvalidUpload,
+    )
+}
 
 
 def scrub(text: str, secret: str | None = None) -> str:
@@ -106,9 +134,11 @@ def error_from_response(
     *,
     secret: str | None = None,
     fitted_model: bool = False,
-) -> UpstreamError:
-    """The ``UpstreamError`` for an error answer (status >= 400) of ``operation``.
+) -> GatewayError:
+    """The error for an error answer (status >= 400) of ``operation``.
 
+    An ``UpstreamError`` subclass picked by status code, except when a tabpfn-gateway server
+    answered with one of its own key or request codes (``KEY_REVOKED``...): then that class.
     ``fitted_model`` marks operations that name a fitted model: their 404 becomes
     ``UpstreamFittedModelNotFound``. ``secret`` (the caller's credential) is scrubbed from
     the message whatever the upstream echoed.
@@ -122,6 +152,12 @@ def error_from_response(
     details: dict[str, Any] = {"operation": operation, "upstream_message": upstream_message}
     if isinstance(body.get("error_code"), str):
         details["upstream_error_code"] = body["error_code"]
+        gateway_error = _GATEWAY_ERRORS.get(body["error_code"])
+        if gateway_error is not None:
+            details["status_code"] = status
+            return gateway_error(
+                upstream_message, trace_id=trace, retry_after=retry_after, details=details
+            )
 
     cls: type[UpstreamError]
     if status == 401:
