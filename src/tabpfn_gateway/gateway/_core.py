@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets as _secrets
 import threading
@@ -61,6 +62,10 @@ logger = logging.getLogger(__name__)
 
 _MAX_NAME_LENGTH = 200
 _FIT_OWNER_CACHE_SIZE = 50_000
+_SCHEMA_CHECK_SECONDS = 30.0
+_UPSTREAM_POOL_SIZE = 100
+# Repeated from tabpfn_gateway.keys (imported lazily there): admin implies every scope.
+_SCOPE_ADMIN = "admin"
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,63 @@ class _TtlCache:
                 self._items.pop(key, None)
 
 
+@dataclass(frozen=True)
+class _Resolved:
+    caller: Caller
+    token: SecretStr = field(repr=False)
+    until: float
+
+
+class _ResolvedCache:
+    """Authorisation decisions (key record + decrypted token) by key fingerprint, so a hot
+    path can be answered from memory without a worker thread. Dropped per key id and
+    credential id by the same signals that clear ``KeyManager``'s cache."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._items: dict[bytes, _Resolved] = {}
+        self._lock = threading.Lock()
+
+    def get(self, fingerprint: bytes) -> _Resolved | None:
+        with self._lock:
+            entry = self._items.get(fingerprint)
+        if entry is None or time.monotonic() >= entry.until:
+            return None
+        return entry
+
+    def put(self, fingerprint: bytes, caller: Caller, token: SecretStr) -> None:
+        if self._ttl <= 0:
+            return
+        ttl = self._ttl
+        now = utcnow()
+        # Never trusted past the key's expiry or the end of a rotation's grace window
+        # (whether this secret is the old or the new one is KeyManager's to decide).
+        for limit in (caller.key.expires_at, caller.key.previous_valid_until):
+            if limit is not None:
+                ttl = min(ttl, (limit - now).total_seconds())
+        if ttl <= 0:
+            return
+        with self._lock:
+            if len(self._items) >= self._max:
+                self._items.pop(next(iter(self._items)))
+            self._items[fingerprint] = _Resolved(caller, token, time.monotonic() + ttl)
+
+    def drop(self, *, key_id: str | None = None, credential_id: str | None = None) -> None:
+        with self._lock:
+            if key_id is None and credential_id is None:
+                self._items.clear()
+                return
+            stale = [
+                fingerprint
+                for fingerprint, entry in self._items.items()
+                if (key_id is not None and entry.caller.key_id == key_id)
+                or (credential_id is not None and entry.caller.credential_id == credential_id)
+            ]
+            for fingerprint in stale:
+                del self._items[fingerprint]
+
+
 class Gateway:
     """The gateway service, framework-free: what the server and in-process sessions call.
 
@@ -198,12 +260,14 @@ class Gateway:
         self.upstream_transport = upstream_transport
         self._owns_store = owns_store
         self._tokens = _TtlCache(settings.key_cache_ttl_seconds)
+        self._resolved = _ResolvedCache(settings.key_cache_ttl_seconds)
         # Fit ownership never changes once recorded, so it is cached without expiry.
         self._fit_owners: OrderedDict[str, str] = OrderedDict()
         self._fit_owners_lock = threading.Lock()
         self._observers: list[Callable[[UpstreamCall], None]] = []
         self._closed = False
-        self.keys.add_change_listener(lambda key_id: self.bus.publish(f"key:{key_id}"))
+        self._schema_current_until = 0.0
+        self.keys.add_change_listener(self._key_changed)
         self.bus.start(self._on_invalidation)
         self._proxy: GatewayProxy | None = None
 
@@ -252,6 +316,8 @@ class Gateway:
             timeouts: dict[str, Any] = {
                 "timeout": settings.upstream_timeout_seconds,
                 "connect_timeout": settings.upstream_connect_timeout_seconds,
+                # One pool serves every caller of this replica: size it for many at once.
+                "max_connections": _UPSTREAM_POOL_SIZE,
             }
             upstream = ProtocolClient(
                 settings.upstream_url, transport=upstream_transport, **timeouts
@@ -342,6 +408,36 @@ class Gateway:
                 ) from None
             self._tokens.put(credential_id, token)
         return token
+
+    def resolve(self, api_key: str | SecretStr, *, scope: str) -> tuple[Caller, SecretStr]:
+        """``authenticate`` plus ``upstream_token``, remembered for ``resolve_from_memory``."""
+        caller = self.authenticate(api_key, scope=scope)
+        token = self.upstream_token(caller)
+        self._resolved.put(_fingerprint(api_key), caller, token)
+        return caller, token
+
+    def resolve_from_memory(
+        self, api_key: str | SecretStr, *, scope: str
+    ) -> tuple[Caller, SecretStr] | None:
+        """What ``resolve`` answered for this key within the cache TTL, if it still holds;
+        None means "ask ``resolve``" (which does I/O and raises the precise error)."""
+        entry = self._resolved.get(_fingerprint(api_key))
+        if entry is None:
+            return None
+        record = entry.caller.key
+        if record.expires_at is not None and utcnow() >= record.expires_at:
+            return None
+        if scope not in record.scopes and _SCOPE_ADMIN not in record.scopes:
+            return None
+        return entry.caller, entry.token
+
+    def fit_owner_from_memory(self, fitted_train_set_id: str | UUID) -> str | None:
+        """The owner of a fit if it is cached (ownership never changes), else None."""
+        try:
+            fit_id = normalise_fit_id(fitted_train_set_id)
+        except FittedModelNotFound:
+            return None
+        return self._cached_fit_owner(fit_id)
 
     def check_key_alive(self, key_id: str) -> Caller:
         """The caller for ``key_id`` if its key is neither revoked, disabled nor expired.
@@ -527,16 +623,27 @@ class Gateway:
         """Remove a credential; keys bound to it stop working on every replica."""
         self.admin.remove_credential(credential_id, actor=actor)
         self._tokens.drop(credential_id)
+        self._resolved.drop(credential_id=credential_id)
         self.bus.publish(f"credential:{credential_id}")
+
+    def _key_changed(self, key_id: str) -> None:
+        # Here first (before any network hop), then every other replica.
+        self._resolved.drop(key_id=key_id)
+        self.bus.publish(f"key:{key_id}")
 
     def _on_invalidation(self, message: str) -> None:
         if message == ALL:
             self.keys.invalidate()
             self._tokens.drop()
+            self._resolved.drop()
         elif message.startswith("key:"):
-            self.keys.invalidate(message[len("key:") :])
+            key_id = message[len("key:") :]
+            self._resolved.drop(key_id=key_id)
+            self.keys.invalidate(key_id)
         elif message.startswith("credential:"):
-            self._tokens.drop(message[len("credential:") :])
+            credential_id = message[len("credential:") :]
+            self._tokens.drop(credential_id)
+            self._resolved.drop(credential_id=credential_id)
 
     # -- health ------------------------------------------------------------------------------
 
@@ -545,6 +652,10 @@ class Gateway:
         ``StoreUnavailable`` or ``SchemaNotCurrent``."""
         self.store.ping()
         if self.settings.database_url.startswith("memory://"):
+            return
+        # Reading the revision opens a connection of its own; a current schema stays current
+        # until a newer release migrates it, so a positive answer is trusted for a while.
+        if time.monotonic() < self._schema_current_until:
             return
         from tabpfn_gateway.migrate import is_current
 
@@ -556,6 +667,7 @@ class Gateway:
             raise StoreError("Could not read the schema revision.") from exc
         if not current:
             raise SchemaNotCurrent()
+        self._schema_current_until = time.monotonic() + _SCHEMA_CHECK_SECONDS
 
     def close(self) -> None:
         """Flush usage and key last-use, stop the bus, close clients (and an owned store)."""
@@ -574,6 +686,11 @@ class Gateway:
         if self._async_upstream is not None:
             await self._async_upstream.aclose()
         self.close()
+
+
+def _fingerprint(api_key: str | SecretStr) -> bytes:
+    raw = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).digest()
 
 
 def normalise_fit_id(value: str | UUID) -> str:
