@@ -347,7 +347,14 @@ def test_keys_never_show_in_reprs() -> None:
     clf = GatewayClassifier(api_key=key, base_url="https://gw.example")
     assert key not in repr(clf)
     assert "SecretStr('**********')" in repr(clf)
-    assert key not in repr(make_pipeline(StandardScaler(), GatewayRegressor()))
+    pipeline = make_pipeline(StandardScaler(), GatewayRegressor(api_key=key))
+    assert key not in repr(pipeline)
+    assert key not in repr(GridSearchCV(pipeline, {"gatewayregressor__n_estimators": [1, 2]}))
+    assert key not in pipeline._repr_mimebundle_()["text/html"]
+    # Masked for display only: clone and pickling keep the working key.
+    cloned = clone(pipeline)[-1]
+    assert str(cloned.api_key) == key
+    assert str(pickle.loads(pickle.dumps(cloned)).api_key) == key
     assert key not in clf._repr_mimebundle_()["text/html"]
     assert key not in repr(HTTPBackend("https://gw.example", key))
     assert clf.get_params()["api_key"] == key  # the parameter itself is unchanged

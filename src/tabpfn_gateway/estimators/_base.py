@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,21 +173,16 @@ class GatewayEstimatorBase(BaseEstimator):  # type: ignore[misc]
 
     # -- display ---------------------------------------------------------------------------
 
-    def _masked(self) -> GatewayEstimatorBase:
-        # A copy whose api_key prints as SecretStr('**********'): reprs never show a key.
-        if self.api_key is None or isinstance(self.api_key, SecretStr):
-            return self
-        masked = copy.copy(self)
-        masked.api_key = SecretStr("hidden")
-        return masked
-
-    def __repr__(self, N_CHAR_MAX: int = 700) -> str:  # noqa: N803 (scikit-learn's name)
-        masked = self._masked()
-        return str(super(GatewayEstimatorBase, masked).__repr__(N_CHAR_MAX))
-
-    def _get_params_html(self, deep: bool = True, doc_link: str = "") -> Any:
-        # The HTML parameter table of notebooks, masked like __repr__.
-        return super(GatewayEstimatorBase, self._masked())._get_params_html(deep, doc_link)
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        # scikit-learn prints estimators (Pipeline, GridSearchCV, notebooks' HTML table) from
+        # get_params, not from __repr__: hand a plain-str key out wrapped so it prints masked.
+        # The wrapper is a str (clone and set_params pass it back unchanged and it still
+        # works as the key) and is kept as is once stored, which clone's identity check needs.
+        params: dict[str, Any] = super().get_params(deep=deep)
+        key = params.get("api_key")
+        if isinstance(key, str) and not isinstance(key, MaskedKey):
+            params["api_key"] = MaskedKey(key)
+        return params
 
     # -- pickling --------------------------------------------------------------------------
 
@@ -352,6 +346,18 @@ class GatewayEstimatorBase(BaseEstimator):  # type: ignore[misc]
         finally:
             progress.close()
         return merge_predictions(parts, output_type)
+
+
+class MaskedKey(str):
+    """A gateway key as ``get_params`` hands it out: a str whose repr never shows it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SecretStr('**********')"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MaskedKey, (str.__str__(self),))
 
 
 def _key_fingerprint(api_key: Any) -> str | None:
