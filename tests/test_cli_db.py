@@ -1,4 +1,4 @@
-"""`tabpfn-gateway db ...`: upgrade, current, downgrade; and the README's first command."""
+"""`tabpfn-gateway db ...`: upgrade, current, downgrade; `db upgrade && info` on a fresh HOME."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_unreachable_database_is_reported_without_password(
 
 
 @pytest.mark.slow
-def test_readme_first_command_on_a_fresh_machine(tmp_path: Path) -> None:
+def test_db_upgrade_then_info_on_a_fresh_machine(tmp_path: Path) -> None:
     """`tabpfn-gateway db upgrade && tabpfn-gateway info` with no settings at all."""
     executable = shutil.which("tabpfn-gateway", path=str(Path(sys.executable).parent))
     assert executable is not None, "the console script is not installed"
