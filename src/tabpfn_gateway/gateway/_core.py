@@ -197,6 +197,15 @@ class _ResolvedCache:
                 self._items.pop(next(iter(self._items)))
             self._items[fingerprint] = _Resolved(caller, token, time.monotonic() + ttl)
 
+    def caller_for_key(self, key_id: str) -> Caller | None:
+        """A current decision for ``key_id`` (any of its secrets), if one is cached."""
+        now = time.monotonic()
+        with self._lock:
+            for entry in self._items.values():
+                if entry.caller.key_id == key_id and now < entry.until:
+                    return entry.caller
+        return None
+
     def drop(self, *, key_id: str | None = None, credential_id: str | None = None) -> None:
         with self._lock:
             if key_id is None and credential_id is None:
@@ -438,6 +447,17 @@ class Gateway:
         except FittedModelNotFound:
             return None
         return self._cached_fit_owner(fit_id)
+
+    def key_alive_from_memory(self, key_id: str) -> Caller | None:
+        """The caller for ``key_id`` if a current authorisation of it is cached (revocations
+        drop it at once), else None: ask ``check_key_alive``."""
+        caller = self._resolved.caller_for_key(key_id)
+        if caller is None:
+            return None
+        expires_at = caller.key.expires_at
+        if expires_at is not None and utcnow() >= expires_at:
+            return None
+        return caller
 
     def check_key_alive(self, key_id: str) -> Caller:
         """The caller for ``key_id`` if its key is neither revoked, disabled nor expired.

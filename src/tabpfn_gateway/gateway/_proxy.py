@@ -207,7 +207,9 @@ class GatewayProxy:
         """
         gateway = self._gateway
         grant = gateway.uploads.open(token)
-        caller = await anyio.to_thread.run_sync(lambda: gateway.check_key_alive(grant.key_id))
+        caller = gateway.key_alive_from_memory(grant.key_id)
+        if caller is None:
+            caller = await anyio.to_thread.run_sync(lambda: gateway.check_key_alive(grant.key_id))
         if caller.owner_id != grant.owner_id:
             raise InvalidUpload()
         limit = gateway.settings.max_upload_bytes
