@@ -54,6 +54,7 @@ def create_app(
         gateway = Gateway.from_settings(settings, generate_secret=True)
     metrics = GatewayMetrics()
     gateway.add_observer(metrics.observe_operation)
+    gateway.usage.add_flush_listener(metrics.usage_written.inc)
     limiter = limiter_for(settings.redis_url, settings.setup_attempts_per_minute)
     the_gateway = gateway
 

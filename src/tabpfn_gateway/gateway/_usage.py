@@ -54,7 +54,7 @@ class UsageRecorder:
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = threading.Event()
-        self._on_flush = on_flush
+        self._flush_listeners: list[Callable[[int], None]] = [on_flush] if on_flush else []
         self.dropped = 0
         self._thread: threading.Thread | None = None
         if flush_interval > 0:
@@ -108,9 +108,13 @@ class UsageRecorder:
                     self.dropped += lost
                     self._buffer.extendleft(reversed(batch[lost:]))
                 raise
-        if self._on_flush is not None:
-            self._on_flush(len(batch))
+        for listener in self._flush_listeners:
+            listener(len(batch))
         return len(batch)
+
+    def add_flush_listener(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(count)`` after each successful write (e.g. a metrics counter)."""
+        self._flush_listeners.append(listener)
 
     def close(self) -> None:
         """Stop the background flusher and write what is left (errors logged, not raised)."""

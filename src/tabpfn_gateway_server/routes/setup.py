@@ -44,8 +44,10 @@ async def setup(
             lambda: gateway.setup(body.tabpfn_token, name=body.name)
         )
     except GatewayError as exc:
-        # The caller's mistakes count (a guessed token, a taken name); our outages do not.
-        if 400 <= http_status(exc) < 500:
+        # The caller's mistakes count (a guessed token, a taken name); our outages and the
+        # upstream's own rate limit do not.
+        status = http_status(exc)
+        if 400 <= status < 500 and status != 429:
             await anyio.to_thread.run_sync(limiter.failed, address)
         raise
     response.headers["Cache-Control"] = "no-store"
