@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tabpfn_gateway.errors import StoreUnavailable, TooManyAttempts
+from tabpfn_gateway.errors import ConfigurationError, StoreUnavailable, TooManyAttempts
 
 __all__ = ["AttemptLimiter", "MemoryAttemptLimiter", "RedisAttemptLimiter", "limiter_for"]
 
@@ -81,7 +81,14 @@ class RedisAttemptLimiter:
         import redis
 
         self._redis = redis
-        self._client: Any = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            self._client: Any = redis.Redis.from_url(
+                url, socket_connect_timeout=5, socket_timeout=5
+            )
+        except ValueError as exc:
+            raise ConfigurationError(
+                "TABPFN_GATEWAY_REDIS_URL is not a Redis URL (redis://, rediss:// or unix://)."
+            ) from exc
         self._limit = limit
         self._window = int(window)
 

@@ -183,7 +183,12 @@ class RedisBus(_ThreadedBus):
     def __init__(self, url: str, *, poll_seconds: float = 1.0) -> None:
         super().__init__()
         redis = _import_redis()
-        self._client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        try:
+            self._client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        except ValueError as exc:
+            raise ConfigurationError(
+                "TABPFN_GATEWAY_REDIS_URL is not a Redis URL (redis://, rediss:// or unix://)."
+            ) from exc
         self._poll = poll_seconds
 
     def publish(self, message: str) -> None:
