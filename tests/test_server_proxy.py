@@ -333,3 +333,27 @@ def test_oversized_uploads_are_413_while_streaming(tmp_path: Path) -> None:
         assert streamed.json()["error_code"] == "PAYLOAD_TOO_LARGE"
         # A body within the limit still goes through.
         assert setup.http.put(url, content=b"ok" * 100).status_code == 200
+
+
+def test_no_key_or_token_in_logs_or_answers(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    X, y = data()
+    answers: list[str] = []
+    with setup.client(setup.alice.key) as client:
+        fit = client.fit(X, y, ClassifierFitTaskConfig())
+        client.predict(fit.fitted_train_set_id, X[:5], PROBAS)
+    headers = {"Authorization": f"Bearer {setup.alice.key}"}
+    setup.fake.fail_next(100, status=503, path="/tabpfn/get_settings")
+    answers.append(setup.http.get("/tabpfn/get_settings", headers=headers).text)
+    answers.append(setup.http.get("/protected/", headers={"Authorization": "Bearer tpg_x"}).text)
+    setup.gateway.keys.revoke(setup.alice.key_id, actor="test")
+    answers.append(setup.http.get("/protected/", headers=headers).text)
+    answers.append(setup.http.post("/api/v1/auth/setup", json={"tabpfn_token": "tok-nope-99"}).text)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert caplog.records, "the flows above log something"
+    for secret in (setup.alice.key, TOKENS[0], "tok-nope-99"):
+        assert secret not in logged
+        for answer in answers:
+            assert secret not in answer
