@@ -47,7 +47,8 @@ def create_app(
         settings = gateway.settings if gateway is not None else get_settings()
     owns_gateway = gateway is None
     if gateway is None:
-        if settings.migrate_on_start if migrate is None else migrate:
+        wants_migration = settings.migrate_on_start if migrate is None else migrate
+        if wants_migration and not settings.database_url.startswith("memory://"):
             from tabpfn_gateway import migrate as migrations
 
             migrations.upgrade(settings)
