@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from gateway_support import (
+    SECRET,
     ThrowawayPostgres,
     add_admin_key,
     add_tenant,
@@ -19,7 +20,7 @@ from gateway_support import (
     redis_url_or_skip,
     serve_in_thread,
 )
-from tabpfn_gateway import migrate
+from tabpfn_gateway import cli, migrate
 from tabpfn_gateway.config import Settings
 from tabpfn_gateway.errors import KeyRevoked
 from tabpfn_gateway.gateway import Gateway, LocalBus, PostgresNotifyBus, RedisBus
@@ -122,6 +123,33 @@ def test_without_a_signal_only_the_cache_ttl_bounds_revocation(tmp_path: Path, p
         second.close()
         first.store.close()
         second.store.close()
+
+
+def test_a_revocation_from_the_cli_reaches_a_running_server(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An operator revokes with `tabpfn-gateway keys revoke` on another machine: the running
+    # server (long key cache) must refuse the key on its next request, not in 300 s.
+    settings = make_settings(tmp_path, pg_url, key_cache_ttl_seconds=300)
+    migrate.upgrade(settings)
+    fake = FakeTabPFN(tokens=[TOKEN])
+    server = replica(settings, fake, WatchedPostgresBus.from_database_url(pg_url))
+    try:
+        alice = add_tenant(server, "alice", TOKEN)
+        session = server.session(alice.key)
+        session.get_settings()  # verified and cached
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("TABPFN_GATEWAY_REDIS_URL", raising=False)
+        monkeypatch.setenv("TABPFN_GATEWAY_DATABASE_URL", pg_url)
+        monkeypatch.setenv("TABPFN_GATEWAY_SECRET_KEY", SECRET)
+        monkeypatch.setenv("TABPFN_GATEWAY_DATA_DIR", str(settings.data_dir))
+        assert cli.main(["keys", "revoke", alice.key_id]) == 0
+        assert server.bus.heard.wait_for(f"key:{alice.key_id}")  # type: ignore[attr-defined]
+        with pytest.raises(KeyRevoked):
+            session.get_settings()
+    finally:
+        server.close()
+        server.store.close()
 
 
 # -- the database goes away -------------------------------------------------------------------

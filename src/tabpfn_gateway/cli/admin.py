@@ -167,7 +167,23 @@ def _open_admin() -> tuple[Admin, Settings]:
     # On the embedded SQLite store the CLI and the server share one data dir, so a secret
     # generated here (on first use, with a warning) is the one the server uses; and the key
     # pepper is then derived from it. On a shared database a local secret would be wrong.
-    return Admin.from_settings(settings, generate_secret=settings.is_sqlite), settings
+    admin = Admin.from_settings(settings, generate_secret=settings.is_sqlite)
+    # Running servers cache verified keys: a revoke, disable or rotate made here is announced
+    # on the replicas' invalidation channel (PostgreSQL NOTIFY or Redis), so they refuse a
+    # revoked key on its next request instead of when their cache expires.
+    admin.keys.add_change_listener(lambda key_id: _announce(settings, f"key:{key_id}"))
+    return admin, settings
+
+
+def _announce(settings: Settings, message: str) -> None:
+    from tabpfn_gateway.gateway._invalidation import LocalBus, bus_from_settings
+
+    bus = bus_from_settings(settings)
+    try:
+        if not isinstance(bus, LocalBus):  # no running server shares an in-process bus
+            bus.publish(message)
+    finally:
+        bus.close()
 
 
 def _actor() -> str:
@@ -263,9 +279,10 @@ def _credentials_list(args: argparse.Namespace) -> int:
 
 
 def _credentials_remove(args: argparse.Namespace) -> int:
-    admin, _ = _open_admin()
+    admin, settings = _open_admin()
     with admin:
         admin.remove_credential(args.credential_id, actor=_actor())
+    _announce(settings, f"credential:{args.credential_id}")
     emit({"removed": args.credential_id}, as_json=args.json)
     return 0
 
