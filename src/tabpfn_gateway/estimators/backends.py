@@ -116,7 +116,56 @@ class _SettingsCache:
         return value
 
 
-class HTTPBackend:
+class _DelegatingBackend:
+    """The Backend calls forwarded to a target with ProtocolClient's high-level shape (a
+    protocol client, or an in-process gateway session); subclasses say what the target is."""
+
+    _settings: _SettingsCache
+
+    def _target(self) -> ProtocolClient | GatewaySession:
+        raise NotImplementedError
+
+    def get_settings(self) -> GetSettingsResponse:
+        return self._settings.get(lambda: self._target().get_settings())
+
+    def fit(
+        self,
+        X: pd.DataFrame | np.ndarray,  # noqa: N803
+        y: Any,
+        task_config: FitTaskConfig,
+        *,
+        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
+        text_handling: str = "advanced",
+        thinking_config: ThinkingConfig | None = None,
+        api_mode: str = "auto",
+        description: str | None = None,
+        on_poll: Callable[[GetFitStatusResponse], None] | None = None,
+    ) -> FitResult:
+        return self._target().fit(
+            X,
+            y,
+            task_config,
+            tabpfn_systems=tabpfn_systems,
+            text_handling=text_handling,
+            thinking_config=thinking_config,
+            api_mode=api_mode,
+            description=description,
+            on_poll=on_poll,
+        )
+
+    def predict(
+        self,
+        fitted_train_set_id: str,
+        X: pd.DataFrame | np.ndarray,  # noqa: N803
+        task_config: ClassifierConfig | RegressorConfig,
+    ) -> PredictionResult:
+        return self._target().predict(fitted_train_set_id, X, task_config)
+
+    def get_api_usage(self) -> dict[str, Any]:
+        return self._target().get_api_usage()
+
+
+class HTTPBackend(_DelegatingBackend):
     """Reach a gateway (or TabPFN cloud) over HTTP with the protocol client.
 
     Parameters
@@ -192,44 +241,8 @@ class HTTPBackend:
                 weakref.finalize(self, self._client.close)
             return self._client
 
-    def get_settings(self) -> GetSettingsResponse:
-        return self._settings.get(lambda: self.client().get_settings())
-
-    def fit(
-        self,
-        X: pd.DataFrame | np.ndarray,  # noqa: N803
-        y: Any,
-        task_config: FitTaskConfig,
-        *,
-        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
-        text_handling: str = "advanced",
-        thinking_config: ThinkingConfig | None = None,
-        api_mode: str = "auto",
-        description: str | None = None,
-        on_poll: Callable[[GetFitStatusResponse], None] | None = None,
-    ) -> FitResult:
-        return self.client().fit(
-            X,
-            y,
-            task_config,
-            tabpfn_systems=tabpfn_systems,
-            text_handling=text_handling,
-            thinking_config=thinking_config,
-            api_mode=api_mode,
-            description=description,
-            on_poll=on_poll,
-        )
-
-    def predict(
-        self,
-        fitted_train_set_id: str,
-        X: pd.DataFrame | np.ndarray,  # noqa: N803
-        task_config: ClassifierConfig | RegressorConfig,
-    ) -> PredictionResult:
-        return self.client().predict(fitted_train_set_id, X, task_config)
-
-    def get_api_usage(self) -> dict[str, Any]:
-        return self.client().get_api_usage()
+    def _target(self) -> ProtocolClient:
+        return self.client()
 
     def close(self) -> None:
         with self._lock:
@@ -243,7 +256,7 @@ class HTTPBackend:
 _IN_PROCESS: weakref.WeakValueDictionary[str, InProcessBackend] = weakref.WeakValueDictionary()
 
 
-class InProcessBackend:
+class InProcessBackend(_DelegatingBackend):
     """Reach TabPFN through a core gateway in this process, with a gateway key.
 
     The same checks run as behind a server (key, scopes, limits, usage recorded), without
@@ -289,44 +302,8 @@ class InProcessBackend:
                 self._session = self.gateway.session(self._api_key)
             return self._session
 
-    def get_settings(self) -> GetSettingsResponse:
-        return self._settings.get(lambda: self.session().get_settings())
-
-    def fit(
-        self,
-        X: pd.DataFrame | np.ndarray,  # noqa: N803
-        y: Any,
-        task_config: FitTaskConfig,
-        *,
-        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
-        text_handling: str = "advanced",
-        thinking_config: ThinkingConfig | None = None,
-        api_mode: str = "auto",
-        description: str | None = None,
-        on_poll: Callable[[GetFitStatusResponse], None] | None = None,
-    ) -> FitResult:
-        return self.session().fit(
-            X,
-            y,
-            task_config,
-            tabpfn_systems=tabpfn_systems,
-            text_handling=text_handling,
-            thinking_config=thinking_config,
-            api_mode=api_mode,
-            description=description,
-            on_poll=on_poll,
-        )
-
-    def predict(
-        self,
-        fitted_train_set_id: str,
-        X: pd.DataFrame | np.ndarray,  # noqa: N803
-        task_config: ClassifierConfig | RegressorConfig,
-    ) -> PredictionResult:
-        return self.session().predict(fitted_train_set_id, X, task_config)
-
-    def get_api_usage(self) -> dict[str, Any]:
-        return self.session().get_api_usage()
+    def _target(self) -> GatewaySession:
+        return self.session()
 
     def close(self) -> None:
         # The gateway belongs to whoever built it; a session holds nothing to release.
