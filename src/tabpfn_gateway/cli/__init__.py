@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tabpfn-gateway",
         description="Use TabPFN safely as a team: gateway keys, encrypted tokens, metering.",
     )
+    from tabpfn_gateway import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         module = importlib.import_module(name)
