@@ -137,6 +137,18 @@ def serve_in_thread(app: Any, *, port: int | None = None) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+def _pg_tool(name: str) -> str | None:
+    """A PostgreSQL server tool: on PATH, else Debian's versioned bin dir (newest)."""
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
 class ThrowawayPostgres:
     """A PostgreSQL cluster of our own (initdb + pg_ctl under a temp dir, its own port), to
     stop and start at will: the shared server is never touched. Runs the tools as the
@@ -146,10 +158,10 @@ class ThrowawayPostgres:
         import shutil
         import tempfile
 
-        self.initdb = shutil.which("initdb")
-        self.pg_ctl = shutil.which("pg_ctl")
+        self.initdb = _pg_tool("initdb")
+        self.pg_ctl = _pg_tool("pg_ctl")
         if self.initdb is None or self.pg_ctl is None:
-            message = "initdb/pg_ctl are not on PATH: cannot start a throwaway cluster"
+            message = "initdb/pg_ctl not found (PATH, /usr/lib/postgresql/*/bin)"
             if IN_CI:
                 pytest.fail(message)
             pytest.skip(message)
@@ -161,7 +173,10 @@ class ThrowawayPostgres:
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             runuser = shutil.which("runuser")
             if runuser is None:
-                pytest.skip("running as root without runuser: initdb cannot run")
+                message = "running as root without runuser: initdb cannot run"
+                if IN_CI:
+                    pytest.fail(message)
+                pytest.skip(message)
             self._prefix = [runuser, "-u", "postgres", "--"]
             shutil.chown(self.base, "postgres")
 
