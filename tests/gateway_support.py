@@ -171,7 +171,7 @@ class ThrowawayPostgres:
         self.port = free_port()
         self._prefix: list[str] = []
         if hasattr(os, "geteuid") and os.geteuid() == 0:
-            runuser = shutil.which("runuser")
+            runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
             if runuser is None:
                 message = "running as root without runuser: initdb cannot run"
                 if IN_CI:
