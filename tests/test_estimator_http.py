@@ -219,3 +219,21 @@ def test_login_checks_the_key_against_the_gateway(served: Served, iris: tuple) -
         assert logout(served.url) is True
     finally:
         keyring.set_keyring(previous)
+
+
+def test_estimators_share_one_backend_per_gateway_and_key(served: Served, iris: tuple) -> None:
+    # A new estimator per fit (or GridSearchCV's clones) reuses the connection pool and the
+    # cached limits, like tabpfn-client's global client, but never across credentials.
+    X, y = iris
+    first = GatewayClassifier(base_url=served.url, api_key=served.key, progress=False).fit(X, y)
+    second = GatewayClassifier(base_url=served.url, api_key=served.key, progress=False).fit(X, y)
+    assert first._get_backend() is second._get_backend()
+    record = served.local.gateway.keys.verify(served.key)
+    other_key = served.local.gateway.keys.create(
+        record.owner_id, record.credential_id, "second-laptop", actor="test"
+    ).plaintext
+    other = GatewayClassifier(base_url=served.url, api_key=other_key, progress=False).fit(X, y)
+    assert other._get_backend() is not first._get_backend()
+    slower = GatewayClassifier(base_url=served.url, api_key=served.key, timeout=5, progress=False)
+    assert slower.fit(X, y)._get_backend() is not first._get_backend()
+    np.testing.assert_array_equal(first.predict(X), other.predict(X))

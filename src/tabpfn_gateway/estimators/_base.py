@@ -198,13 +198,15 @@ class GatewayEstimatorBase(BaseEstimator):  # type: ignore[misc]
         given: Backend | None = self.backend
         if given is not None:
             return given
-        from tabpfn_gateway.estimators.backends import HTTPBackend
+        from tabpfn_gateway.estimators.backends import shared_http_backend
 
-        # Built from the parameters on first use, rebuilt if set_params changed them.
+        # Found from the parameters on first use, again if set_params changed them; shared
+        # with the process's other estimators for the same gateway, key and timeout.
         config = (self.base_url, _key_fingerprint(self.api_key), float(self.timeout))
         cached: tuple[Any, Backend] | None = self.__dict__.get("_http_backend")
         if cached is None or cached[0] != config:
-            cached = (config, HTTPBackend(self.base_url, self.api_key, timeout=config[2]))
+            backend = shared_http_backend(self.base_url, self.api_key, timeout=config[2])
+            cached = (config, backend)
             self._http_backend = cached
         return cached[1]
 

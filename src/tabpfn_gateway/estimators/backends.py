@@ -18,10 +18,12 @@ uses) returns the same backend.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -45,7 +47,13 @@ if TYPE_CHECKING:
         ThinkingConfig,
     )
 
-__all__ = ["Backend", "DetachedInProcessBackend", "HTTPBackend", "InProcessBackend"]
+__all__ = [
+    "Backend",
+    "DetachedInProcessBackend",
+    "HTTPBackend",
+    "InProcessBackend",
+    "shared_http_backend",
+]
 
 # How long upstream limits are trusted before asking again; tabpfn-client caches for an hour.
 SETTINGS_TTL_SECONDS = 300.0
@@ -249,6 +257,43 @@ class HTTPBackend(_DelegatingBackend):
             client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+# HTTP backends shared by the estimators of this process, by (URL, key digest, timeout):
+# estimators made afresh (a new one per fit, GridSearchCV's clones) reuse one connection
+# pool and one cache of the upstream's limits, as tabpfn-client's global client does, but
+# per credential, so two keys never share state. A few only: least recently used goes first
+# (its client closes when the last estimator holding it goes).
+_SHARED_HTTP: OrderedDict[tuple[str, str, float], HTTPBackend] = OrderedDict()
+_SHARED_HTTP_LOCK = threading.Lock()
+_SHARED_HTTP_MAX = 16
+
+
+def shared_http_backend(
+    base_url: str | None, api_key: str | SecretStr | None, *, timeout: float
+) -> HTTPBackend:
+    """The process's HTTP backend for this gateway URL, key and timeout (made on first use).
+
+    The URL and key are resolved now, by the documented lookup order (argument, environment,
+    keyring), so a key looked up from the environment or keyring is never part of a pickle
+    of the estimator (estimators drop their backend when pickled).
+    """
+    from tabpfn_gateway.credentials import resolve_api_key, resolve_base_url
+
+    url = resolve_base_url(base_url)
+    key = resolve_api_key(url, api_key)
+    digest = hashlib.sha256(key.get_secret_value().encode("utf-8")).hexdigest()
+    ident = (url, digest, float(timeout))
+    with _SHARED_HTTP_LOCK:
+        backend = _SHARED_HTTP.get(ident)
+        if backend is None:
+            backend = HTTPBackend(url, key, timeout=timeout)
+            _SHARED_HTTP[ident] = backend
+            while len(_SHARED_HTTP) > _SHARED_HTTP_MAX:
+                _SHARED_HTTP.popitem(last=False)
+        else:
+            _SHARED_HTTP.move_to_end(ident)
+        return backend
 
 
 # In-process backends by id, so a pickle made in this process restores the very same backend.
