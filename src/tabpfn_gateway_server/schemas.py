@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from tabpfn_gateway.store import (
     ApiKey,
-    AuditEvent,
-    Principal,
-    UpstreamCredential,
-    UsageEvent,
-    UsageSummary,
     utcnow,
 )
 
@@ -54,6 +49,17 @@ def page_of(items: Sequence[R], next_cursor: str | None, convert: Callable[[R], 
     return PageOut[T](items=[convert(item) for item in items], next_cursor=next_cursor)
 
 
+class _RecordOut(BaseModel):
+    """An answer read off a store record: the fields it declares, by name, and no others
+    (so a record's secret fields never reach an answer)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @classmethod
+    def of(cls, record: Any) -> Self:
+        return cls.model_validate(record)
+
+
 # -- setup -------------------------------------------------------------------------------------
 
 
@@ -87,15 +93,11 @@ class PrincipalIn(BaseModel):
     kind: Literal["user", "team"] = "user"
 
 
-class PrincipalOut(BaseModel):
+class PrincipalOut(_RecordOut):
     id: str
     name: str
     kind: str
     created_at: datetime
-
-    @classmethod
-    def of(cls, record: Principal) -> PrincipalOut:
-        return cls(id=record.id, name=record.name, kind=record.kind, created_at=record.created_at)
 
 
 class CredentialIn(BaseModel):
@@ -105,7 +107,7 @@ class CredentialIn(BaseModel):
     verify: bool = Field(default=True, description="Check the token upstream before storing.")
 
 
-class CredentialOut(BaseModel):
+class CredentialOut(_RecordOut):
     """A stored TabPFN credential: its token never leaves the vault."""
 
     id: str
@@ -113,16 +115,6 @@ class CredentialOut(BaseModel):
     label: str
     created_at: datetime
     verified_at: datetime | None = None
-
-    @classmethod
-    def of(cls, record: UpstreamCredential) -> CredentialOut:
-        return cls(
-            id=record.id,
-            owner_id=record.owner_id,
-            label=record.label,
-            created_at=record.created_at,
-            verified_at=record.verified_at,
-        )
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -171,23 +163,8 @@ class KeyOut(BaseModel):
 
     @classmethod
     def of(cls, record: ApiKey) -> KeyOut:
-        return cls(
-            key_id=record.key_id,
-            name=record.name,
-            owner_id=record.owner_id,
-            credential_id=record.credential_id,
-            scopes=list(record.scopes),
-            display_prefix=record.display_prefix,
-            last4=record.last4,
-            state=_state(record),
-            created_at=record.created_at,
-            expires_at=record.expires_at,
-            revoked_at=record.revoked_at,
-            disabled_at=record.disabled_at,
-            last_used_at=record.last_used_at,
-            rotated_at=record.rotated_at,
-            previous_valid_until=record.previous_valid_until,
-        )
+        fields = {name: getattr(record, name) for name in KeyOut.model_fields if name != "state"}
+        return KeyOut(**fields, state=_state(record))
 
 
 class CreatedKeyOut(KeyOut):
@@ -214,7 +191,7 @@ def _state(record: ApiKey) -> Literal["active", "revoked", "disabled", "expired"
 # -- usage and audit -----------------------------------------------------------------------------
 
 
-class UsageEventOut(BaseModel):
+class UsageEventOut(_RecordOut):
     id: str
     key_id: str
     owner_id: str
@@ -228,25 +205,8 @@ class UsageEventOut(BaseModel):
     upstream_trace_id: str | None
     created_at: datetime
 
-    @classmethod
-    def of(cls, event: UsageEvent) -> UsageEventOut:
-        return cls(
-            id=event.id,
-            key_id=event.key_id,
-            owner_id=event.owner_id,
-            credential_id=event.credential_id,
-            operation=event.operation,
-            status=event.status,
-            latency_ms=event.latency_ms,
-            rows=event.rows,
-            columns=event.columns,
-            bytes=event.bytes,
-            upstream_trace_id=event.upstream_trace_id,
-            created_at=event.created_at,
-        )
 
-
-class UsageSummaryOut(BaseModel):
+class UsageSummaryOut(_RecordOut):
     key_id: str
     operation: str
     calls: int
@@ -255,20 +215,8 @@ class UsageSummaryOut(BaseModel):
     bytes: int
     total_latency_ms: float
 
-    @classmethod
-    def of(cls, summary: UsageSummary) -> UsageSummaryOut:
-        return cls(
-            key_id=summary.key_id,
-            operation=summary.operation,
-            calls=summary.calls,
-            errors=summary.errors,
-            rows=summary.rows,
-            bytes=summary.bytes,
-            total_latency_ms=summary.total_latency_ms,
-        )
 
-
-class AuditEventOut(BaseModel):
+class AuditEventOut(_RecordOut):
     id: str
     actor: str
     action: str
@@ -276,15 +224,3 @@ class AuditEventOut(BaseModel):
     target_id: str
     created_at: datetime
     details: dict[str, Any]
-
-    @classmethod
-    def of(cls, event: AuditEvent) -> AuditEventOut:
-        return cls(
-            id=event.id,
-            actor=event.actor,
-            action=event.action,
-            target_type=event.target_type,
-            target_id=event.target_id,
-            created_at=event.created_at,
-            details=dict(event.details),
-        )
