@@ -17,7 +17,20 @@ def register(subparsers: Any) -> None:
         help="serve FakeTabPFN, an offline TabPFN API backed by scikit-learn models",
         description="Serve FakeTabPFN: the TabPFN API's endpoints and bodies, offline, with "
         "scikit-learn models behind. Point tabpfn-client at it with TABPFN_CLIENT_API_URL. "
-        "Needs uvicorn (pip install tabpfn-gateway[server]).",
+        "With --hosted, serve a self-hosted inference container instead (POST /predict, as "
+        "tabpfn_client.hosted speaks it). Needs uvicorn (pip install tabpfn-gateway[server]).",
+    )
+    parser.add_argument(
+        "--hosted",
+        action="store_true",
+        help="serve the inference-container protocol (POST /predict); --token is optional "
+        "there (none: no authentication)",
+    )
+    parser.add_argument(
+        "--max-cached-models",
+        type=int,
+        default=16,
+        help="--hosted: models kept for model_id reuse (least recently used evicted)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port to bind (default 8765)")
@@ -73,6 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             "fake-upstream needs uvicorn: pip install 'tabpfn-gateway[server]'"
         ) from None
+    if args.hosted:
+        return _serve_hosted(args, uvicorn)
     from tabpfn_gateway.testing.fake import FakeTabPFN
 
     tokens = _parse_tokens(args.token)
@@ -91,6 +106,26 @@ def _serve(args: argparse.Namespace) -> int:
     # Tokens are not printed: they may be real-looking strings someone pasted.
     print(
         f"FakeTabPFN serving on http://{args.host}:{args.port} ({len(tokens)} token(s)); "
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+    uvicorn.run(fake.app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _serve_hosted(args: argparse.Namespace, uvicorn: Any) -> int:
+    from tabpfn_gateway.testing.fake_hosted import FakeHostedTabPFN
+
+    tokens = list(_parse_tokens(args.token)) or None
+    fake = FakeHostedTabPFN(
+        tokens=tokens,
+        max_cached_models=args.max_cached_models,
+        latency=args.latency,
+        error_rate=args.error_rate,
+    )
+    auth = "no authentication" if tokens is None else f"{len(tokens)} token(s)"
+    print(
+        f"FakeHostedTabPFN serving on http://{args.host}:{args.port}/predict ({auth}); "
         "Ctrl-C stops it.",
         flush=True,
     )

@@ -1,4 +1,5 @@
-"""Test helpers users can import: FakeTabPFN, the store contract suite, an offline gateway.
+"""Test helpers users can import: FakeTabPFN, FakeHostedTabPFN, the store contract suite, an
+offline gateway.
 
 Imported lazily: ``tabpfn_gateway.testing`` costs nothing until a name is used.
 """
@@ -12,6 +13,8 @@ from typing import Any
 _LAZY: dict[str, str] = {
     "ASGIBridgeTransport": "tabpfn_gateway.testing.transport",
     "FakeTabPFN": "tabpfn_gateway.testing.fake",
+    "FakeHostedTabPFN": "tabpfn_gateway.testing.fake_hosted",
+    "HostedLoggedRequest": "tabpfn_gateway.testing.fake_hosted",
     "serve_in_thread": "tabpfn_gateway.testing.fake_server",
     "StoreContractTests": "tabpfn_gateway.testing.store_contract",
     "local_gateway": "tabpfn_gateway.testing.local",
