@@ -24,6 +24,11 @@
     ├── InsufficientScope             INSUFFICIENT_SCOPE    the key is fine but may not do this
     ├── SetupDisabled                 SETUP_DISABLED        self-service setup is turned off
     ├── TooManyAttempts               TOO_MANY_ATTEMPTS     a client is rate limited (retryable)
+    ├── PolicyRefused                 POLICY_REFUSED        a spend policy said no (governance)
+    │   ├── RateLimited               RATE_LIMITED          429, over a request-rate limit
+    │   ├── BudgetExhausted           BUDGET_EXHAUSTED      429, a hard credit budget is used up
+    │   ├── ConcurrencyLimited        CONCURRENCY_LIMITED   429, too many fits at once (retryable)
+    │   └── IpNotAllowed              IP_NOT_ALLOWED        403, the key's CIDR allowlist refuses
     ├── VaultError                    VAULT_ERROR
     │   ├── SecretKeyMissing          SECRET_KEY_MISSING    TABPFN_GATEWAY_SECRET_KEY is not set
     │   └── TokenDecryptionFailed     TOKEN_DECRYPTION_FAILED  wrong secret, tampered/moved data
@@ -50,7 +55,9 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AuthenticationError",
+    "BudgetExhausted",
     "ClientTooOld",
+    "ConcurrencyLimited",
     "ConfigurationError",
     "Conflict",
     "CredentialNotFound",
@@ -61,6 +68,7 @@ __all__ = [
     "InvalidKey",
     "InvalidRequest",
     "InvalidUpload",
+    "IpNotAllowed",
     "KeyDisabled",
     "KeyExpired",
     "KeyNotFound",
@@ -69,7 +77,9 @@ __all__ = [
     "MissingCredentials",
     "NotFound",
     "PayloadTooLarge",
+    "PolicyRefused",
     "PrincipalNotFound",
+    "RateLimited",
     "SchemaNotCurrent",
     "SecretKeyMissing",
     "SetupDisabled",
@@ -243,6 +253,39 @@ class TooManyAttempts(GatewayError):
     error_code = "TOO_MANY_ATTEMPTS"
     retryable = True
     default_message = "Too many attempts; wait and try again."
+
+
+class PolicyRefused(GatewayError):
+    """A governance policy refused the call. ``details`` may carry ``policy`` (the limit's
+    name, e.g. ``"key:requests_per_minute"``), ``limit``, ``remaining`` and ``window_seconds``:
+    the server turns them into the IETF ``RateLimit-Policy``/``RateLimit`` headers."""
+
+    error_code = "POLICY_REFUSED"
+    default_message = "A spend policy refused this call."
+
+
+class RateLimited(PolicyRefused):
+    error_code = "RATE_LIMITED"
+    retryable = True
+    default_message = "Too many requests for this key's rate limit; retry after the wait given."
+
+
+class BudgetExhausted(PolicyRefused):
+    error_code = "BUDGET_EXHAUSTED"
+    # Retrying helps only once the budget period rolls over (Retry-After says when).
+    retryable = True
+    default_message = "The credit budget for this period is used up."
+
+
+class ConcurrencyLimited(PolicyRefused):
+    error_code = "CONCURRENCY_LIMITED"
+    retryable = True
+    default_message = "Too many fits are running at once for this key; retry shortly."
+
+
+class IpNotAllowed(PolicyRefused):
+    error_code = "IP_NOT_ALLOWED"
+    default_message = "This gateway key may not be used from this network address."
 
 
 class VaultError(GatewayError):

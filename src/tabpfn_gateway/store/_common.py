@@ -6,23 +6,27 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from tabpfn_gateway.errors import InvalidRequest
 from tabpfn_gateway.store.base import MAX_PAGE_SIZE
-from tabpfn_gateway.store.records import KeyChanges
+from tabpfn_gateway.store.records import BudgetClaim, KeyChanges, UsageRollup
 
 __all__ = [
     "KEY_CHANGE_FIELDS",
+    "check_amount",
     "check_aware",
+    "check_claim",
     "check_json",
     "check_key_changes",
     "check_limit",
     "check_scopes",
+    "day_bounds",
     "decode_cursor",
     "encode_cursor",
+    "merge_rollups",
     "normalize_record",
 ]
 
@@ -130,3 +134,67 @@ def check_scopes(scopes: Any) -> tuple[str, ...]:
         if all(isinstance(scope, str) for scope in values):
             return values
     raise InvalidRequest("scopes must be a sequence of strings, e.g. ('fit', 'predict').")
+
+
+def check_amount(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequest(f"{name} must be a non-negative integer, got {value!r}.")
+    return value
+
+
+def check_claim(claim: BudgetClaim) -> BudgetClaim:
+    check_amount(claim.amount, "amount")
+    if claim.limit is not None:
+        check_amount(claim.limit, "limit")
+    return claim
+
+
+def _as_date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value))
+
+
+def day_bounds(since: datetime | None, until: datetime | None) -> tuple[date | None, date | None]:
+    """Day rows whose day starts in [since, until)."""
+    since = check_aware(since, "since")
+    until = check_aware(until, "until")
+    since_day = None
+    if since is not None:
+        since_day = since.date()
+        if since != datetime(since_day.year, since_day.month, since_day.day, tzinfo=UTC):
+            since_day += timedelta(days=1)
+    until_day = None
+    if until is not None:
+        until_day = until.date()
+        if until != datetime(until_day.year, until_day.month, until_day.day, tzinfo=UTC):
+            until_day += timedelta(days=1)
+    return since_day, until_day
+
+
+def merge_rollups(rows: Sequence[Any]) -> list[UsageRollup]:
+    """Rows of (day, key, owner, operation, sums) added up per group, sorted."""
+    totals: dict[tuple[date, str, str, str], list[int]] = {}
+    for row in rows:
+        group = (_as_date(row["day"]), row["key_id"], row["owner_id"], row["operation"])
+        sums = totals.setdefault(group, [0, 0, 0, 0, 0])
+        for index, name in enumerate(("calls", "errors", "rows", "bytes", "credits")):
+            sums[index] += int(row[name] or 0)
+    return [
+        UsageRollup(
+            day=group[0],
+            key_id=group[1],
+            owner_id=group[2],
+            operation=group[3],
+            calls=sums[0],
+            errors=sums[1],
+            rows=sums[2],
+            bytes=sums[3],
+            credits=sums[4],
+        )
+        for group, sums in sorted(
+            totals.items(), key=lambda item: (item[0][0], item[0][1], item[0][3], item[0][2])
+        )
+    ]

@@ -29,13 +29,20 @@ from typing import Protocol, runtime_checkable
 from tabpfn_gateway.store.records import (
     ApiKey,
     AuditEvent,
+    BudgetClaim,
+    BudgetCounter,
+    CounterHit,
     FittedModel,
     KeyChanges,
+    Membership,
     Page,
+    Policy,
     Principal,
     PrincipalKind,
+    PruneReport,
     UpstreamCredential,
     UsageEvent,
+    UsageRollup,
     UsageSummary,
 )
 
@@ -198,7 +205,100 @@ class Store(Protocol):
         until: datetime | None = None,
     ) -> list[UsageSummary]:
         """Usage added up per (key id, operation) over the filters, sorted by key id then
-        operation. ``errors`` counts events with status >= 400; None rows/bytes count 0."""
+        operation. ``errors`` counts events with status >= 400; None rows/bytes/credits
+        count 0. Raw events only (see ``usage_rollup`` for pruned history)."""
+        ...
+
+    def usage_rollup(
+        self,
+        *,
+        key_id: str | None = None,
+        owner_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageRollup]:
+        """Usage per (UTC day, key id, owner id, operation): raw events added to the daily
+        roll-ups that ``prune`` kept of pruned events, so history survives pruning. Days
+        are selected by their start (``since`` inclusive, ``until`` exclusive; raw events by
+        their time). Sorted by day, key id, operation."""
+        ...
+
+    def prune(self, before: datetime) -> PruneReport:
+        """Delete raw usage events and audit events older than ``before``, in one
+        transaction; usage events are first added to the daily roll-ups (``usage_rollup``
+        answers the same before and after). Rate and budget counters whose time is past
+        are dropped too."""
+        ...
+
+    # -- governance: policies and team membership ---------------------------------------
+
+    def put_policy(self, policy: Policy) -> Policy:
+        """Insert or replace the policy of ``policy.target_id`` and return it."""
+        ...
+
+    def get_policy(self, target_id: str) -> Policy | None:
+        """The policy of a principal or key id, or None."""
+        ...
+
+    def list_policies(self, *, target_ids: Sequence[str] | None = None) -> list[Policy]:
+        """Policies (only of these targets, if given: one query for a key, its owner and
+        its teams), sorted by target id."""
+        ...
+
+    def delete_policy(self, target_id: str) -> bool:
+        """Remove a policy. False if there was none."""
+        ...
+
+    def add_membership(self, membership: Membership) -> Membership:
+        """Make a user a member of a team. Already a member, or a principal missing:
+        ``Conflict``."""
+        ...
+
+    def remove_membership(self, team_id: str, user_id: str) -> bool:
+        """End a membership. False if there was none."""
+        ...
+
+    def list_memberships(
+        self, *, team_id: str | None = None, user_id: str | None = None
+    ) -> list[Membership]:
+        """Memberships (of one team and/or one user), sorted by team id then user id."""
+        ...
+
+    # -- governance: shared counters (budgets, rate limits, concurrency) ------------------
+
+    def reserve_budget(self, claims: Sequence[BudgetClaim]) -> int | None:
+        """Reserve every claim's amount, all or nothing, and return None; or, when a claim's
+        limit refuses, reserve nothing and return that claim's index.
+
+        Each claim is one conditional write (``UPDATE ... SET reserved = reserved + :x
+        WHERE spent + reserved + :x <= :limit``), never read-then-write: concurrent
+        callers, threads, processes or replicas cannot together pass a limit.
+        """
+        ...
+
+    def settle_budget(self, claims: Sequence[BudgetClaim], spent: int) -> list[BudgetCounter]:
+        """Release each claim's reservation and add ``spent`` credits to its bucket (0 is a
+        refund), in one transaction; return the counters as they now stand, in claim order."""
+        ...
+
+    def get_budget_counters(self, subject_id: str, buckets: Sequence[str]) -> list[BudgetCounter]:
+        """The counters of these buckets of a subject (zeros for buckets never used), in the
+        order asked."""
+        ...
+
+    def mark_budget_alert(self, subject_id: str, bucket: str, threshold: int) -> bool:
+        """Record that the ``threshold`` alert was raised for a bucket; True only for the one
+        caller that moved it up (every replica may try, one alert goes out)."""
+        ...
+
+    def hit_counters(self, hits: Sequence[CounterHit]) -> tuple[int | None, list[int]]:
+        """Add each hit's amount to its named counter, all or nothing: ``(None, counts
+        after)``; or, when a counter would pass its limit, ``(its index, counts as they
+        stand)`` and nothing changes. One conditional write per counter."""
+        ...
+
+    def release_counters(self, amounts: Mapping[str, int]) -> None:
+        """Subtract amounts from named counters (never below zero): concurrency slots."""
         ...
 
     # -- audit -------------------------------------------------------------------------

@@ -11,25 +11,36 @@ from typing import Any, TypeVar
 
 from tabpfn_gateway.errors import Conflict, InvalidRequest, StoreError
 from tabpfn_gateway.store._common import (
+    check_amount,
     check_aware,
+    check_claim,
     check_json,
     check_key_changes,
     check_limit,
     check_scopes,
+    day_bounds,
     decode_cursor,
     encode_cursor,
+    merge_rollups,
     normalize_record,
 )
 from tabpfn_gateway.store.records import (
     ApiKey,
     AuditEvent,
+    BudgetClaim,
+    BudgetCounter,
+    CounterHit,
     FittedModel,
     KeyChanges,
+    Membership,
     Page,
+    Policy,
     Principal,
     PrincipalKind,
+    PruneReport,
     UpstreamCredential,
     UsageEvent,
+    UsageRollup,
     UsageSummary,
 )
 
@@ -49,6 +60,12 @@ class _Tables:
     fitted_models: dict[str, FittedModel] = dataclasses.field(default_factory=dict)
     usage: dict[str, UsageEvent] = dataclasses.field(default_factory=dict)
     audit: dict[str, AuditEvent] = dataclasses.field(default_factory=dict)
+    usage_daily: dict[tuple[Any, ...], UsageRollup] = dataclasses.field(default_factory=dict)
+    policies: dict[str, Policy] = dataclasses.field(default_factory=dict)
+    memberships: dict[tuple[str, str], Membership] = dataclasses.field(default_factory=dict)
+    budgets: dict[tuple[str, str], BudgetCounter] = dataclasses.field(default_factory=dict)
+    budget_expiry: dict[tuple[str, str], datetime | None] = dataclasses.field(default_factory=dict)
+    counters: dict[str, tuple[int, datetime]] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> _Tables:
         # Records are frozen, so shallow copies of the dicts are a full snapshot.
@@ -388,12 +405,13 @@ class MemoryStore:
         for event in records:
             if not matches(event):
                 continue
-            row = totals.setdefault((event.key_id, event.operation), [0, 0, 0, 0, 0.0])
+            row = totals.setdefault((event.key_id, event.operation), [0, 0, 0, 0, 0.0, 0])
             row[0] += 1
             row[1] += 1 if event.status >= 400 else 0
             row[2] += event.rows or 0
             row[3] += event.bytes or 0
             row[4] += event.latency_ms
+            row[5] += event.credits or 0
         return [
             UsageSummary(
                 key_id=group[0],
@@ -403,9 +421,229 @@ class MemoryStore:
                 rows=int(row[2]),
                 bytes=int(row[3]),
                 total_latency_ms=float(row[4]),
+                credits=int(row[5]),
             )
             for group, row in sorted(totals.items())
         ]
+
+    def usage_rollup(
+        self,
+        *,
+        key_id: str | None = None,
+        owner_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageRollup]:
+        records, matches = self._matching_usage(key_id, owner_id, since, until)
+        rows: list[dict[str, Any]] = [_rollup_row(e) for e in records if matches(e)]
+        since_day, until_day = day_bounds(since, until)
+        with self._lock:
+            daily = list(self._tables.usage_daily.values())
+        for rollup in daily:
+            if (
+                (key_id is None or rollup.key_id == key_id)
+                and (owner_id is None or rollup.owner_id == owner_id)
+                and (since_day is None or rollup.day >= since_day)
+                and (until_day is None or rollup.day < until_day)
+            ):
+                rows.append(dataclasses.asdict(rollup))
+        return merge_rollups(rows)
+
+    def prune(self, before: datetime) -> PruneReport:
+        cutoff = check_aware(before, "before")
+        assert cutoff is not None
+        now = datetime.now(cutoff.tzinfo)
+        with self._lock:
+            self._check_open()
+            tables = self._tables
+            old = [e for e in tables.usage.values() if e.created_at < cutoff]
+            existing = [dataclasses.asdict(r) for r in tables.usage_daily.values()]
+            for rollup in merge_rollups(existing + [_rollup_row(e) for e in old]):
+                group = (rollup.day, rollup.key_id, rollup.owner_id, rollup.operation)
+                tables.usage_daily[group] = rollup
+            for event in old:
+                del tables.usage[event.id]
+            audit = [a.id for a in tables.audit.values() if a.created_at < cutoff]
+            for event_id in audit:
+                del tables.audit[event_id]
+            stale = [name for name, (_, expiry) in tables.counters.items() if expiry < now]
+            for name in stale:
+                del tables.counters[name]
+            stale_budgets = [
+                group
+                for group, expiry in tables.budget_expiry.items()
+                if expiry is not None and expiry < now
+            ]
+            for budget in stale_budgets:
+                tables.budgets.pop(budget, None)
+                del tables.budget_expiry[budget]
+        return PruneReport(
+            usage_events=len(old), audit_events=len(audit), counters=len(stale) + len(stale_budgets)
+        )
+
+    # -- governance: policies and membership ---------------------------------------------
+
+    def put_policy(self, policy: Policy) -> Policy:
+        policy = normalize_record(
+            dataclasses.replace(
+                policy,
+                alert_thresholds=tuple(policy.alert_thresholds),
+                allowed_cidrs=tuple(policy.allowed_cidrs),
+            )
+        )
+        with self._lock:
+            self._check_open()
+            self._tables.policies[policy.target_id] = policy
+        return policy
+
+    def get_policy(self, target_id: str) -> Policy | None:
+        with self._lock:
+            self._check_open()
+            return self._tables.policies.get(target_id)
+
+    def list_policies(self, *, target_ids: Sequence[str] | None = None) -> list[Policy]:
+        with self._lock:
+            self._check_open()
+            policies = self._tables.policies
+            if target_ids is None:
+                found = list(policies.values())
+            else:
+                found = [policies[t] for t in set(target_ids) if t in policies]
+        return sorted(found, key=lambda policy: policy.target_id)
+
+    def delete_policy(self, target_id: str) -> bool:
+        with self._lock:
+            self._check_open()
+            return self._tables.policies.pop(target_id, None) is not None
+
+    def add_membership(self, membership: Membership) -> Membership:
+        membership = normalize_record(membership)
+        group = (membership.team_id, membership.user_id)
+        with self._lock:
+            self._check_open()
+            principals = self._tables.principals
+            if (
+                group in self._tables.memberships
+                or membership.team_id not in principals
+                or membership.user_id not in principals
+            ):
+                raise Conflict(
+                    "This user is already a member of this team, or one of them does not exist."
+                )
+            self._tables.memberships[group] = membership
+        return membership
+
+    def remove_membership(self, team_id: str, user_id: str) -> bool:
+        with self._lock:
+            self._check_open()
+            return self._tables.memberships.pop((team_id, user_id), None) is not None
+
+    def list_memberships(
+        self, *, team_id: str | None = None, user_id: str | None = None
+    ) -> list[Membership]:
+        with self._lock:
+            self._check_open()
+            found = [
+                m
+                for m in self._tables.memberships.values()
+                if (team_id is None or m.team_id == team_id)
+                and (user_id is None or m.user_id == user_id)
+            ]
+        return sorted(found, key=lambda m: (m.team_id, m.user_id))
+
+    # -- governance: counters ------------------------------------------------------------
+
+    def _budget(self, subject_id: str, bucket: str) -> BudgetCounter:
+        return self._tables.budgets.get(
+            (subject_id, bucket), BudgetCounter(subject_id=subject_id, bucket=bucket)
+        )
+
+    def reserve_budget(self, claims: Sequence[BudgetClaim]) -> int | None:
+        claims = [check_claim(claim) for claim in claims]
+        with self._lock:
+            self._check_open()
+            pending: dict[tuple[str, str], BudgetCounter] = {}
+
+            def current(subject_id: str, bucket: str) -> BudgetCounter:
+                return pending.get((subject_id, bucket)) or self._budget(subject_id, bucket)
+
+            for index, claim in enumerate(claims):
+                counter = current(claim.subject_id, claim.bucket)
+                if claim.limit is not None:
+                    held = counter.spent + counter.reserved + claim.amount
+                    for bucket in claim.window:
+                        earlier = current(claim.subject_id, bucket)
+                        held += earlier.spent + earlier.reserved
+                    if held > claim.limit:
+                        return index
+                pending[(claim.subject_id, claim.bucket)] = dataclasses.replace(
+                    counter, reserved=counter.reserved + claim.amount
+                )
+            self._tables.budgets.update(pending)
+            for claim in claims:
+                group = (claim.subject_id, claim.bucket)
+                self._tables.budget_expiry.setdefault(group, claim.expires_at)
+        return None
+
+    def settle_budget(self, claims: Sequence[BudgetClaim], spent: int) -> list[BudgetCounter]:
+        claims = [check_claim(claim) for claim in claims]
+        spent = check_amount(spent, "spent")
+        counters: list[BudgetCounter] = []
+        with self._lock:
+            self._check_open()
+            for claim in claims:
+                counter = self._budget(claim.subject_id, claim.bucket)
+                counter = dataclasses.replace(
+                    counter,
+                    reserved=max(0, counter.reserved - claim.amount),
+                    spent=counter.spent + spent,
+                )
+                group = (claim.subject_id, claim.bucket)
+                self._tables.budgets[group] = counter
+                self._tables.budget_expiry.setdefault(group, claim.expires_at)
+                counters.append(counter)
+        return counters
+
+    def get_budget_counters(self, subject_id: str, buckets: Sequence[str]) -> list[BudgetCounter]:
+        with self._lock:
+            self._check_open()
+            return [self._budget(subject_id, bucket) for bucket in buckets]
+
+    def mark_budget_alert(self, subject_id: str, bucket: str, threshold: int) -> bool:
+        with self._lock:
+            self._check_open()
+            group = (subject_id, bucket)
+            counter = self._tables.budgets.get(group)
+            if counter is None or counter.alerted >= threshold:
+                return False
+            self._tables.budgets[group] = dataclasses.replace(counter, alerted=threshold)
+            return True
+
+    def hit_counters(self, hits: Sequence[CounterHit]) -> tuple[int | None, list[int]]:
+        with self._lock:
+            self._check_open()
+            counters = self._tables.counters
+            pending: dict[str, tuple[int, datetime]] = {}
+            for index, hit in enumerate(hits):
+                amount = check_amount(hit.amount, "amount")
+                expires_at = check_aware(hit.expires_at, "expires_at")
+                assert expires_at is not None
+                count, expiry = pending.get(hit.name) or counters.get(hit.name, (0, expires_at))
+                if count + amount > hit.limit:
+                    return index, [counters.get(h.name, (0, expires_at))[0] for h in hits]
+                pending[hit.name] = (count + amount, expiry)
+            counters.update(pending)
+            return None, [counters[hit.name][0] for hit in hits]
+
+    def release_counters(self, amounts: Mapping[str, int]) -> None:
+        with self._lock:
+            self._check_open()
+            counters = self._tables.counters
+            for name, amount in amounts.items():
+                amount = check_amount(amount, "amount")
+                if name in counters:
+                    count, expiry = counters[name]
+                    counters[name] = (max(0, count - amount), expiry)
 
     # -- audit -------------------------------------------------------------------------
 
@@ -439,3 +677,17 @@ class MemoryStore:
             )
 
         return _paginate(records, matches, limit, cursor)
+
+
+def _rollup_row(event: UsageEvent) -> dict[str, Any]:
+    return {
+        "day": event.created_at.date(),
+        "key_id": event.key_id,
+        "owner_id": event.owner_id,
+        "operation": event.operation,
+        "calls": 1,
+        "errors": 1 if event.status >= 400 else 0,
+        "rows": event.rows or 0,
+        "bytes": event.bytes or 0,
+        "credits": event.credits or 0,
+    }

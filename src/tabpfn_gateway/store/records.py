@@ -5,25 +5,40 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 __all__ = [
     "ApiKey",
     "AuditEvent",
+    "BudgetClaim",
+    "BudgetCounter",
+    "BudgetMode",
+    "BudgetPeriod",
+    "BudgetWindow",
+    "CounterHit",
     "FittedModel",
     "KeyChanges",
+    "Membership",
     "Page",
+    "Policy",
+    "PolicyTargetType",
     "Principal",
     "PrincipalKind",
+    "PruneReport",
     "UpstreamCredential",
     "UsageEvent",
+    "UsageRollup",
     "UsageSummary",
     "new_id",
     "utcnow",
 ]
 
 PrincipalKind = Literal["user", "team"]
+PolicyTargetType = Literal["principal", "key"]
+BudgetPeriod = Literal["day", "month"]
+BudgetWindow = Literal["calendar", "rolling"]
+BudgetMode = Literal["hard", "soft"]
 T = TypeVar("T")
 
 
@@ -150,6 +165,8 @@ class UsageEvent:
     bytes: int | None = None
     upstream_trace_id: str | None = None
     created_at: datetime = field(default_factory=utcnow)
+    #: TabPFN credits the call was charged (settled figure); None where nothing is billed.
+    credits: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +180,107 @@ class UsageSummary:
     rows: int
     bytes: int
     total_latency_ms: float
+    credits: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRollup:
+    """Usage of one key and operation on one UTC day: from raw events, or from the daily
+    roll-up that keeps them after the raw events are pruned (both added together)."""
+
+    day: date
+    key_id: str
+    owner_id: str
+    operation: str
+    calls: int
+    errors: int
+    rows: int
+    bytes: int
+    credits: int
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What ``Store.prune`` removed: raw usage events (first rolled up per day), audit events,
+    and stale rate and budget counters."""
+
+    usage_events: int
+    audit_events: int
+    counters: int
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """A user's membership of a team (a team's budget and limits cover its members' keys)."""
+
+    team_id: str
+    user_id: str
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Spend governance for one principal (user or team) or one key. ``None`` is "no limit".
+
+    Rate limits count requests per minute and per hour; ``max_concurrent_fits`` caps fits in
+    flight; ``budget_credits`` is a TabPFN-credit budget per ``budget_period`` (``day`` or
+    ``month``), a UTC calendar period or a rolling window (the last 24 hours / 30 days);
+    ``hard`` refuses past it, ``soft`` only alerts. ``alert_thresholds`` are percents of the
+    budget that raise an alert once per period. ``allowed_cidrs`` (keys only) limit where a
+    key may be used from.
+    """
+
+    target_id: str
+    target_type: PolicyTargetType
+    requests_per_minute: int | None = None
+    requests_per_hour: int | None = None
+    max_concurrent_fits: int | None = None
+    budget_credits: int | None = None
+    budget_period: BudgetPeriod = "month"
+    budget_window: BudgetWindow = "calendar"
+    budget_mode: BudgetMode = "hard"
+    alert_thresholds: tuple[int, ...] = ()
+    allowed_cidrs: tuple[str, ...] = ()
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetClaim:
+    """One budget counter a reservation touches: ``amount`` credits on ``subject_id``'s
+    ``bucket`` (e.g. ``"month:2026-12"``). With ``limit``, the reservation succeeds only if
+    spent + reserved (+ the ``window`` buckets' spent + reserved: earlier buckets of a rolling
+    window) + amount stays within it; with ``limit=None`` it always succeeds (soft budgets)."""
+
+    subject_id: str
+    bucket: str
+    amount: int
+    limit: int | None = None
+    window: tuple[str, ...] = ()
+    #: When the bucket stops counting for any window (``prune`` may drop it then).
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCounter:
+    """Credits settled (``spent``) and held by calls in flight (``reserved``) in one bucket;
+    ``alerted`` is the highest alert threshold (percent) already raised for it."""
+
+    subject_id: str
+    bucket: str
+    spent: int = 0
+    reserved: int = 0
+    alerted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CounterHit:
+    """One shared counter a request increments: ``name`` (e.g. ``"rpm:<key id>:<minute>"``)
+    by ``amount``, allowed up to ``limit``; ``expires_at`` lets ``prune`` drop it later."""
+
+    name: str
+    limit: int
+    expires_at: datetime
+    amount: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,15 @@ __all__ = [
     "UTCDateTime",
     "api_keys",
     "audit_events",
+    "budget_counters",
     "fitted_models",
     "metadata",
+    "policies",
     "principals",
+    "rate_counters",
+    "team_memberships",
     "upstream_credentials",
+    "usage_daily",
     "usage_events",
 ]
 
@@ -56,6 +61,19 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+class IntTuple(sa.types.TypeDecorator[tuple[int, ...]]):
+    """A tuple of integers stored as a JSON array in text."""
+
+    impl = sa.Text()
+    cache_ok = True
+
+    def process_bind_param(self, value: tuple[int, ...] | None, dialect: Dialect) -> str | None:
+        return None if value is None else json.dumps([int(v) for v in value])
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> tuple[int, ...] | None:
+        return None if value is None else tuple(int(v) for v in json.loads(value))
 
 
 class StringTuple(sa.types.TypeDecorator[tuple[str, ...]]):
@@ -169,6 +187,7 @@ usage_events = sa.Table(
     sa.Column("bytes", sa.BigInteger(), nullable=True),
     sa.Column("upstream_trace_id", _text(), nullable=True),
     _created_at(),
+    sa.Column("credits", sa.BigInteger(), nullable=True),
     sa.Index(None, "key_id", "created_at"),
     sa.Index(None, "owner_id", "created_at"),
     sa.Index(None, "created_at", "id"),
@@ -186,4 +205,72 @@ audit_events = sa.Table(
     sa.Column("details", _json(), nullable=False),
     sa.Index(None, "target_id", "created_at"),
     sa.Index(None, "created_at", "id"),
+)
+
+# Daily roll-ups of usage, written by prune before raw events go, so reports keep history.
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("day", sa.Date(), nullable=False),
+    sa.Column("key_id", _text(), nullable=False),
+    sa.Column("owner_id", _text(), nullable=False),
+    sa.Column("operation", _text(), nullable=False),
+    sa.Column("calls", sa.BigInteger(), nullable=False),
+    sa.Column("errors", sa.BigInteger(), nullable=False),
+    sa.Column("rows", sa.BigInteger(), nullable=False),
+    sa.Column("bytes", sa.BigInteger(), nullable=False),
+    sa.Column("credits", sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint("day", "key_id", "owner_id", "operation"),
+)
+
+# One row per principal or key that has a policy (target ids are unique across both kinds).
+policies = sa.Table(
+    "policies",
+    metadata,
+    sa.Column("target_id", _text(), primary_key=True),
+    sa.Column("target_type", _text(), nullable=False),
+    sa.Column("requests_per_minute", sa.BigInteger(), nullable=True),
+    sa.Column("requests_per_hour", sa.BigInteger(), nullable=True),
+    sa.Column("max_concurrent_fits", sa.BigInteger(), nullable=True),
+    sa.Column("budget_credits", sa.BigInteger(), nullable=True),
+    sa.Column("budget_period", _text(), nullable=False),
+    sa.Column("budget_window", _text(), nullable=False),
+    sa.Column("budget_mode", _text(), nullable=False),
+    sa.Column("alert_thresholds", IntTuple(), nullable=False),
+    sa.Column("allowed_cidrs", StringTuple(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+team_memberships = sa.Table(
+    "team_memberships",
+    metadata,
+    sa.Column("team_id", _text(), sa.ForeignKey("principals.id"), nullable=False),
+    sa.Column("user_id", _text(), sa.ForeignKey("principals.id"), nullable=False),
+    _created_at(),
+    sa.PrimaryKeyConstraint("team_id", "user_id"),
+    sa.Index(None, "user_id"),
+)
+
+# The reservation ledger: one row per subject and budget bucket; reserve is a conditional
+# UPDATE on it (see Store.reserve_budget).
+budget_counters = sa.Table(
+    "budget_counters",
+    metadata,
+    sa.Column("subject_id", _text(), nullable=False),
+    sa.Column("bucket", _text(), nullable=False),
+    sa.Column("spent", sa.BigInteger(), nullable=False),
+    sa.Column("reserved", sa.BigInteger(), nullable=False),
+    sa.Column("alerted", sa.Integer(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.PrimaryKeyConstraint("subject_id", "bucket"),
+)
+
+# Shared request counters (rate-limit windows, fits in flight) when Redis is not configured.
+rate_counters = sa.Table(
+    "rate_counters",
+    metadata,
+    sa.Column("name", _text(), primary_key=True),
+    sa.Column("count", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "expires_at"),
 )

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,25 +26,36 @@ from tabpfn_gateway.errors import (
 from tabpfn_gateway.logs import redact
 from tabpfn_gateway.store import schema
 from tabpfn_gateway.store._common import (
+    check_amount,
     check_aware,
+    check_claim,
     check_json,
     check_key_changes,
     check_limit,
     check_scopes,
+    day_bounds,
     decode_cursor,
     encode_cursor,
+    merge_rollups,
     normalize_record,
 )
 from tabpfn_gateway.store.records import (
     ApiKey,
     AuditEvent,
+    BudgetClaim,
+    BudgetCounter,
+    CounterHit,
     FittedModel,
     KeyChanges,
+    Membership,
     Page,
+    Policy,
     Principal,
     PrincipalKind,
+    PruneReport,
     UpstreamCredential,
     UsageEvent,
+    UsageRollup,
     UsageSummary,
 )
 
@@ -61,6 +72,15 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+
+
+class _Refused(Exception):
+    """Raised inside a transaction to roll it back when a conditional write matched nothing."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
 
 # iter_credentials reads this many rows per query, so re-encrypting a large table never holds
 # every row (or one long transaction) at once.
@@ -628,6 +648,7 @@ class SqlStore:
                 sa.func.sum(sa.func.coalesce(table.c.rows, 0)).label("rows"),
                 sa.func.sum(sa.func.coalesce(table.c.bytes, 0)).label("bytes"),
                 sa.func.sum(table.c.latency_ms).label("total_latency_ms"),
+                sa.func.sum(sa.func.coalesce(table.c.credits, 0)).label("credits"),
             )
             .where(*self._usage_filters(key_id, owner_id, since, until))
             .group_by(table.c.key_id, table.c.operation)
@@ -644,9 +665,355 @@ class SqlStore:
                 rows=int(row["rows"] or 0),
                 bytes=int(row["bytes"] or 0),
                 total_latency_ms=float(row["total_latency_ms"] or 0.0),
+                credits=int(row["credits"] or 0),
             )
             for row in rows
         ]
+
+    def _day_of(self, column: sa.ColumnElement[datetime]) -> sa.ColumnElement[Any]:
+        # The UTC calendar day of a timestamp. SQLite keeps UTC wall time as text.
+        if self._is_sqlite:
+            return sa.func.date(column)
+        return sa.cast(sa.func.timezone("UTC", column), sa.Date)
+
+    def usage_rollup(
+        self,
+        *,
+        key_id: str | None = None,
+        owner_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageRollup]:
+        raw = schema.usage_events
+        day = self._day_of(raw.c.created_at).label("day")
+        raw_query = (
+            sa.select(
+                day,
+                raw.c.key_id,
+                raw.c.owner_id,
+                raw.c.operation,
+                sa.func.count().label("calls"),
+                sa.func.sum(sa.case((raw.c.status >= 400, 1), else_=0)).label("errors"),
+                sa.func.sum(sa.func.coalesce(raw.c.rows, 0)).label("rows"),
+                sa.func.sum(sa.func.coalesce(raw.c.bytes, 0)).label("bytes"),
+                sa.func.sum(sa.func.coalesce(raw.c.credits, 0)).label("credits"),
+            )
+            .where(*self._usage_filters(key_id, owner_id, since, until))
+            .group_by(day, raw.c.key_id, raw.c.owner_id, raw.c.operation)
+        )
+        daily = schema.usage_daily
+        conditions: list[sa.ColumnElement[bool]] = []
+        if key_id is not None:
+            conditions.append(daily.c.key_id == key_id)
+        if owner_id is not None:
+            conditions.append(daily.c.owner_id == owner_id)
+        since_day, until_day = day_bounds(since, until)
+        if since_day is not None:
+            conditions.append(daily.c.day >= since_day)
+        if until_day is not None:
+            conditions.append(daily.c.day < until_day)
+        with self._transaction("usage roll-up") as connection:
+            raw_rows = connection.execute(raw_query).mappings().all()
+            daily_rows = connection.execute(sa.select(daily).where(*conditions)).mappings().all()
+        return merge_rollups([*raw_rows, *daily_rows])
+
+    def prune(self, before: datetime) -> PruneReport:
+        cutoff = check_aware(before, "before")
+        assert cutoff is not None
+        raw = schema.usage_events
+        daily = schema.usage_daily
+        old = raw.c.created_at < cutoff
+        with self._transaction("prune", write=True) as connection:
+            day = self._day_of(raw.c.created_at).label("day")
+            grouped = connection.execute(
+                sa.select(
+                    day,
+                    raw.c.key_id,
+                    raw.c.owner_id,
+                    raw.c.operation,
+                    sa.func.count().label("calls"),
+                    sa.func.sum(sa.case((raw.c.status >= 400, 1), else_=0)).label("errors"),
+                    sa.func.sum(sa.func.coalesce(raw.c.rows, 0)).label("rows"),
+                    sa.func.sum(sa.func.coalesce(raw.c.bytes, 0)).label("bytes"),
+                    sa.func.sum(sa.func.coalesce(raw.c.credits, 0)).label("credits"),
+                )
+                .where(old)
+                .group_by(day, raw.c.key_id, raw.c.owner_id, raw.c.operation)
+            ).mappings()
+            for rollup in merge_rollups(list(grouped)):
+                values = dataclasses.asdict(rollup)
+                insert = self._dialect_insert(daily).values(**values)
+                sums = ("calls", "errors", "rows", "bytes", "credits")
+                connection.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=["day", "key_id", "owner_id", "operation"],
+                        set_={name: daily.c[name] + insert.excluded[name] for name in sums},
+                    )
+                )
+            usage = connection.execute(raw.delete().where(old)).rowcount
+            audit_table = schema.audit_events
+            audit = connection.execute(
+                audit_table.delete().where(audit_table.c.created_at < cutoff)
+            ).rowcount
+            now = datetime.now(UTC)
+            counters = connection.execute(
+                schema.rate_counters.delete().where(schema.rate_counters.c.expires_at < now)
+            ).rowcount
+            budgets = schema.budget_counters
+            counters += connection.execute(
+                budgets.delete().where(
+                    budgets.c.expires_at.is_not(None), budgets.c.expires_at < now
+                )
+            ).rowcount
+        return PruneReport(usage_events=usage, audit_events=audit, counters=counters)
+
+    # -- governance: policies and membership ----------------------------------------------
+
+    def _dialect_insert(self, table: sa.Table) -> Any:
+        # INSERT ... ON CONFLICT exists on both databases, under dialect-specific constructs.
+        if self._is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            return sqlite_insert(table)
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+
+    def put_policy(self, policy: Policy) -> Policy:
+        policy = normalize_record(policy)
+        table = schema.policies
+        values = dataclasses.asdict(policy)
+        values["alert_thresholds"] = tuple(policy.alert_thresholds)
+        values["allowed_cidrs"] = tuple(policy.allowed_cidrs)
+        insert = self._dialect_insert(table).values(**values)
+        statement = insert.on_conflict_do_update(
+            index_elements=["target_id"],
+            set_={name: insert.excluded[name] for name in values if name != "target_id"},
+        )
+        with self._transaction("put policy", write=True) as connection:
+            connection.execute(statement)
+        return policy
+
+    def get_policy(self, target_id: str) -> Policy | None:
+        return self._get(schema.policies, schema.policies.c.target_id, target_id, Policy)
+
+    def list_policies(self, *, target_ids: Sequence[str] | None = None) -> list[Policy]:
+        table = schema.policies
+        query = sa.select(table).order_by(table.c.target_id)
+        if target_ids is not None:
+            if not target_ids:
+                return []
+            query = query.where(table.c.target_id.in_(list(target_ids)))
+        with self._transaction("list policies") as connection:
+            rows = connection.execute(query).mappings().all()
+        return [Policy(**row) for row in rows]
+
+    def delete_policy(self, target_id: str) -> bool:
+        table = schema.policies
+        with self._transaction("delete policy", write=True) as connection:
+            result = connection.execute(table.delete().where(table.c.target_id == target_id))
+        return result.rowcount > 0
+
+    def add_membership(self, membership: Membership) -> Membership:
+        membership = normalize_record(membership)
+        self._insert(
+            schema.team_memberships,
+            membership,
+            "add membership",
+            "This user is already a member of this team, or one of them does not exist.",
+        )
+        return membership
+
+    def remove_membership(self, team_id: str, user_id: str) -> bool:
+        table = schema.team_memberships
+        with self._transaction("remove membership", write=True) as connection:
+            result = connection.execute(
+                table.delete().where(table.c.team_id == team_id, table.c.user_id == user_id)
+            )
+        return result.rowcount > 0
+
+    def list_memberships(
+        self, *, team_id: str | None = None, user_id: str | None = None
+    ) -> list[Membership]:
+        table = schema.team_memberships
+        query = sa.select(table).order_by(table.c.team_id, table.c.user_id)
+        if team_id is not None:
+            query = query.where(table.c.team_id == team_id)
+        if user_id is not None:
+            query = query.where(table.c.user_id == user_id)
+        with self._transaction("list memberships") as connection:
+            rows = connection.execute(query).mappings().all()
+        return [Membership(**row) for row in rows]
+
+    # -- governance: counters ---------------------------------------------------------------
+
+    def _ensure_budget_rows(self, connection: Connection, claims: Sequence[BudgetClaim]) -> None:
+        table = schema.budget_counters
+        for claim in claims:
+            connection.execute(
+                self._dialect_insert(table)
+                .values(
+                    subject_id=claim.subject_id,
+                    bucket=claim.bucket,
+                    spent=0,
+                    reserved=0,
+                    alerted=0,
+                    expires_at=check_aware(claim.expires_at, "expires_at"),
+                )
+                .on_conflict_do_nothing(index_elements=["subject_id", "bucket"])
+            )
+
+    def reserve_budget(self, claims: Sequence[BudgetClaim]) -> int | None:
+        claims = [check_claim(claim) for claim in claims]
+        if not claims:
+            return None
+        table = schema.budget_counters
+        try:
+            with self._transaction("reserve budget", write=True) as connection:
+                self._ensure_budget_rows(connection, claims)
+                for index, claim in enumerate(claims):
+                    conditions = [
+                        table.c.subject_id == claim.subject_id,
+                        table.c.bucket == claim.bucket,
+                    ]
+                    if claim.limit is not None:
+                        held = table.c.spent + table.c.reserved + claim.amount
+                        if claim.window:
+                            earlier = table.alias("earlier")
+                            held = held + (
+                                sa.select(
+                                    sa.func.coalesce(
+                                        sa.func.sum(earlier.c.spent + earlier.c.reserved), 0
+                                    )
+                                )
+                                .where(
+                                    earlier.c.subject_id == claim.subject_id,
+                                    earlier.c.bucket.in_(list(claim.window)),
+                                )
+                                .scalar_subquery()
+                            )
+                        conditions.append(held <= claim.limit)
+                    # The one conditional write: the limit is checked by the database in the
+                    # same statement that takes the credits, under the row's lock.
+                    result = connection.execute(
+                        table.update()
+                        .where(*conditions)
+                        .values(reserved=table.c.reserved + claim.amount)
+                    )
+                    if result.rowcount != 1:
+                        raise _Refused(index)
+        except _Refused as refused:
+            return refused.index
+        return None
+
+    def settle_budget(self, claims: Sequence[BudgetClaim], spent: int) -> list[BudgetCounter]:
+        claims = [check_claim(claim) for claim in claims]
+        spent = check_amount(spent, "spent")
+        table = schema.budget_counters
+        counters: list[BudgetCounter] = []
+        with self._transaction("settle budget", write=True) as connection:
+            self._ensure_budget_rows(connection, claims)
+            for claim in claims:
+                where = (table.c.subject_id == claim.subject_id, table.c.bucket == claim.bucket)
+                connection.execute(
+                    table.update()
+                    .where(*where)
+                    .values(
+                        reserved=sa.case(
+                            (table.c.reserved >= claim.amount, table.c.reserved - claim.amount),
+                            else_=0,
+                        ),
+                        spent=table.c.spent + spent,
+                    )
+                )
+                row = connection.execute(sa.select(table).where(*where)).mappings().one()
+                counters.append(_budget_counter(row))
+        return counters
+
+    def get_budget_counters(self, subject_id: str, buckets: Sequence[str]) -> list[BudgetCounter]:
+        if not buckets:
+            return []
+        table = schema.budget_counters
+        query = sa.select(table).where(
+            table.c.subject_id == subject_id, table.c.bucket.in_(list(buckets))
+        )
+        with self._transaction("read budget counters") as connection:
+            rows = {row["bucket"]: row for row in connection.execute(query).mappings()}
+        return [
+            _budget_counter(rows[bucket])
+            if bucket in rows
+            else BudgetCounter(subject_id=subject_id, bucket=bucket)
+            for bucket in buckets
+        ]
+
+    def mark_budget_alert(self, subject_id: str, bucket: str, threshold: int) -> bool:
+        table = schema.budget_counters
+        with self._transaction("mark budget alert", write=True) as connection:
+            result = connection.execute(
+                table.update()
+                .where(
+                    table.c.subject_id == subject_id,
+                    table.c.bucket == bucket,
+                    table.c.alerted < threshold,
+                )
+                .values(alerted=threshold)
+            )
+        return result.rowcount == 1
+
+    def hit_counters(self, hits: Sequence[CounterHit]) -> tuple[int | None, list[int]]:
+        if not hits:
+            return None, []
+        table = schema.rate_counters
+        try:
+            with self._transaction("hit counters", write=True) as connection:
+                counts: list[int] = []
+                for index, hit in enumerate(hits):
+                    amount = check_amount(hit.amount, "amount")
+                    connection.execute(
+                        self._dialect_insert(table)
+                        .values(
+                            name=hit.name,
+                            count=0,
+                            expires_at=check_aware(hit.expires_at, "expires_at"),
+                        )
+                        .on_conflict_do_nothing(index_elements=["name"])
+                    )
+                    # Conditional increment: one statement, checked under the row's lock.
+                    result = connection.execute(
+                        table.update()
+                        .where(table.c.name == hit.name, table.c.count + amount <= hit.limit)
+                        .values(count=table.c.count + amount)
+                        .returning(table.c.count)
+                    )
+                    row = result.first()
+                    if row is None:
+                        raise _Refused(index)
+                    counts.append(int(row[0]))
+        except _Refused as refused:
+            names = [hit.name for hit in hits]
+            with self._transaction("read counters") as connection:
+                found = dict(
+                    connection.execute(
+                        sa.select(table.c.name, table.c.count).where(table.c.name.in_(names))
+                    ).all()
+                )
+            return refused.index, [int(found.get(name, 0)) for name in names]
+        return None, counts
+
+    def release_counters(self, amounts: Mapping[str, int]) -> None:
+        if not amounts:
+            return
+        table = schema.rate_counters
+        with self._transaction("release counters", write=True) as connection:
+            for name, amount in amounts.items():
+                amount = check_amount(amount, "amount")
+                connection.execute(
+                    table.update()
+                    .where(table.c.name == name)
+                    .values(
+                        count=sa.case((table.c.count >= amount, table.c.count - amount), else_=0)
+                    )
+                )
 
     # -- audit -------------------------------------------------------------------------
 
@@ -677,3 +1044,13 @@ class SqlStore:
         if action is not None:
             filters.append(table.c.action == action)
         return self._page(table, table.c.id, filters, AuditEvent, limit, cursor)
+
+
+def _budget_counter(row: Any) -> BudgetCounter:
+    return BudgetCounter(
+        subject_id=row["subject_id"],
+        bucket=row["bucket"],
+        spent=int(row["spent"]),
+        reserved=int(row["reserved"]),
+        alerted=int(row["alerted"]),
+    )

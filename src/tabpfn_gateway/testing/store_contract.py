@@ -24,7 +24,7 @@ import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pytest
@@ -34,11 +34,17 @@ from tabpfn_gateway.store.base import MAX_PAGE_SIZE, Store
 from tabpfn_gateway.store.records import (
     ApiKey,
     AuditEvent,
+    BudgetClaim,
+    BudgetCounter,
+    CounterHit,
     FittedModel,
+    Membership,
     Page,
+    Policy,
     Principal,
     UpstreamCredential,
     UsageEvent,
+    UsageRollup,
     UsageSummary,
 )
 
@@ -826,3 +832,260 @@ class StoreContractTests:
         assert errors == []
         assert {p.id for p in _walk(store.list_principals, 100)} == {p.id for p in principals}
         assert len(_walk(store.list_usage, 100)) == len(principals)
+
+    # -- usage credits, roll-ups and pruning ---------------------------------------------
+
+    def test_usage_credits_round_trip_and_add_up(self, store: Store, make: _Factory) -> None:
+        events = [
+            make.usage("k1", "o1", credits=40),
+            make.usage("k1", "o1", credits=None),
+            make.usage("k1", "o1", credits=2),
+        ]
+        store.record_usage(events)
+        assert sorted(_walk(store.list_usage, 10), key=lambda e: e.id) == events
+        [summary] = store.summarize_usage(key_id="k1")
+        assert summary.credits == 42
+        assert summary.calls == 3
+
+    def test_usage_rollup_groups_by_utc_day(self, store: Store, make: _Factory) -> None:
+        day1 = datetime(2026, 3, 1, 23, 30, tzinfo=UTC)
+        # 00:30 on March 2nd at +02:00 is 22:30 on March 1st in UTC: days are UTC days.
+        other_zone = datetime(2026, 3, 2, 0, 30, tzinfo=timezone(timedelta(hours=2)))
+        day2 = datetime(2026, 3, 2, 0, 30, tzinfo=UTC)
+        store.record_usage(
+            [
+                make.usage("k1", "o1", created_at=day1, credits=5, rows=1, bytes=10),
+                make.usage("k1", "o1", created_at=other_zone, credits=7, rows=2, bytes=20),
+                make.usage("k1", "o1", created_at=day2, credits=11, status=500, rows=None),
+                make.usage("k2", "o1", created_at=day2, operation="fit", credits=None),
+            ]
+        )
+        assert store.usage_rollup(owner_id="o1") == [
+            UsageRollup(date(2026, 3, 1), "k1", "o1", "predict", 2, 0, 3, 30, 12),
+            UsageRollup(date(2026, 3, 2), "k1", "o1", "predict", 1, 1, 0, 1000, 11),
+            UsageRollup(date(2026, 3, 2), "k2", "o1", "fit", 1, 0, 10, 1000, 0),
+        ]
+        assert [r.day for r in store.usage_rollup(since=day2)] == [date(2026, 3, 2)] * 2
+        assert store.usage_rollup(key_id="nobody") == []
+
+    def test_prune_keeps_daily_rollups_and_drops_old_rows(
+        self, store: Store, make: _Factory
+    ) -> None:
+        old = datetime(2025, 1, 10, 12, tzinfo=UTC)
+        new = datetime(2026, 1, 10, 12, tzinfo=UTC)
+        store.record_usage(
+            [
+                make.usage("k1", "o1", created_at=old, credits=3),
+                make.usage("k1", "o1", created_at=old + timedelta(hours=1), credits=4),
+                make.usage("k1", "o1", created_at=new, credits=5),
+            ]
+        )
+        store.record_audit(make.audit(created_at=old))
+        kept_audit = make.audit(created_at=new)
+        store.record_audit(kept_audit)
+        before = store.usage_rollup()
+        report = store.prune(datetime(2025, 6, 1, tzinfo=UTC))
+        assert (report.usage_events, report.audit_events) == (2, 1)
+        assert store.usage_rollup() == before
+        assert [e.created_at for e in _walk(store.list_usage, 10)] == [new]
+        assert _walk(store.list_audit, 10) == [kept_audit]
+        # Pruning again changes nothing, and adds nothing twice.
+        assert store.prune(datetime(2025, 6, 1, tzinfo=UTC)).usage_events == 0
+        assert store.usage_rollup() == before
+
+    def test_prune_drops_expired_counters(self, store: Store) -> None:
+        past = datetime.now(UTC) - timedelta(minutes=5)
+        future = datetime.now(UTC) + timedelta(hours=1)
+        store.hit_counters([CounterHit("old", 5, past), CounterHit("new", 5, future)])
+        report = store.prune(datetime(2000, 1, 1, tzinfo=UTC))
+        assert report.counters == 1
+        assert store.hit_counters([CounterHit("new", 5, future)]) == (None, [2])
+        assert store.hit_counters([CounterHit("old", 5, future)]) == (None, [1])
+
+    # -- policies and membership -------------------------------------------------------
+
+    def test_policy_round_trip_replace_and_delete(self, store: Store, make: _Factory) -> None:
+        policy = Policy(
+            target_id="key00001",
+            target_type="key",
+            requests_per_minute=60,
+            requests_per_hour=None,
+            max_concurrent_fits=2,
+            budget_credits=1000,
+            budget_period="day",
+            budget_window="rolling",
+            budget_mode="soft",
+            alert_thresholds=(50, 80, 100),
+            allowed_cidrs=("10.0.0.0/8", "2001:db8::/32"),
+            updated_at=make.tick(),
+        )
+        assert store.put_policy(policy) == policy
+        assert store.get_policy("key00001") == policy
+        replaced = replace(
+            policy, requests_per_minute=None, alert_thresholds=(), updated_at=make.tick()
+        )
+        store.put_policy(replaced)
+        assert store.get_policy("key00001") == replaced
+        other = Policy(target_id="p-2", target_type="principal", budget_credits=5)
+        store.put_policy(other)
+        assert [p.target_id for p in store.list_policies()] == ["key00001", "p-2"]
+        assert store.list_policies(target_ids=["p-2", "missing"]) == [store.get_policy("p-2")]
+        assert store.list_policies(target_ids=[]) == []
+        assert store.delete_policy("key00001") is True
+        assert store.delete_policy("key00001") is False
+        assert store.get_policy("key00001") is None
+
+    def test_membership_add_list_remove(self, store: Store, make: _Factory) -> None:
+        team = store.add_principal(make.principal(kind="team"))
+        alice = store.add_principal(make.principal())
+        bob = store.add_principal(make.principal())
+        joined = store.add_membership(Membership(team.id, alice.id, make.tick()))
+        store.add_membership(Membership(team.id, bob.id, make.tick()))
+        assert joined in store.list_memberships(team_id=team.id)
+        assert [m.user_id for m in store.list_memberships(team_id=team.id)] == sorted(
+            [alice.id, bob.id]
+        )
+        assert store.list_memberships(user_id=alice.id) == [joined]
+        with pytest.raises(Conflict):
+            store.add_membership(Membership(team.id, alice.id, make.tick()))
+        with pytest.raises(Conflict):
+            store.add_membership(Membership(team.id, "nobody", make.tick()))
+        assert store.remove_membership(team.id, alice.id) is True
+        assert store.remove_membership(team.id, alice.id) is False
+        assert [m.user_id for m in store.list_memberships()] == [bob.id]
+
+    # -- the reservation primitive -------------------------------------------------------
+
+    def test_reserve_within_the_limit_then_refuse(self, store: Store) -> None:
+        claim = BudgetClaim("s1", "month:2026-12", amount=4, limit=10)
+        assert store.reserve_budget([claim]) is None
+        assert store.reserve_budget([claim]) is None
+        assert store.reserve_budget([claim]) == 0
+        assert store.get_budget_counters("s1", ["month:2026-12"]) == [
+            BudgetCounter("s1", "month:2026-12", spent=0, reserved=8)
+        ]
+
+    def test_settle_and_refund_move_reserved_to_spent(self, store: Store) -> None:
+        claim = BudgetClaim("s1", "day:2026-12-01", amount=5, limit=10)
+        assert store.reserve_budget([claim]) is None
+        assert store.reserve_budget([claim]) is None
+        [after] = store.settle_budget([claim], 3)
+        assert (after.spent, after.reserved) == (3, 5)
+        [after] = store.settle_budget([claim], 0)
+        assert (after.spent, after.reserved) == (3, 0)
+        # 3 spent: 7 more fit, 8 do not.
+        assert store.reserve_budget([replace(claim, amount=8)]) == 0
+        assert store.reserve_budget([replace(claim, amount=7)]) is None
+
+    def test_reserve_is_all_or_nothing_across_claims(self, store: Store) -> None:
+        key = BudgetClaim("key", "b", amount=5, limit=100)
+        team = BudgetClaim("team", "b", amount=5, limit=4)
+        assert store.reserve_budget([key, team]) == 1
+        assert store.get_budget_counters("key", ["b"])[0].reserved == 0
+        assert store.get_budget_counters("team", ["b", "other"]) == [
+            BudgetCounter("team", "b"),
+            BudgetCounter("team", "other"),
+        ]
+
+    def test_soft_claims_always_reserve(self, store: Store) -> None:
+        soft = BudgetClaim("s", "b", amount=50, limit=None)
+        assert store.reserve_budget([soft, soft]) is None
+        assert store.get_budget_counters("s", ["b"])[0].reserved == 100
+
+    def test_rolling_window_counts_earlier_buckets(self, store: Store) -> None:
+        earlier = BudgetClaim("s", "h:01", amount=6, limit=10)
+        assert store.reserve_budget([earlier]) is None
+        store.settle_budget([earlier], 6)
+        now = BudgetClaim("s", "h:02", amount=5, limit=10, window=("h:01",))
+        assert store.reserve_budget([now]) == 0
+        assert store.reserve_budget([replace(now, amount=4)]) is None
+        # Outside the window, the old bucket no longer counts.
+        later = BudgetClaim("s", "h:30", amount=10, limit=10, window=("h:29",))
+        assert store.reserve_budget([later]) is None
+
+    def test_reserve_refuses_bad_amounts(self, store: Store) -> None:
+        with pytest.raises(InvalidRequest):
+            store.reserve_budget([BudgetClaim("s", "b", amount=-1, limit=10)])
+        with pytest.raises(InvalidRequest):
+            store.settle_budget([BudgetClaim("s", "b", amount=1)], -5)
+
+    def test_reserve_is_exact_across_threads(self, store: Store) -> None:
+        claim = BudgetClaim("shared", "b", amount=3, limit=30)
+        outcomes: list[int | None] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(16)
+
+        def worker() -> None:
+            try:
+                barrier.wait()
+                for _ in range(4):
+                    outcome = store.reserve_budget([claim])
+                    with lock:
+                        outcomes.append(outcome)
+            except BaseException as exc:  # collected: a thread's failure must fail the test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert outcomes.count(None) == 10
+        assert store.get_budget_counters("shared", ["b"])[0].reserved == 30
+
+    def test_budget_alert_is_marked_once(self, store: Store) -> None:
+        claim = BudgetClaim("s", "b", amount=1, limit=10)
+        store.reserve_budget([claim])
+        assert store.mark_budget_alert("s", "b", 50) is True
+        assert store.mark_budget_alert("s", "b", 50) is False
+        assert store.mark_budget_alert("s", "b", 20) is False
+        assert store.mark_budget_alert("s", "b", 80) is True
+        assert store.get_budget_counters("s", ["b"])[0].alerted == 80
+
+    # -- shared counters (rate limits, concurrency) ---------------------------------------
+
+    def test_hit_counters_up_to_the_limit(self, store: Store) -> None:
+        expires = datetime.now(UTC) + timedelta(minutes=1)
+        assert store.hit_counters([CounterHit("rpm", 2, expires)]) == (None, [1])
+        assert store.hit_counters([CounterHit("rpm", 2, expires)]) == (None, [2])
+        assert store.hit_counters([CounterHit("rpm", 2, expires)]) == (0, [2])
+        assert store.hit_counters([]) == (None, [])
+
+    def test_hit_counters_is_all_or_nothing(self, store: Store) -> None:
+        expires = datetime.now(UTC) + timedelta(minutes=1)
+        store.hit_counters([CounterHit("full", 1, expires)])
+        assert store.hit_counters(
+            [CounterHit("fresh", 5, expires), CounterHit("full", 1, expires)]
+        ) == (1, [0, 1])
+        assert store.hit_counters([CounterHit("fresh", 5, expires)]) == (None, [1])
+
+    def test_release_counters_never_below_zero(self, store: Store) -> None:
+        expires = datetime.now(UTC) + timedelta(minutes=1)
+        store.hit_counters([CounterHit("slots", 2, expires, amount=2)])
+        assert store.hit_counters([CounterHit("slots", 2, expires)])[0] == 0
+        store.release_counters({"slots": 1, "unknown": 3})
+        assert store.hit_counters([CounterHit("slots", 2, expires)]) == (None, [2])
+        store.release_counters({"slots": 10})
+        assert store.hit_counters([CounterHit("slots", 2, expires)]) == (None, [1])
+
+    def test_hit_counters_is_exact_across_threads(self, store: Store) -> None:
+        expires = datetime.now(UTC) + timedelta(minutes=1)
+        allowed: list[bool] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(8)
+
+        def worker() -> None:
+            barrier.wait()
+            for _ in range(5):
+                refused, _counts = store.hit_counters([CounterHit("shared", 17, expires)])
+                with lock:
+                    allowed.append(refused is None)
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert allowed.count(True) == 17
