@@ -96,6 +96,10 @@ class Settings(BaseSettings):
 
     # -- logging -------------------------------------------------------------------------
     log_level: str = Field(default="INFO", description="Python logging level name.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log line format: text, or json (one object a line, with the trace id).",
+    )
 
     # -- upstream ------------------------------------------------------------------------
     upstream_url: str = Field(

@@ -56,6 +56,7 @@ def create_app(
     metrics = GatewayMetrics()
     gateway.add_observer(metrics.observe_operation)
     gateway.usage.add_flush_listener(metrics.usage_written.inc)
+    metrics.watch_usage(gateway.usage)
     limiter = limiter_for(settings.redis_url, settings.setup_attempts_per_minute)
     the_gateway = gateway
 
@@ -105,6 +106,6 @@ def create_app_from_env() -> FastAPI:
     from tabpfn_gateway_server.logfilter import install_access_log_filter
 
     settings = get_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, log_format=settings.log_format)
     install_access_log_filter()
     return create_app(settings)

@@ -16,7 +16,7 @@ from tabpfn_gateway.errors import GatewayError, InvalidRequest, NotFound, Payloa
 from tabpfn_gateway.gateway import http_status, is_retry_hinted
 from tabpfn_gateway.gateway._status import DEFAULT_RETRY_AFTER_SECONDS
 
-__all__ = ["error_response", "install_error_handlers", "trace_id_of"]
+__all__ = ["count_error", "error_response", "install_error_handlers", "trace_id_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,13 @@ def error_response(
     # tabpfn-client validates 404/409 bodies with ``trace_id: UUID | None``; keep it a UUID.
     if upstream_trace is not None and status in (404, 409) and not _is_uuid(upstream_trace):
         upstream_trace = None
+    own_trace = trace_id or None
+    if own_trace is not None and status in (404, 409) and not _is_uuid(own_trace):
+        own_trace = None  # a caller's own X-Request-ID: still in the X-Trace-Id header
     body = {
         "error_code": error.error_code,
         "message": error.message,
-        "trace_id": upstream_trace or trace_id or None,
+        "trace_id": upstream_trace or own_trace,
     }
     headers: dict[str, str] = {}
     if is_retry_hinted(error):
@@ -58,9 +61,17 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
+def count_error(request: Request, error_code: str) -> None:
+    """Count an error answer by its code in the app's metrics (the alerts read them)."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.observe_error(error_code)
+
+
 async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GatewayError)
     status = http_status(exc)
+    count_error(request, exc.error_code)
     if status >= 500:
         logger.warning(
             "%s %s -> %d %s: %s",

@@ -1,11 +1,12 @@
-"""Prometheus metrics of one app instance (its own registry): requests, upstream calls, usage."""
+"""Prometheus metrics of one app instance (its own registry): requests, upstream calls, usage,
+error codes. deploy/prometheus/alerts.yml and deploy/grafana/ are written against these."""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
 
-from tabpfn_gateway.gateway import UpstreamCall
+from tabpfn_gateway.gateway import UpstreamCall, UsageRecorder
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
 
@@ -51,6 +52,31 @@ class GatewayMetrics:
             "Usage events written to the store by the batching recorder.",
             registry=self.registry,
         )
+
+        self.errors = Counter(
+            "tabpfn_gateway_errors",
+            "Error answers by stable error code (a fixed set: bounded cardinality).",
+            ("error_code",),
+            registry=self.registry,
+        )
+        self.usage_pending = Gauge(
+            "tabpfn_gateway_usage_events_pending",
+            "Usage events buffered in this process and not yet written to the store.",
+            registry=self.registry,
+        )
+        self.usage_dropped = Gauge(
+            "tabpfn_gateway_usage_events_dropped",
+            "Usage events lost since start because the store could not take them in time.",
+            registry=self.registry,
+        )
+
+    def watch_usage(self, recorder: UsageRecorder) -> None:
+        """Read the recorder's backlog and losses at each scrape (no hook on its hot path)."""
+        self.usage_pending.set_function(lambda: recorder.pending)
+        self.usage_dropped.set_function(lambda: recorder.dropped)
+
+    def observe_error(self, error_code: str) -> None:
+        self.errors.labels(error_code).inc()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

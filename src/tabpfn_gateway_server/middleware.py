@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,8 +12,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tabpfn_gateway.errors import GatewayError, PayloadTooLarge
+from tabpfn_gateway.logs import trace_id_var
 from tabpfn_gateway_server.errors import error_response
 from tabpfn_gateway_server.metrics import GatewayMetrics
+from tabpfn_gateway_server.tracing import REQUEST_ID_HEADER, request_trace_ids
 
 __all__ = ["TRACE_HEADER", "BodyLimitMiddleware", "RequestContextMiddleware"]
 
@@ -24,8 +25,9 @@ TRACE_HEADER = "x-trace-id"
 
 
 class RequestContextMiddleware:
-    """Gives each request a trace id (``request.state.trace_id``, echoed as ``X-Trace-Id``),
-    observes it in the metrics by route template, and turns an unexpected exception into the
+    """Gives each request a trace id (``request.state.trace_id``, echoed as ``X-Trace-Id`` and
+    stamped on its log records; from ``traceparent`` or ``X-Request-ID`` when sent), observes
+    it in the metrics by route template, and turns an unexpected exception into the
     documented 500 body instead of a bare traceback page."""
 
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics | None = None) -> None:
@@ -36,8 +38,9 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        trace_id = str(uuid.uuid4())
+        trace_id, request_id = request_trace_ids(scope)
         scope.setdefault("state", {})["trace_id"] = trace_id
+        trace_token = trace_id_var.set(trace_id)
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -49,6 +52,8 @@ class RequestContextMiddleware:
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((TRACE_HEADER.encode(), trace_id.encode()))
+                if request_id is not None:
+                    headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -59,11 +64,14 @@ class RequestContextMiddleware:
             logger.exception("unhandled error answering %s (trace id %s)", _route(scope), trace_id)
             if response_started:
                 raise
+            if self.metrics is not None:
+                self.metrics.observe_error(GatewayError.error_code)
             response = error_response(
                 GatewayError("The gateway failed unexpectedly; quote the trace id."), trace_id
             )
             await response(scope, receive, send_with_trace)
         finally:
+            trace_id_var.reset(trace_token)
             if self.metrics is not None:
                 self.metrics.observe_request(
                     _route(scope), scope.get("method", "?"), status, time.perf_counter() - started

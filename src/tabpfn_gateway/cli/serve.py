@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tabpfn_gateway_server.logfilter import install_access_log_filter
 
     settings = get_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, log_format=settings.log_format)
     install_access_log_filter()
     options: dict[str, Any] = {
         "host": args.host,

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from tabpfn_gateway.errors import GatewayError
 from tabpfn_gateway_server.deps import GatewayDep
-from tabpfn_gateway_server.errors import error_response, trace_id_of
+from tabpfn_gateway_server.errors import count_error, error_response, trace_id_of
 from tabpfn_gateway_server.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 
 __all__ = ["build_health_router"]
@@ -31,6 +31,7 @@ def build_health_router(*, metrics_enabled: bool) -> APIRouter:
             await anyio.to_thread.run_sync(gateway.check_ready)
         except GatewayError as exc:
             # Whatever the cause, not ready means 503 to a load balancer.
+            count_error(request, exc.error_code)
             return error_response(exc, trace_id_of(request), status=503)
         return JSONResponse({"status": "ready", "database": "ok", "schema": "current"})
 
