@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "tabpfn_gateway.cli.fake",
     "tabpfn_gateway.cli.serve",
     "tabpfn_gateway.cli.demo",
+    "tabpfn_gateway.cli.doctor",
 ]
 
 
