@@ -21,7 +21,7 @@ PG_ENV = "TABPFN_GATEWAY_TEST_DATABASE_URL"
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
-    paths = ["src", "tests", "benchmarks", "examples", "migrations", "noxfile.py"]
+    paths = ["src", "tests", "benchmarks", "examples", "migrations", "tools", "noxfile.py"]
     session.run(PY, "-m", "ruff", "check", *paths)
 
 
@@ -53,3 +53,41 @@ def bench(session: nox.Session) -> None:
         path = os.path.join("benchmarks", f"{script}.py")
         if os.path.exists(path):
             session.run(PY, path, *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, strict (a broken link, a missing reference or any warning
+    fails), built offline into site/."""
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
+    session.run(PY, "-m", "mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """The sdist and wheel, checked, then installed into a clean venv that runs the demo and
+    `db upgrade` from the wheel (migrations and static assets included)."""
+    import glob
+    import shutil
+    import tempfile
+
+    shutil.rmtree("dist", ignore_errors=True)
+    session.run(PY, "-m", "build", "--outdir", "dist")
+    artefacts = sorted(glob.glob("dist/*"))
+    session.run(PY, "-m", "twine", "check", "--strict", *artefacts)
+    wheel = next(path for path in artefacts if path.endswith(".whl"))
+    session.run(PY, "-m", "check_wheel_contents", wheel)
+    session.run(PY, os.path.join("tools", "check_release.py"), wheel)
+    with tempfile.TemporaryDirectory(prefix="tpg-release-") as scratch:
+        venv = os.path.join(scratch, "venv")
+        session.run(PY, "-m", "venv", venv)
+        python = os.path.join(venv, "bin", "python")
+        session.run(python, "-m", "pip", "install", "-q", f"{wheel}[server]")
+        # A new user's machine: own HOME and data dir, no project variable.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("TABPFN_")}
+        env.update(HOME=os.path.join(scratch, "home"), XDG_DATA_HOME=os.path.join(scratch, "data"))
+        cli = os.path.join(venv, "bin", "tabpfn-gateway")
+        isolated = {"env": env, "include_outer_env": False, "external": True}
+        session.run(cli, "demo", **isolated)
+        session.run(cli, "db", "upgrade", **isolated)
+        session.run(python, os.path.join("tools", "check_release.py"), "--installed", **isolated)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -30,58 +32,58 @@ __all__ = ["GatewayClassifier"]
 class GatewayClassifier(ClassifierMixin, GatewayEstimatorBase):  # type: ignore[misc]
     """TabPFN classifier reached through a tabpfn-gateway, with your own gateway key.
 
-        Takes the parameters of ``tabpfn_client.TabPFNClassifier`` (same names, same
-        defaults) plus where to send calls (``base_url``, ``api_key``, ``timeout``,
-        ``backend``) and ``progress``. There is no process-global token: each estimator
-        carries its own backend, so estimators with different keys run side by side.
+    Takes the parameters of ``tabpfn_client.TabPFNClassifier`` (same names, same
+    defaults) plus where to send calls (``base_url``, ``api_key``, ``timeout``,
+    ``backend``) and ``progress``. There is no process-global token: each estimator
+    carries its own backend, so estimators with different keys run side by side.
 
-        Numpy arrays and pandas DataFrames are accepted; NaN, string and categorical columns
-        are handled by TabPFN (a DataFrame is sent as a DataFrame). Test sets larger than the
-        upstream allows in one call are predicted in batches and joined.
+    Numpy arrays and pandas DataFrames are accepted; NaN, string and categorical columns
+    are handled by TabPFN (a DataFrame is sent as a DataFrame). Test sets larger than the
+    upstream allows in one call are predicted in batches and joined.
 
-        Parameters
-        ----------
+    Parameters
+    ----------
     {shared_parameters}
-        balance_probabilities : bool, default=False
-            Re-weight probabilities by the training class frequencies (helps with
-            imbalanced classes).
+    balance_probabilities : bool, default=False
+        Re-weight probabilities by the training class frequencies (helps with
+        imbalanced classes).
 
-        Attributes
-        ----------
-        classes_ : ndarray of shape (n_classes,)
-            The class labels seen in ``fit``, sorted.
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels seen in ``fit``, sorted.
 
-        n_features_in_ : int
-            Number of features seen during :term:`fit`.
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
 
-        feature_names_in_ : ndarray of shape (`n_features_in_`,)
-            Names of features seen during :term:`fit`. Defined only when `X`
-            has feature names that are all strings.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during :term:`fit`. Defined only when `X`
+        has feature names that are all strings.
 
-        model_id_ : str
-            The upstream's id of the fitted train set (``fitted_train_set_id``). Predictions
-            work while the gateway and the upstream keep it.
+    model_id_ : str
+        The upstream's id of the fitted train set (``fitted_train_set_id``). Predictions
+        work while the gateway and the upstream keep it.
 
-        fit_timings_ : dict or None
-            Seconds the upstream spent on the fit, per stage, when it reports them.
+    fit_timings_ : dict or None
+        Seconds the upstream spent on the fit, per stage, when it reports them.
 
-        tabpfn_config_ : ClassifierTabPFNConfig
-            The TabPFN configuration sent at fit time and reused by every prediction.
+    tabpfn_config_ : ClassifierTabPFNConfig
+        The TabPFN configuration sent at fit time and reused by every prediction.
 
-        See Also
-        --------
-        GatewayRegressor : The regression counterpart.
-        tabpfn_gateway.testing.local_gateway : An offline backend for tests.
+    See Also
+    --------
+    GatewayRegressor : The regression counterpart.
+    tabpfn_gateway.testing.local_gateway : An offline backend for tests.
 
-        Examples
-        --------
-        >>> from sklearn.datasets import load_iris
-        >>> from tabpfn_gateway import GatewayClassifier
-        >>> from tabpfn_gateway.testing import local_gateway
-        >>> X, y = load_iris(return_X_y=True)
-        >>> clf = GatewayClassifier(backend=local_gateway()).fit(X, y)
-        >>> clf.predict(X[:3])
-        array([0, 0, 0])
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from tabpfn_gateway import GatewayClassifier
+    >>> from tabpfn_gateway.testing import local_gateway
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = GatewayClassifier(backend=local_gateway()).fit(X, y)
+    >>> clf.predict(X[:3])
+    array([0, 0, 0])
     """
 
     _task: ClassVar[str] = "classification"
@@ -268,6 +270,8 @@ class GatewayClassifier(ClassifierMixin, GatewayEstimatorBase):  # type: ignore[
         return tags
 
 
-GatewayClassifier.__doc__ = (GatewayClassifier.__doc__ or "").replace(
-    "{shared_parameters}\n", SHARED_PARAMETER_DOCS
+# Cleaned first (Python 3.13 strips docstring indentation at compile time, older ones do not),
+# so the shared block lands at the same indentation on every supported version.
+GatewayClassifier.__doc__ = inspect.cleandoc(GatewayClassifier.__doc__ or "").replace(
+    "{shared_parameters}\n", textwrap.dedent(SHARED_PARAMETER_DOCS) + "\n"
 )

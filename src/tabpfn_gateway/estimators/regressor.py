@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -30,50 +32,50 @@ OUTPUT_TYPES = ("mean", "median", "mode", "quantiles", "full", "main")
 class GatewayRegressor(RegressorMixin, GatewayEstimatorBase):  # type: ignore[misc]
     """TabPFN regressor reached through a tabpfn-gateway, with your own gateway key.
 
-        Takes the parameters of ``tabpfn_client.TabPFNRegressor`` (same names, same defaults)
-        plus where to send calls (``base_url``, ``api_key``, ``timeout``, ``backend``) and
-        ``progress``. ``predict`` returns the mean by default, or the median, the mode,
-        quantiles, or TabPFN's full predictive distribution (``output_type``).
+    Takes the parameters of ``tabpfn_client.TabPFNRegressor`` (same names, same defaults)
+    plus where to send calls (``base_url``, ``api_key``, ``timeout``, ``backend``) and
+    ``progress``. ``predict`` returns the mean by default, or the median, the mode,
+    quantiles, or TabPFN's full predictive distribution (``output_type``).
 
-        Numpy arrays and pandas DataFrames are accepted; NaN, string and categorical columns
-        are handled by TabPFN (a DataFrame is sent as a DataFrame). Test sets larger than the
-        upstream allows in one call are predicted in batches and joined.
+    Numpy arrays and pandas DataFrames are accepted; NaN, string and categorical columns
+    are handled by TabPFN (a DataFrame is sent as a DataFrame). Test sets larger than the
+    upstream allows in one call are predicted in batches and joined.
 
-        Parameters
-        ----------
+    Parameters
+    ----------
     {shared_parameters}
-        Attributes
-        ----------
-        n_features_in_ : int
-            Number of features seen during :term:`fit`.
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
 
-        feature_names_in_ : ndarray of shape (`n_features_in_`,)
-            Names of features seen during :term:`fit`. Defined only when `X`
-            has feature names that are all strings.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during :term:`fit`. Defined only when `X`
+        has feature names that are all strings.
 
-        model_id_ : str
-            The upstream's id of the fitted train set (``fitted_train_set_id``).
+    model_id_ : str
+        The upstream's id of the fitted train set (``fitted_train_set_id``).
 
-        fit_timings_ : dict or None
-            Seconds the upstream spent on the fit, per stage, when it reports them.
+    fit_timings_ : dict or None
+        Seconds the upstream spent on the fit, per stage, when it reports them.
 
-        tabpfn_config_ : RegressorTabPFNConfig
-            The TabPFN configuration sent at fit time and reused by every prediction.
+    tabpfn_config_ : RegressorTabPFNConfig
+        The TabPFN configuration sent at fit time and reused by every prediction.
 
-        See Also
-        --------
-        GatewayClassifier : The classification counterpart.
-        tabpfn_gateway.testing.local_gateway : An offline backend for tests.
+    See Also
+    --------
+    GatewayClassifier : The classification counterpart.
+    tabpfn_gateway.testing.local_gateway : An offline backend for tests.
 
-        Examples
-        --------
-        >>> from sklearn.datasets import load_diabetes
-        >>> from tabpfn_gateway import GatewayRegressor
-        >>> from tabpfn_gateway.testing import local_gateway
-        >>> X, y = load_diabetes(return_X_y=True)
-        >>> reg = GatewayRegressor(backend=local_gateway()).fit(X, y)
-        >>> reg.predict(X[:2]).shape
-        (2,)
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from tabpfn_gateway import GatewayRegressor
+    >>> from tabpfn_gateway.testing import local_gateway
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> reg = GatewayRegressor(backend=local_gateway()).fit(X, y)
+    >>> reg.predict(X[:2]).shape
+    (2,)
     """
 
     _task: ClassVar[str] = "regression"
@@ -232,6 +234,8 @@ default="mean"
         return tags
 
 
-GatewayRegressor.__doc__ = (GatewayRegressor.__doc__ or "").replace(
-    "{shared_parameters}\n", SHARED_PARAMETER_DOCS
+# Cleaned first (Python 3.13 strips docstring indentation at compile time, older ones do not),
+# so the shared block lands at the same indentation on every supported version.
+GatewayRegressor.__doc__ = inspect.cleandoc(GatewayRegressor.__doc__ or "").replace(
+    "{shared_parameters}\n", textwrap.dedent(SHARED_PARAMETER_DOCS) + "\n"
 )
