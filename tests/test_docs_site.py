@@ -103,7 +103,10 @@ def test_getting_started_pages_run(
     previous = keyring.get_keyring()
     keyring.set_keyring(MemoryKeyring())
     for name in ("TABPFN_GATEWAY_URL", "TABPFN_GATEWAY_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first so monkeypatch restores the variable to its old state even when a
+        # block sets it (delenv of an absent variable records nothing to undo).
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     if via == "keyring":
         monkeypatch.setattr(getpass, "getpass", lambda prompt="": key)
     else:
