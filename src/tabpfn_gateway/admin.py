@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +37,10 @@ from tabpfn_gateway.vault import TokenVault
 
 if TYPE_CHECKING:
     from tabpfn_gateway.config import Settings
+    from tabpfn_gateway.hosted import HostedEndpoint
     from tabpfn_gateway.store.base import Store
 
-__all__ = ["Admin", "RotationReport", "TokenVerifier"]
+__all__ = ["Admin", "HostedVerifier", "RotationReport", "TokenVerifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 #: a status whose ``name`` is VALID, VALID_LIMIT_REACHED or INVALID (or a bool), raises
 #: ``UpstreamUnavailable`` when it cannot tell.
 TokenVerifier = Callable[[SecretStr], Any]
+#: Checks a hosted container (``tabpfn_gateway.hosted.verify_hosted_endpoint``): the same
+#: answers as a ``TokenVerifier``, given a ``HostedEndpoint``.
+HostedVerifier = Callable[["HostedEndpoint"], Any]
 
 _PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}")
 _MAX_LABEL_LENGTH = 200
@@ -223,6 +227,96 @@ class Admin:
                 )
             )
         logger.info("Added credential %s for %s by %s", credential_id, principal.name, actor)
+        return stored
+
+    def add_hosted_credential(
+        self,
+        owner: str,
+        label: str,
+        *,
+        endpoint_url: str,
+        token: str | SecretStr | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout_seconds: float | None = None,
+        connect_timeout_seconds: float | None = None,
+        verify: HostedVerifier | None = None,
+        actor: str = "system",
+    ) -> UpstreamCredential:
+        """Store a self-hosted inference container for principal ``owner`` (id or name).
+
+        ``endpoint_url`` is the container's ``/predict`` URL; ``token`` (optional) is sent as
+        ``Authorization: Bearer``; ``extra_headers`` go with every request. The token and the
+        headers are encrypted together by the vault. With ``verify`` (e.g.
+        ``tabpfn_gateway.hosted.verify_hosted_endpoint``), the container is asked for one tiny
+        prediction first: a refused token is ``UpstreamAuthenticationFailed``, an unreachable
+        container ``UpstreamUnavailable`` (retryable); nothing is stored then.
+        """
+        from tabpfn_gateway.hosted import (
+            HostedEndpoint,
+            check_endpoint_url,
+            check_extra_headers,
+            check_timeout,
+            seal_secrets,
+        )
+
+        vault = self._require_vault()
+        url = check_endpoint_url(endpoint_url)
+        headers = check_extra_headers(extra_headers)
+        timeout = check_timeout(timeout_seconds, "timeout_seconds")
+        connect_timeout = check_timeout(connect_timeout_seconds, "connect_timeout_seconds")
+        sealed, checked_token = seal_secrets(token, headers)
+        if checked_token is not None:
+            register_secret(checked_token.get_secret_value())
+        if not isinstance(label, str) or not label.strip() or len(label) > _MAX_LABEL_LENGTH:
+            raise InvalidRequest(f"A credential label is 1-{_MAX_LABEL_LENGTH} characters.")
+        principal = self.get_principal(owner)
+        verified: str | None = None
+        if verify is not None:
+            endpoint = HostedEndpoint(
+                url=url,
+                token=checked_token,
+                headers=headers,
+                timeout=timeout or 60.0,
+                connect_timeout=connect_timeout or 10.0,
+            )
+            verified = _status_name(verify(endpoint))
+            if verified not in _VALID_STATUSES:
+                raise UpstreamAuthenticationFailed(
+                    "The hosted endpoint refused this token or these headers (HTTP 401/403); "
+                    "nothing was stored."
+                )
+        now = utcnow()
+        credential_id = new_id()
+        credential = UpstreamCredential(
+            id=credential_id,
+            owner_id=principal.id,
+            label=label.strip(),
+            encrypted_token=vault.encrypt(sealed, credential_id=credential_id),
+            created_at=now,
+            verified_at=now if verified else None,
+            kind="hosted",
+            endpoint_url=url,
+            timeout_seconds=timeout,
+            connect_timeout_seconds=connect_timeout,
+        )
+        with self.store.atomic() as tx:
+            stored = tx.add_credential(credential)
+            tx.record_audit(
+                _event(
+                    actor,
+                    "credential.add",
+                    "credential",
+                    credential_id,
+                    owner_id=principal.id,
+                    label=credential.label,
+                    kind="hosted",
+                    endpoint_url=url,
+                    # Header names only: their values may be secrets.
+                    extra_headers=sorted(headers),
+                    verification=verified.lower() if verified else "skipped",
+                )
+            )
+        logger.info("Added hosted credential %s for %s by %s", credential_id, principal.name, actor)
         return stored
 
     def get_credential(self, credential_id: str) -> UpstreamCredential:

@@ -101,18 +101,48 @@ class PrincipalOut(_RecordOut):
 
 
 class CredentialIn(BaseModel):
+    """A TabPFN token (``kind: cloud``) or a self-hosted inference container (``hosted``)."""
+
     owner: str = Field(description="Principal id or name.")
-    tabpfn_token: SecretStr
     label: str = Field(max_length=100)
-    verify: bool = Field(default=True, description="Check the token upstream before storing.")
+    kind: Literal["cloud", "hosted"] = Field(
+        default="cloud",
+        description="cloud: a TabPFN token; hosted: a self-hosted inference container.",
+    )
+    tabpfn_token: SecretStr | None = Field(
+        default=None, description="cloud: the TabPFN token (required)."
+    )
+    endpoint_url: str | None = Field(
+        default=None, max_length=2048, description="hosted: the container's /predict URL."
+    )
+    bearer_token: SecretStr | None = Field(
+        default=None, description="hosted: sent as 'Authorization: Bearer' (optional)."
+    )
+    extra_headers: dict[str, str] | None = Field(
+        default=None, description="hosted: headers sent with every request (stored encrypted)."
+    )
+    timeout_seconds: float | None = Field(
+        default=None, description="hosted: seconds one prediction may take."
+    )
+    connect_timeout_seconds: float | None = Field(
+        default=None, description="hosted: seconds to connect."
+    )
+    verify: bool = Field(
+        default=True,
+        description="Check the token upstream (hosted: one tiny prediction) before storing.",
+    )
 
 
 class CredentialOut(_RecordOut):
-    """A stored TabPFN credential: its token never leaves the vault."""
+    """A stored credential: its token (and a container's extra headers) never leave the vault."""
 
     id: str
     owner_id: str
     label: str
+    kind: str = "cloud"
+    endpoint_url: str | None = None
+    timeout_seconds: float | None = None
+    connect_timeout_seconds: float | None = None
     created_at: datetime
     verified_at: datetime | None = None
 

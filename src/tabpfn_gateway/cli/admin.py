@@ -85,10 +85,39 @@ def _register_principals(subparsers: Any) -> None:
 
 
 def _register_credentials(subparsers: Any) -> None:
-    group = _group(subparsers, "credentials", "TabPFN tokens, stored encrypted")
-    add = _command(group, "add", "store a TabPFN token for a principal", _credentials_add)
+    group = _group(
+        subparsers, "credentials", "TabPFN tokens and self-hosted endpoints, stored encrypted"
+    )
+    add = _command(
+        group,
+        "add",
+        "store a TabPFN token (or, with --kind hosted, a self-hosted container) for a principal",
+        _credentials_add,
+    )
     add.add_argument("--owner", required=True, help="principal name or id")
     add.add_argument("--label", required=True, help="a name for humans, e.g. 'team account'")
+    add.add_argument(
+        "--kind",
+        choices=["cloud", "hosted"],
+        default="cloud",
+        help="cloud: a TabPFN token (default); hosted: a self-hosted inference container",
+    )
+    add.add_argument(
+        "--endpoint", help="hosted: the container's /predict URL, e.g. http://10.0.0.5/predict"
+    )
+    add.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="hosted: a header sent with every request (repeatable; stored encrypted)",
+    )
+    add.add_argument(
+        "--timeout", type=float, help="hosted: seconds one prediction may take (default 900)"
+    )
+    add.add_argument(
+        "--connect-timeout", type=float, help="hosted: seconds to connect (default 10)"
+    )
     source = add.add_mutually_exclusive_group()
     source.add_argument(
         "--token-stdin", action="store_true", help="read the token from stdin (for scripts)"
@@ -219,6 +248,10 @@ def _credentials_add(args: argparse.Namespace) -> int:
 
     from tabpfn_gateway.errors import InvalidRequest
 
+    if args.kind == "hosted":
+        return _credentials_add_hosted(args)
+    if args.endpoint or args.header or args.timeout or args.connect_timeout:
+        raise InvalidRequest("--endpoint, --header and the timeouts need --kind hosted.")
     token = _read_token(args)
     if not token:
         raise InvalidRequest("No TabPFN token given.")
@@ -233,7 +266,50 @@ def _credentials_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_token(args: argparse.Namespace) -> str:
+def _credentials_add_hosted(args: argparse.Namespace) -> int:
+    from pydantic import SecretStr
+
+    from tabpfn_gateway.errors import InvalidRequest
+
+    if not args.endpoint:
+        raise InvalidRequest("--kind hosted needs --endpoint URL (the container's /predict URL).")
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InvalidRequest("--header takes NAME=VALUE.")
+        headers[name.strip()] = value
+    token = _read_token(args, optional=True)
+    admin, settings = _open_admin()
+    with admin:
+        credential = admin.add_hosted_credential(
+            args.owner,
+            args.label,
+            endpoint_url=args.endpoint,
+            token=SecretStr(token) if token else None,
+            extra_headers=headers,
+            timeout_seconds=args.timeout,
+            connect_timeout_seconds=args.connect_timeout,
+            verify=None if args.no_verify else _hosted_verifier(settings),
+            actor=_actor(),
+        )
+        owner = admin.get_principal(credential.owner_id)
+    emit(_credential_row(credential, owner.name), as_json=args.json)
+    return 0
+
+
+def _hosted_verifier(settings: Settings) -> Callable[[Any], Any]:
+    from tabpfn_gateway.hosted import verify_hosted_endpoint
+
+    def verify(endpoint: Any) -> Any:
+        return verify_hosted_endpoint(
+            endpoint, timeout=max(settings.upstream_connect_timeout_seconds, 30.0)
+        )
+
+    return verify
+
+
+def _read_token(args: argparse.Namespace, *, optional: bool = False) -> str:
     from tabpfn_gateway.errors import InvalidRequest
 
     if args.token is not None:
@@ -246,7 +322,11 @@ def _read_token(args: argparse.Namespace) -> str:
     if args.token_stdin:
         return sys.stdin.read().strip()
     if not sys.stdin.isatty():
+        if optional:
+            return ""  # a container without authentication
         raise InvalidRequest("No terminal to prompt for the token: use --token-stdin.")
+    if optional:
+        return getpass.getpass("Bearer token of the container (empty: none; hidden): ").strip()
     return getpass.getpass("TabPFN token (input hidden): ").strip()
 
 
@@ -273,7 +353,10 @@ def _credentials_list(args: argparse.Namespace) -> int:
         names = _owner_names(admin, [c.owner_id for c in page.items])
     rows = [_credential_row(c, names.get(c.owner_id)) for c in page.items]
     _emit_page(
-        rows, page.next_cursor, args.json, ["id", "label", "owner", "created_at", "verified_at"]
+        rows,
+        page.next_cursor,
+        args.json,
+        ["id", "label", "owner", "kind", "created_at", "verified_at"],
     )
     return 0
 
@@ -426,6 +509,8 @@ def _credential_row(credential: UpstreamCredential, owner_name: str | None) -> d
         "label": credential.label,
         "owner": owner_name or credential.owner_id,
         "owner_id": credential.owner_id,
+        "kind": credential.kind,
+        "endpoint_url": credential.endpoint_url,
         "created_at": credential.created_at,
         "verified_at": credential.verified_at,
     }

@@ -17,6 +17,7 @@ __all__ = [
     "BudgetPeriod",
     "BudgetWindow",
     "CounterHit",
+    "CredentialKind",
     "FittedModel",
     "KeyChanges",
     "Membership",
@@ -39,6 +40,8 @@ PolicyTargetType = Literal["principal", "key"]
 BudgetPeriod = Literal["day", "month"]
 BudgetWindow = Literal["calendar", "rolling"]
 BudgetMode = Literal["hard", "soft"]
+#: What a credential reaches: the TabPFN cloud API, or a self-hosted inference container.
+CredentialKind = Literal["cloud", "hosted"]
 T = TypeVar("T")
 
 
@@ -72,7 +75,15 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamCredential:
-    """A TabPFN token, stored only encrypted (bound to this row's id by the vault)."""
+    """How to reach one upstream, its secret stored only encrypted (bound to this row's id).
+
+    ``kind`` ``cloud``: ``encrypted_token`` holds a TabPFN token; ``endpoint_url`` is an
+    optional per-credential base URL (None: the configured ``upstream_url``). ``kind``
+    ``hosted``: a self-hosted inference container at ``endpoint_url`` (its ``/predict`` URL);
+    ``encrypted_token`` holds a JSON object with the optional bearer token and extra headers
+    (header values may be secrets too). ``timeout_seconds`` / ``connect_timeout_seconds``
+    override the configured upstream timeouts for this credential when set.
+    """
 
     id: str
     owner_id: str
@@ -80,6 +91,10 @@ class UpstreamCredential:
     encrypted_token: bytes = field(repr=False)
     created_at: datetime = field(default_factory=utcnow)
     verified_at: datetime | None = None
+    kind: CredentialKind = "cloud"
+    endpoint_url: str | None = None
+    timeout_seconds: float | None = None
+    connect_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

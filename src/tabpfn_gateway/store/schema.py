@@ -124,6 +124,10 @@ upstream_credentials = sa.Table(
     sa.Column("encrypted_token", sa.LargeBinary(), nullable=False),
     _created_at(),
     sa.Column("verified_at", UTCDateTime(), nullable=True),
+    sa.Column("kind", _text(), nullable=False),
+    sa.Column("endpoint_url", _text(), nullable=True),
+    sa.Column("timeout_seconds", sa.Float(), nullable=True),
+    sa.Column("connect_timeout_seconds", sa.Float(), nullable=True),
     sa.Index(None, "owner_id", "created_at", "id"),
     sa.Index(None, "created_at", "id"),
 )

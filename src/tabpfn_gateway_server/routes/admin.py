@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 
 from tabpfn_gateway.errors import InvalidRequest
 from tabpfn_gateway.gateway import Caller, Gateway
+from tabpfn_gateway.store import UpstreamCredential
 from tabpfn_gateway_server.deps import AdminCaller, BearerKey, GatewayDep
 from tabpfn_gateway_server.schemas import (
     AuditEventOut,
@@ -92,6 +93,12 @@ async def get_principal(id_or_name: str, gateway: GatewayDep, caller: AdminCalle
 async def add_credential(
     body: CredentialIn, gateway: GatewayDep, caller: AdminCaller
 ) -> CredentialOut:
+    if body.kind == "hosted":
+        return CredentialOut.of(await _add_hosted_credential(body, gateway, caller))
+    if body.tabpfn_token is None:
+        raise InvalidRequest("A cloud credential needs tabpfn_token.")
+    if body.endpoint_url is not None or body.bearer_token is not None or body.extra_headers:
+        raise InvalidRequest("endpoint_url, bearer_token and extra_headers need kind 'hosted'.")
     record = await _run(
         gateway.admin.add_credential,
         body.owner,
@@ -101,6 +108,31 @@ async def add_credential(
         actor=caller.actor,
     )
     return CredentialOut.of(record)
+
+
+async def _add_hosted_credential(
+    body: CredentialIn, gateway: Gateway, caller: Caller
+) -> UpstreamCredential:
+    from tabpfn_gateway.hosted import verify_hosted_endpoint
+
+    if body.endpoint_url is None:
+        raise InvalidRequest(
+            "A hosted credential needs endpoint_url (the container's /predict URL)."
+        )
+    if body.tabpfn_token is not None:
+        raise InvalidRequest("A hosted credential takes bearer_token, not tabpfn_token.")
+    return await _run(
+        gateway.admin.add_hosted_credential,
+        body.owner,
+        body.label,
+        endpoint_url=body.endpoint_url,
+        token=body.bearer_token,
+        extra_headers=body.extra_headers,
+        timeout_seconds=body.timeout_seconds,
+        connect_timeout_seconds=body.connect_timeout_seconds,
+        verify=verify_hosted_endpoint if body.verify else None,
+        actor=caller.actor,
+    )
 
 
 @admin_router.get("/credentials", response_model=PageOut[CredentialOut])
