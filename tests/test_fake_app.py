@@ -93,7 +93,8 @@ def test_signed_urls_refuse_tampering_expiry_and_missing_headers(
     answer = http.put(
         expired["signed_urls"][0],
         content=b"x",
-        headers=headers | {"X-Fake-Upload-Id": expired["required_headers"]["X-Fake-Upload-Id"]},
+        headers=headers
+        | {"X-Goog-Meta-Fake-Upload-Id": expired["required_headers"]["X-Goog-Meta-Fake-Upload-Id"]},
     )
     assert answer.status_code == 403
     assert "expired" in answer.json()["message"]

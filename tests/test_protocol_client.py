@@ -270,7 +270,7 @@ def test_chunked_uploads_carry_required_headers_and_never_the_credential(
         assert "authorization" not in request.headers
         assert "x-team" not in request.headers  # caller's extra headers are for the API only
         assert request.headers["content-type"] == "application/octet-stream"
-        assert request.headers["x-fake-upload-id"]
+        assert request.headers["x-goog-meta-fake-upload-id"]
     for request in api:
         assert request.headers["authorization"] == "Bearer tok-a"
         assert request.headers["x-team"] == "research"

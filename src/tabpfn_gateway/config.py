@@ -133,6 +133,21 @@ class Settings(BaseSettings):
     upload_url_ttl_seconds: int = Field(
         default=3600, ge=1, description="How long an upload URL handed to a client is valid."
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDR ranges of the reverse proxies whose X-Forwarded-For "
+        "is believed (hop by hop, from the right). Default: none, the socket's peer is the client.",
+    )
+    egress_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["storage.googleapis.com", "*.storage.googleapis.com"],
+        description="Comma-separated hosts (or *.suffix) the upstream's signed upload and "
+        "download URLs may point at, besides the upstream's own origin.",
+    )
+    egress_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDR ranges signed URLs may resolve to although private, "
+        "loopback or link-local (refused by default).",
+    )
     redis_url: str | None = Field(
         default=None,
         description="Optional Redis for cross-replica rate limits and cache invalidation.",
@@ -156,6 +171,27 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator(
+        "trusted_proxies", "egress_allowed_hosts", "egress_allowed_networks", mode="before"
+    )
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies", "egress_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str) -> str:
@@ -177,6 +213,12 @@ class Settings(BaseSettings):
         """The current secret first, then the decrypt-only ones."""
         current = [self.secret_key] if self.secret_key is not None else []
         return current + list(self.previous_secret_keys)
+
+    def trusted_proxy_networks(self) -> tuple[Any, ...]:
+        """``trusted_proxies`` parsed (see ``tabpfn_gateway.netpolicy.client_address``)."""
+        from tabpfn_gateway.netpolicy import parse_networks
+
+        return parse_networks(self.trusted_proxies, f"{ENV_PREFIX}TRUSTED_PROXIES")
 
     @property
     def is_sqlite(self) -> bool:

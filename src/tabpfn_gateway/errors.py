@@ -42,7 +42,8 @@
         ├── UpstreamUnavailable       UPSTREAM_UNAVAILABLE  connection error, 408, 5xx (retryable)
         │   └── UpstreamTimeout       UPSTREAM_TIMEOUT      no answer in time (retryable)
         ├── ClientTooOld              CLIENT_TOO_OLD        426
-        └── MalformedResponse         MALFORMED_RESPONSE    a body that does not fit the protocol
+        ├── MalformedResponse         MALFORMED_RESPONSE    a body that does not fit the protocol
+        └── EgressRefused             EGRESS_REFUSED        a signed URL the gateway may not reach
 
 Dependency errors (SQLAlchemy, httpx, cryptography) are mapped at the boundary and never reach
 callers: ``raise StoreUnavailable(...) from exc``. Messages never contain a gateway key or a
@@ -61,6 +62,7 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "CredentialNotFound",
+    "EgressRefused",
     "FittedModelNotFound",
     "GatewayError",
     "InsufficientScope",
@@ -370,6 +372,13 @@ class ClientTooOld(UpstreamError):
 class MalformedResponse(UpstreamError):
     error_code = "MALFORMED_RESPONSE"
     default_message = "The upstream sent a response that does not fit the protocol."
+
+
+class EgressRefused(UpstreamError):
+    """The upstream named a URL (upload or download) outside the operator's egress policy."""
+
+    error_code = "EGRESS_REFUSED"
+    default_message = "The upstream sent a URL this gateway may not reach."
 
 
 class UpstreamFittedModelNotFound(FittedModelNotFound, UpstreamNotFound):

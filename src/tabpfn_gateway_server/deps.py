@@ -56,5 +56,15 @@ def public_base_url(request: Request) -> str:
 
 
 def client_address(request: Request) -> str:
-    """The client's address (as uvicorn reports it: honour proxy headers there)."""
-    return request.client.host if request.client is not None else "unknown"
+    """The client's address: the socket's peer, or what ``X-Forwarded-For`` says through the
+    proxies in ``TABPFN_GATEWAY_TRUSTED_PROXIES`` (uvicorn's own proxy-header handling is off,
+    so a client cannot pick its address by sending the header)."""
+    from tabpfn_gateway.netpolicy import client_address as believed_address
+
+    gateway: Gateway = request.app.state.gateway
+    peer = request.client.host if request.client is not None else None
+    return believed_address(
+        peer,
+        request.headers.getlist("x-forwarded-for"),
+        gateway.settings.trusted_proxy_networks(),
+    )

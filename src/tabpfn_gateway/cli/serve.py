@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--forwarded-allow-ips",
         default=None,
-        help="proxies whose X-Forwarded-For is trusted (uvicorn's option; default 127.0.0.1)",
+        help="comma-separated CIDRs of proxies whose X-Forwarded-For is believed; the same as "
+        "TABPFN_GATEWAY_TRUSTED_PROXIES (default: none)",
     )
     parser.set_defaults(handler=_serve)
 
@@ -46,6 +47,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.no_migrate:
         # Workers build their app from the environment, so the choice travels there.
         os.environ["TABPFN_GATEWAY_MIGRATE_ON_START"] = "false"
+    if args.forwarded_allow_ips:
+        os.environ["TABPFN_GATEWAY_TRUSTED_PROXIES"] = args.forwarded_allow_ips
 
     from tabpfn_gateway.config import get_settings
     from tabpfn_gateway.logs import setup_logging
@@ -59,9 +62,10 @@ def _serve(args: argparse.Namespace) -> int:
         "port": args.port,
         # Our logging setup (stdout, redaction) instead of uvicorn's own handlers.
         "log_config": None,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; the app decides
+        # instead, from TABPFN_GATEWAY_TRUSTED_PROXIES (tabpfn_gateway.netpolicy).
+        "proxy_headers": False,
     }
-    if args.forwarded_allow_ips:
-        options["forwarded_allow_ips"] = args.forwarded_allow_ips
     if args.workers == 1:
         from tabpfn_gateway_server import create_app
 

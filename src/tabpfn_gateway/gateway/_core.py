@@ -36,6 +36,7 @@ from tabpfn_gateway.gateway._invalidation import ALL, InvalidationBus, LocalBus,
 from tabpfn_gateway.gateway._status import http_status
 from tabpfn_gateway.gateway._uploads import UploadSigner
 from tabpfn_gateway.gateway._usage import UsageRecorder
+from tabpfn_gateway.netpolicy import EgressPolicy
 from tabpfn_gateway.store import (
     ApiKey,
     FittedModel,
@@ -268,6 +269,12 @@ class Gateway:
         self.bus: InvalidationBus = bus or LocalBus()
         self.upstream_transport = upstream_transport
         self._owns_store = owns_store
+        # Where signed URLs may point (tabpfn_gateway.netpolicy): one policy for every HTTP stack.
+        self.egress = EgressPolicy.build(
+            upstream_urls=[settings.upstream_url],
+            allowed_hosts=settings.egress_allowed_hosts,
+            allowed_networks=settings.egress_allowed_networks,
+        )
         self._tokens = _TtlCache(settings.key_cache_ttl_seconds)
         self._resolved = _ResolvedCache(settings.key_cache_ttl_seconds)
         # Fit ownership never changes once recorded, so it is cached without expiry.
@@ -403,8 +410,7 @@ class Gateway:
         credential_id = caller.credential_id
         if credential_id is None:
             raise CredentialNotFound(
-                "This key is not bound to a TabPFN credential (an admin key); "
-                "use an inference key."
+                "This key is not bound to a TabPFN credential (an admin key); use an inference key."
             )
         token = self._tokens.get(credential_id)
         if token is None:
@@ -726,4 +732,3 @@ def _check_principal_name(name: str) -> str:
     if not cleaned or len(cleaned) > _MAX_NAME_LENGTH:
         raise InvalidRequest(f"name must be 1 to {_MAX_NAME_LENGTH} characters.")
     return cleaned
-

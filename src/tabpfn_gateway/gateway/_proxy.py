@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from tabpfn_gateway.errors import GatewayError, InvalidUpload, PayloadTooLarge
 from tabpfn_gateway.gateway._core import Caller, Gateway, Meter
 from tabpfn_gateway.gateway._uploads import UPLOAD_PATH_PREFIX
+from tabpfn_gateway.netpolicy import filter_upload_headers
 from tabpfn_gateway.protocol.messages import (
     DuplicateTestSetErrorResponse,
     DuplicateTrainSetErrorResponse,
@@ -137,9 +138,7 @@ class GatewayProxy:
         self, api_key: str | SecretStr, fitted_train_set_id: str | UUID
     ) -> GetFitStatusResponse:
         """Status of a fit the caller's principal owns (else ``FittedModelNotFound``)."""
-        caller, client, fit_id = await self._client(
-            api_key, _INFERENCE, fit_id=fitted_train_set_id
-        )
+        caller, client, fit_id = await self._client(api_key, _INFERENCE, fit_id=fitted_train_set_id)
         with self._gateway.metered(caller, "get_fit_status"):
             return await client.get_fit_status(fit_id or str(fitted_train_set_id))
 
@@ -147,9 +146,7 @@ class GatewayProxy:
         self, api_key: str | SecretStr, req: PrepareTestSetUploadRequest, *, base_url: str
     ) -> PrepareTestSetUploadResponse | DuplicateTestSetErrorResponse:
         """Upload URL for a test set of an owned fit, rewritten; or the upstream's 409."""
-        caller, client, _ = await self._client(
-            api_key, _INFERENCE, fit_id=req.fitted_train_set_id
-        )
+        caller, client, _ = await self._client(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
         meter = Meter(nbytes=req.x_test_info.size_bytes)
         with self._gateway.metered(caller, "prepare_test_set_upload", meter):
             answer = await client.prepare_test_set_upload(req)
@@ -169,6 +166,7 @@ class GatewayProxy:
         with self._gateway.metered(caller, "predict", meter):
             answer = await client.predict_step(req)
             if isinstance(answer, PredictResponseWithDownloadURI):
+                await self._gateway.egress.acheck(answer.prediction_uri)
                 prediction = await client.download_prediction(answer.prediction_uri)
                 answer = PredictResponse(
                     prediction=prediction, metadata=answer.metadata, timings=answer.timings
@@ -210,13 +208,16 @@ class GatewayProxy:
         caller = gateway.key_alive_from_memory(grant.key_id)
         if caller is None:
             caller = await anyio.to_thread.run_sync(lambda: gateway.check_key_alive(grant.key_id))
-        if caller.owner_id != grant.owner_id:
+        if caller.owner_id != grant.owner_id or caller.credential_id != grant.credential_id:
             raise InvalidUpload()
+        # A URL issued before its credential was removed stops working with the credential.
+        await anyio.to_thread.run_sync(lambda: gateway.upstream_token(caller))
         limit = gateway.settings.max_upload_bytes
         if content_length is not None and content_length > limit:
             raise PayloadTooLarge(f"Uploads are limited to {limit} bytes.")
+        await gateway.egress.acheck(grant.upstream_url)
         counted = _CountingBody(body, limit)
-        headers = dict(grant.upstream_headers)
+        headers = filter_upload_headers(grant.upstream_headers)
         if content_length is not None:
             headers["Content-Length"] = str(content_length)
         meter = Meter(nbytes=0)
@@ -242,10 +243,13 @@ class GatewayProxy:
         base = (self._gateway.settings.public_url or base_url).rstrip("/")
         urls: list[str] = []
         expires_at = info.expires_at
+        upstream_headers = filter_upload_headers(info.required_headers)
         for signed_url in info.signed_urls:
+            # Refused now rather than when the caller's data is already streaming.
+            self._gateway.egress.check_url(signed_url)
             token, token_expiry = self._gateway.uploads.seal(
                 upstream_url=signed_url,
-                upstream_headers=info.required_headers,
+                upstream_headers=upstream_headers,
                 key_id=caller.key_id,
                 owner_id=caller.owner_id,
                 credential_id=caller.credential_id,

@@ -54,6 +54,7 @@ HTTP_STATUS_BY_CODE: dict[str, int] = {
     "UPSTREAM_TIMEOUT": 504,
     "CLIENT_TOO_OLD": 426,
     "MALFORMED_RESPONSE": 502,
+    "EGRESS_REFUSED": 502,
 }
 
 # How long to suggest waiting when a retryable error carries no hint of its own.

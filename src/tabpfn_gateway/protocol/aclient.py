@@ -188,8 +188,11 @@ class AsyncProtocolClient:
         json: Any = None,
         content: bytes | Iterable[bytes] | AsyncIterable[bytes] | None = None,
         timeout: float | None = None,
+        follow_redirects: bool = True,
     ) -> httpx.Response:
-        kwargs: dict[str, Any] = {"headers": headers}
+        # Signed URLs (uploads, prediction downloads) are never redirected: a redirect is how
+        # an upstream would point the gateway at a host its egress policy never saw.
+        kwargs: dict[str, Any] = {"headers": headers, "follow_redirects": follow_redirects}
         if json is not None:
             kwargs["json"] = json
         if content is not None:
@@ -340,7 +343,12 @@ class AsyncProtocolClient:
         async for attempt in self._retrying(retry):
             with attempt:
                 response = await self._send(
-                    "upload", "PUT", url, headers=dict(headers), content=content
+                    "upload",
+                    "PUT",
+                    url,
+                    headers=dict(headers),
+                    content=content,
+                    follow_redirects=False,
                 )
                 if response.status_code >= 300:
                     raise error_from_storage(response, "upload")
@@ -448,7 +456,9 @@ class AsyncProtocolClient:
         _base.check_signed_url(uri)
         async for attempt in self._retrying(_base.retry_idempotent):
             with attempt:
-                response = await self._send("download_prediction", "GET", uri, headers={})
+                response = await self._send(
+                    "download_prediction", "GET", uri, headers={}, follow_redirects=False
+                )
                 if response.status_code >= 300:
                     raise error_from_storage(response, "download_prediction")
         return _base.parse_prediction(response)

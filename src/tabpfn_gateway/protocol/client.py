@@ -184,8 +184,11 @@ class ProtocolClient:
         json: Any = None,
         content: bytes | Iterable[bytes] | None = None,
         timeout: float | None = None,
+        follow_redirects: bool = True,
     ) -> httpx.Response:
-        kwargs: dict[str, Any] = {"headers": headers}
+        # Signed URLs (uploads, prediction downloads) are never redirected: a redirect is how
+        # an upstream would point the gateway at a host its egress policy never saw.
+        kwargs: dict[str, Any] = {"headers": headers, "follow_redirects": follow_redirects}
         if json is not None:
             kwargs["json"] = json
         if content is not None:
@@ -327,7 +330,14 @@ class ProtocolClient:
         retry = _base.retry_idempotent if replayable else _base.retry_never
         for attempt in tenacity.Retrying(**_base.retry_kwargs(options, retry)):
             with attempt:
-                response = self._send("upload", "PUT", url, headers=dict(headers), content=content)
+                response = self._send(
+                    "upload",
+                    "PUT",
+                    url,
+                    headers=dict(headers),
+                    content=content,
+                    follow_redirects=False,
+                )
                 if response.status_code >= 300:
                     raise error_from_storage(response, "upload")
 
@@ -434,7 +444,9 @@ class ProtocolClient:
         options = self._shared.options
         for attempt in tenacity.Retrying(**_base.retry_kwargs(options, _base.retry_idempotent)):
             with attempt:
-                response = self._send("download_prediction", "GET", uri, headers={})
+                response = self._send(
+                    "download_prediction", "GET", uri, headers={}, follow_redirects=False
+                )
                 if response.status_code >= 300:
                     raise error_from_storage(response, "download_prediction")
         return _base.parse_prediction(response)

@@ -455,7 +455,7 @@ class FakeTabPFN:
                 expires_at=time.time() + self.upload_url_ttl,
                 required_headers={
                     "Content-Type": "application/octet-stream",
-                    "X-Fake-Upload-Id": upload_id,
+                    "X-Goog-Meta-Fake-Upload-Id": upload_id,
                 },
             )
         with self._lock:
@@ -544,7 +544,7 @@ class FakeTabPFN:
     async def _store_chunk(self, request: Request) -> Any:
         self._check_signature(request)
         upload_id = request.path_params["upload_id"]
-        if request.headers.get("x-fake-upload-id") != upload_id:
+        if request.headers.get("x-goog-meta-fake-upload-id") != upload_id:
             raise _Refusal(400, "A required header of the signed URL is missing or wrong.")
         if request.headers.get("content-type") != "application/octet-stream":
             raise _Refusal(400, "A required header of the signed URL is missing or wrong.")
