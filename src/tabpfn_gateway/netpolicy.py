@@ -130,10 +130,10 @@ class EgressPolicy:
     """Where the gateway may fetch a prediction from or upload a caller's data to.
 
     A signed URL is allowed when it is http(s) and either has the same origin as the
-    upstream the credential talks to (the operator chose that host), or its host is in
-    ``allowed_hosts`` (exact names, or ``*.suffix``). Either way every address the host
-    resolves to must be public, unless it lies in ``allowed_networks``: loopback, private,
-    link-local (cloud metadata) and other special ranges are refused by default. Redirects
+    upstream the credential talks to (the operator chose that host and port: the gateway
+    calls it anyway), or its host is in ``allowed_hosts`` (exact names, or ``*.suffix``) and
+    every address that host resolves to is public or lies in ``allowed_networks``: loopback,
+    private, link-local (cloud metadata) and other special ranges are refused by default. Redirects
     are never followed on these calls (the protocol clients make them with redirects off).
     """
 
@@ -171,17 +171,15 @@ class EgressPolicy:
             self.allowed_hosts, self.allowed_networks, self.upstream_origins | {origin}
         )
 
-    def check_url(self, url: str) -> str:
-        """The URL's host if its scheme and host are allowed (``EgressRefused`` if not).
-
-        Addresses are not checked here: see ``check_addresses`` (the caller resolves).
-        """
+    def check_url(self, url: str) -> str | None:
+        """The host whose addresses still need ``check_addresses`` (None: the upstream's own
+        origin, nothing more to check); ``EgressRefused`` if scheme or host are not allowed."""
         origin = _origin(url)
         if origin is None:
             raise EgressRefused("The upstream sent a signed URL that is not an http(s) URL.")
         host = origin[1]
         if origin in self.upstream_origins:
-            return host
+            return None
         if any(_host_matches(host, pattern) for pattern in self.allowed_hosts):
             return host
         raise EgressRefused(
@@ -205,13 +203,16 @@ class EgressPolicy:
     def check(self, url: str) -> None:
         """``check_url``, then the host's addresses (resolved here, blocking)."""
         host = self.check_url(url)
-        self.check_addresses(_resolve(host, url))
+        if host is not None:
+            self.check_addresses(_resolve(host))
 
     async def acheck(self, url: str) -> None:
         """``check`` without blocking the event loop (anyio's resolver)."""
         import anyio
 
         host = self.check_url(url)
+        if host is None:
+            return
         literal = _address(host)
         if literal is not None:
             self.check_addresses([str(literal)])
@@ -236,7 +237,7 @@ def _origin(url: str) -> tuple[str, str, int] | None:
     return scheme, host, port if port is not None else (443 if scheme == "https" else 80)
 
 
-def _resolve(host: str, url: str) -> list[str]:
+def _resolve(host: str) -> list[str]:
     literal = _address(host)
     if literal is not None:
         return [str(literal)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 
-from conftest import GATEWAY_URL, TOKENS, Stack, build_stack
+from security_support import GATEWAY_URL, TOKENS, Stack, build_stack
 from tabpfn_gateway.errors import EgressRefused, GatewayError
 from tabpfn_gateway.netpolicy import EgressPolicy, filter_upload_headers
 from tabpfn_gateway.protocol import ProtocolClient

@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import cli_env, serve_cli
 from gateway_support import serve_in_thread
+from security_support import cli_env, serve_cli
 from tabpfn_gateway.netpolicy import client_address, parse_networks
 from tabpfn_gateway.testing import FakeTabPFN
 
