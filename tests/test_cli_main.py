@@ -10,8 +10,17 @@ from tabpfn_gateway.cli import build_parser, main
 
 def test_every_command_group_is_registered() -> None:
     help_text = build_parser().format_help()
-    for command in ("info", "db", "keys", "credentials", "secrets", "principals",
-                    "fake-upstream", "serve", "demo"):
+    for command in (
+        "info",
+        "db",
+        "keys",
+        "credentials",
+        "secrets",
+        "principals",
+        "fake-upstream",
+        "serve",
+        "demo",
+    ):
         assert command in help_text
 
 

@@ -100,16 +100,27 @@ def run(command: str, env: dict[str, str], cwd: Path, *, typed: str | None = Non
     if typed is None:
         done = subprocess.run(
             ["bash", "-c", f"set -euo pipefail; {command}"],
-            env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=120, start_new_session=True, check=False,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            start_new_session=True,
+            check=False,
         )
         stdout, stderr, code = done.stdout, done.stderr, done.returncode
     else:
         terminal, tty = pty.openpty()
         process = subprocess.Popen(
             ["bash", "-c", f"set -euo pipefail; {command}"],
-            env=env, cwd=cwd, stdin=tty, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, start_new_session=True,
+            env=env,
+            cwd=cwd,
+            stdin=tty,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         try:
             # getpass flushes input typed before its prompt (TCSAFLUSH): wait for the prompt.
@@ -133,8 +144,14 @@ def run(command: str, env: dict[str, str], cwd: Path, *, typed: str | None = Non
 def background(command: str, env: dict[str, str], cwd: Path, ready_url: str) -> Iterator[None]:
     """Start a long-running command of a block; wait until ``ready_url`` answers 200."""
     process = subprocess.Popen(
-        command, shell=True, env=env, cwd=cwd, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        command,
+        shell=True,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -186,7 +203,7 @@ def test_keys_md_cli_walkthrough_runs(tmp_path: Path, upstream: str) -> None:
                 run(line.replace("disable|enable|revoke|show", verb), env, tmp_path)
             continue
         if line.startswith("KEY=$("):
-            key = run(f"{line}; printf %s \"$KEY\"", env, tmp_path)
+            key = run(f'{line}; printf %s "$KEY"', env, tmp_path)
             assert not parse_key(key).admin  # a working user key, captured alone
             keys = cli_json("keys list --owner alice")["items"]
             prefix = next(k["display_prefix"] for k in keys if k["name"] == "laptop")

@@ -164,6 +164,17 @@ class Settings(BaseSettings):
         description="How often buffered usage events are written to the store (and on shutdown).",
     )
 
+    # -- admin console -------------------------------------------------------------------
+    console_enabled: bool = Field(
+        default=False, description="Serve the admin console (web pages) at /console."
+    )
+    console_session_idle_minutes: float = Field(
+        default=30.0, gt=0, description="A console session ends after this long without use."
+    )
+    console_session_max_hours: float = Field(
+        default=12.0, gt=0, description="A console session ends this long after sign-in."
+    )
+
     @field_validator("previous_secret_keys", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:

@@ -97,6 +97,10 @@ def create_app(
     app.include_router(admin.usage_router)
     app.include_router(tabpfn.router)
     app.include_router(uploads.build_upload_router(settings))
+    if settings.console_enabled:
+        from tabpfn_gateway_server.console import mount_console
+
+        mount_console(app, gateway, limiter)
     return app
 
 

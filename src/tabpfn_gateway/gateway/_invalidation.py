@@ -162,8 +162,11 @@ class PostgresNotifyBus(_ThreadedBus):
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, message))
         except psycopg.Error as exc:
             # The local cache is dropped by the caller anyway; others fall back to the TTL.
-            logger.warning("could not publish an invalidation (%s); other replicas "
-                           "will see the change when their cache expires", type(exc).__name__)
+            logger.warning(
+                "could not publish an invalidation (%s); other replicas "
+                "will see the change when their cache expires",
+                type(exc).__name__,
+            )
 
     def _listen(self, on_subscribed: Callable[[], None]) -> None:
         psycopg = _import_psycopg()
@@ -196,8 +199,11 @@ class RedisBus(_ThreadedBus):
         try:
             self._client.publish(CHANNEL, message)
         except redis.RedisError as exc:
-            logger.warning("could not publish an invalidation (%s); other replicas "
-                           "will see the change when their cache expires", type(exc).__name__)
+            logger.warning(
+                "could not publish an invalidation (%s); other replicas "
+                "will see the change when their cache expires",
+                type(exc).__name__,
+            )
 
     def _listen(self, on_subscribed: Callable[[], None]) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)

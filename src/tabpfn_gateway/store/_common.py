@@ -23,6 +23,7 @@ __all__ = [
     "check_key_changes",
     "check_limit",
     "check_scopes",
+    "check_session_filters",
     "day_bounds",
     "decode_cursor",
     "encode_cursor",
@@ -198,3 +199,11 @@ def merge_rollups(rows: Sequence[Any]) -> list[UsageRollup]:
             totals.items(), key=lambda item: (item[0][0], item[0][1], item[0][3], item[0][2])
         )
     ]
+
+
+def check_session_filters(
+    session_id: str | None, key_id: str | None, expires_before: datetime | None
+) -> None:
+    """Refuse a ``delete_admin_sessions`` call with no filter (it would end every session)."""
+    if session_id is None and key_id is None and expires_before is None:
+        raise InvalidRequest("delete_admin_sessions needs session_id, key_id or expires_before.")

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from tabpfn_gateway.store.records import (
+    AdminSession,
     ApiKey,
     AuditEvent,
     BudgetClaim,
@@ -53,7 +54,8 @@ MAX_PAGE_SIZE = 1000
 
 @runtime_checkable
 class Store(Protocol):
-    """Persistence for principals, upstream credentials, keys, fits, usage and audit."""
+    """Persistence for principals, upstream credentials, keys, fits, usage, audit and admin
+    console sessions."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -317,4 +319,30 @@ class Store(Protocol):
         cursor: str | None = None,
     ) -> Page[AuditEvent]:
         """Audit events matching every filter given, newest first, paginated."""
+        ...
+
+    # -- admin console sessions --------------------------------------------------------
+
+    def add_admin_session(self, session: AdminSession) -> AdminSession:
+        """Insert ``session``. Id taken: ``Conflict``."""
+        ...
+
+    def get_admin_session(self, session_id: str) -> AdminSession | None:
+        """The session with this id, or None."""
+        ...
+
+    def touch_admin_session(self, session_id: str, last_seen_at: datetime) -> bool:
+        """Set ``last_seen_at``, never moving it backwards. False if there is no such session."""
+        ...
+
+    def delete_admin_sessions(
+        self,
+        *,
+        session_id: str | None = None,
+        key_id: str | None = None,
+        expires_before: datetime | None = None,
+    ) -> int:
+        """Delete the sessions matching every filter given (at least one is required, else
+        ``InvalidRequest``); ``expires_before`` matches ``expires_at < expires_before``.
+        Returns how many were deleted."""
         ...

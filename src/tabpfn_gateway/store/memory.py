@@ -18,6 +18,7 @@ from tabpfn_gateway.store._common import (
     check_key_changes,
     check_limit,
     check_scopes,
+    check_session_filters,
     day_bounds,
     decode_cursor,
     encode_cursor,
@@ -25,6 +26,7 @@ from tabpfn_gateway.store._common import (
     normalize_record,
 )
 from tabpfn_gateway.store.records import (
+    AdminSession,
     ApiKey,
     AuditEvent,
     BudgetClaim,
@@ -66,6 +68,7 @@ class _Tables:
     budgets: dict[tuple[str, str], BudgetCounter] = dataclasses.field(default_factory=dict)
     budget_expiry: dict[tuple[str, str], datetime | None] = dataclasses.field(default_factory=dict)
     counters: dict[str, tuple[int, datetime]] = dataclasses.field(default_factory=dict)
+    admin_sessions: dict[str, AdminSession] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> _Tables:
         # Records are frozen, so shallow copies of the dicts are a full snapshot.
@@ -677,6 +680,57 @@ class MemoryStore:
             )
 
         return _paginate(records, matches, limit, cursor)
+
+    # -- admin console sessions --------------------------------------------------------
+
+    def add_admin_session(self, session: AdminSession) -> AdminSession:
+        session = normalize_record(session)
+        with self._lock:
+            self._check_open()
+            if session.id in self._tables.admin_sessions:
+                raise Conflict("An admin session with this id already exists.")
+            self._tables.admin_sessions[session.id] = session
+        return session
+
+    def get_admin_session(self, session_id: str) -> AdminSession | None:
+        with self._lock:
+            self._check_open()
+            return self._tables.admin_sessions.get(session_id)
+
+    def touch_admin_session(self, session_id: str, last_seen_at: datetime) -> bool:
+        when = check_aware(last_seen_at, "last_seen_at")
+        with self._lock:
+            self._check_open()
+            current = self._tables.admin_sessions.get(session_id)
+            if current is None:
+                return False
+            if when is not None and when > current.last_seen_at:
+                self._tables.admin_sessions[session_id] = dataclasses.replace(
+                    current, last_seen_at=when
+                )
+            return True
+
+    def delete_admin_sessions(
+        self,
+        *,
+        session_id: str | None = None,
+        key_id: str | None = None,
+        expires_before: datetime | None = None,
+    ) -> int:
+        check_session_filters(session_id, key_id, expires_before)
+        before = check_aware(expires_before, "expires_before")
+        with self._lock:
+            self._check_open()
+            doomed = [
+                s.id
+                for s in self._tables.admin_sessions.values()
+                if (session_id is None or s.id == session_id)
+                and (key_id is None or s.key_id == key_id)
+                and (before is None or s.expires_at < before)
+            ]
+            for doomed_id in doomed:
+                del self._tables.admin_sessions[doomed_id]
+            return len(doomed)
 
 
 def _rollup_row(event: UsageEvent) -> dict[str, Any]:

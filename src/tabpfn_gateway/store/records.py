@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 __all__ = [
+    "AdminSession",
     "ApiKey",
     "AuditEvent",
     "BudgetClaim",
@@ -309,3 +310,16 @@ class AuditEvent:
     target_id: str
     created_at: datetime = field(default_factory=utcnow)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSession:
+    """A signed-in admin console session. ``id`` is a hash of the session token (the token
+    itself lives only in the browser's cookie); ``key_id`` is the admin key it was opened
+    with, so the session ends when that key stops being usable."""
+
+    id: str
+    key_id: str
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Dialect
 
 __all__ = [
     "UTCDateTime",
+    "admin_sessions",
     "api_keys",
     "audit_events",
     "budget_counters",
@@ -276,5 +277,19 @@ rate_counters = sa.Table(
     sa.Column("name", _text(), primary_key=True),
     sa.Column("count", sa.BigInteger(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "expires_at"),
+)
+
+# No foreign key to api_keys: a session is checked against its key on every request, and the
+# row goes when it expires or its key is refused.
+admin_sessions = sa.Table(
+    "admin_sessions",
+    metadata,
+    sa.Column("id", _text(), primary_key=True),
+    sa.Column("key_id", _text(), nullable=False),
+    _created_at(),
+    sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "key_id"),
     sa.Index(None, "expires_at"),
 )

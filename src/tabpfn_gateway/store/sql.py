@@ -33,6 +33,7 @@ from tabpfn_gateway.store._common import (
     check_key_changes,
     check_limit,
     check_scopes,
+    check_session_filters,
     day_bounds,
     decode_cursor,
     encode_cursor,
@@ -40,6 +41,7 @@ from tabpfn_gateway.store._common import (
     normalize_record,
 )
 from tabpfn_gateway.store.records import (
+    AdminSession,
     ApiKey,
     AuditEvent,
     BudgetClaim,
@@ -1044,6 +1046,58 @@ class SqlStore:
         if action is not None:
             filters.append(table.c.action == action)
         return self._page(table, table.c.id, filters, AuditEvent, limit, cursor)
+
+    # -- admin console sessions --------------------------------------------------------
+
+    def add_admin_session(self, session: AdminSession) -> AdminSession:
+        session = normalize_record(session)
+        self._insert(
+            schema.admin_sessions,
+            session,
+            "add admin session",
+            "An admin session with this id already exists.",
+        )
+        return session
+
+    def get_admin_session(self, session_id: str) -> AdminSession | None:
+        table = schema.admin_sessions
+        return self._get(table, table.c.id, session_id, AdminSession)
+
+    def touch_admin_session(self, session_id: str, last_seen_at: datetime) -> bool:
+        when = check_aware(last_seen_at, "last_seen_at")
+        table = schema.admin_sessions
+        with self._transaction("touch admin session", write=True) as connection:
+            # Never backwards: a slow request finishing late must not shorten the session.
+            connection.execute(
+                table.update()
+                .where(table.c.id == session_id, table.c.last_seen_at < when)
+                .values(last_seen_at=when)
+            )
+            found = connection.execute(
+                sa.select(table.c.id).where(table.c.id == session_id)
+            ).first()
+        return found is not None
+
+    def delete_admin_sessions(
+        self,
+        *,
+        session_id: str | None = None,
+        key_id: str | None = None,
+        expires_before: datetime | None = None,
+    ) -> int:
+        check_session_filters(session_id, key_id, expires_before)
+        before = check_aware(expires_before, "expires_before")
+        table = schema.admin_sessions
+        conditions: list[sa.ColumnElement[bool]] = []
+        if session_id is not None:
+            conditions.append(table.c.id == session_id)
+        if key_id is not None:
+            conditions.append(table.c.key_id == key_id)
+        if before is not None:
+            conditions.append(table.c.expires_at < before)
+        with self._transaction("delete admin sessions", write=True) as connection:
+            result = connection.execute(table.delete().where(*conditions))
+        return int(result.rowcount)
 
 
 def _budget_counter(row: Any) -> BudgetCounter:

@@ -32,6 +32,7 @@ import pytest
 from tabpfn_gateway.errors import Conflict, InvalidRequest
 from tabpfn_gateway.store.base import MAX_PAGE_SIZE, Store
 from tabpfn_gateway.store.records import (
+    AdminSession,
     ApiKey,
     AuditEvent,
     BudgetClaim,
@@ -134,6 +135,19 @@ class _Factory:
         }
         values.update(fields)
         return UsageEvent(**values)
+
+    def admin_session(self, key_id: str = "key-a", **fields: Any) -> AdminSession:
+        n = next(self._counter)
+        created = self.tick()
+        values: dict[str, Any] = {
+            "id": f"session-hash-{n:05d}",
+            "key_id": key_id,
+            "created_at": created,
+            "last_seen_at": created,
+            "expires_at": created + timedelta(hours=8),
+        }
+        values.update(fields)
+        return AdminSession(**values)
 
     def audit(self, **fields: Any) -> AuditEvent:
         n = next(self._counter)
@@ -1089,3 +1103,46 @@ class StoreContractTests:
         for thread in threads:
             thread.join()
         assert allowed.count(True) == 17
+
+    # -- admin console sessions --------------------------------------------------------
+
+    def test_admin_session_round_trip_and_conflict(self, store: Store, make: _Factory) -> None:
+        session = make.admin_session()
+        assert store.add_admin_session(session) == session
+        assert store.get_admin_session(session.id) == session
+        assert store.get_admin_session("no-such-session") is None
+        with pytest.raises(Conflict):
+            store.add_admin_session(replace(session, key_id="key-b"))
+        assert store.get_admin_session(session.id) == session
+
+    def test_touch_admin_session_never_moves_backwards(self, store: Store, make: _Factory) -> None:
+        session = store.add_admin_session(make.admin_session())
+        later = session.last_seen_at + timedelta(minutes=5)
+        assert store.touch_admin_session(session.id, later)
+        assert store.touch_admin_session(session.id, session.last_seen_at)
+        found = store.get_admin_session(session.id)
+        assert found is not None
+        assert found.last_seen_at == later
+        assert not store.touch_admin_session("no-such-session", later)
+
+    def test_delete_admin_sessions_by_id_key_and_expiry(self, store: Store, make: _Factory) -> None:
+        a1 = store.add_admin_session(make.admin_session("key-a"))
+        a2 = store.add_admin_session(make.admin_session("key-a"))
+        b = store.add_admin_session(make.admin_session("key-b"))
+        old = store.add_admin_session(
+            make.admin_session("key-c", expires_at=BASE_TIME + timedelta(seconds=1))
+        )
+        assert store.delete_admin_sessions(expires_before=BASE_TIME + timedelta(minutes=1)) == 1
+        assert store.get_admin_session(old.id) is None
+        assert store.delete_admin_sessions(session_id=a1.id) == 1
+        assert store.delete_admin_sessions(session_id=a1.id) == 0
+        assert store.get_admin_session(a2.id) == a2
+        assert store.delete_admin_sessions(key_id="key-a") == 1
+        assert store.get_admin_session(a2.id) is None
+        assert store.get_admin_session(b.id) == b
+
+    def test_delete_admin_sessions_needs_a_filter(self, store: Store, make: _Factory) -> None:
+        session = store.add_admin_session(make.admin_session())
+        with pytest.raises(InvalidRequest):
+            store.delete_admin_sessions()
+        assert store.get_admin_session(session.id) == session

@@ -1,0 +1,662 @@
+"""The console's pages: thin handlers that read a form, call the core, and render a template."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import inspect
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlencode
+
+import anyio.to_thread
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+from pydantic import SecretStr
+
+from tabpfn_gateway.errors import (
+    AuthenticationError,
+    GatewayError,
+    InsufficientScope,
+    InvalidRequest,
+)
+from tabpfn_gateway.gateway import Gateway, http_status
+from tabpfn_gateway.keys import ALL_SCOPES, DEFAULT_SCOPES, SCOPE_ADMIN
+from tabpfn_gateway.sessions import AdminSessions, SessionLookup
+from tabpfn_gateway_server.console import _reports
+from tabpfn_gateway_server.console._charts import daily_calls_svg
+from tabpfn_gateway_server.console._security import (
+    CONSOLE_PREFIX,
+    PRE_SESSION_COOKIE,
+    SESSION_COOKIE,
+    is_secure,
+    new_pre_session_token,
+    same_origin,
+    set_cookie,
+)
+from tabpfn_gateway_server.deps import client_address, public_base_url
+from tabpfn_gateway_server.ratelimit import AttemptLimiter
+
+__all__ = ["build_console_router", "install_console_handlers"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PERIODS = (30, 90)
+AUDIT_PAGE = 50
+GRACE_CHOICES = (0, 1, 24, 168)  # hours the old secret keeps working after a rotation
+
+NOTICES = {
+    "signed-out": "You are signed out.",
+    "principal-added": "Added.",
+    "credential-added": "The TabPFN token is stored, encrypted.",
+    "credential-removed": "The credential is removed; keys bound to it are refused from now on.",
+    "key-revoked": "The key is revoked. Every replica refuses it from its next request.",
+    "key-disabled": "The key is disabled until you enable it again.",
+    "key-enabled": "The key is enabled again.",
+}
+SESSION_ENDED = {
+    "idle": "Your session ended after a while without use. Sign in again.",
+    "expired": "Your session reached its time limit. Sign in again.",
+    "key": "The admin key of your session is no longer valid. Sign in with a valid admin key.",
+}
+
+
+class SignInRequired(Exception):
+    """No live session: answered with a redirect to the sign-in page."""
+
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ForgedRequest(Exception):
+    """A change without this session's anti-forgery token, or from another origin."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The signed-in admin of one request: session token (cookie), lookup and CSRF token."""
+
+    token: str
+    lookup: SessionLookup
+    csrf: str
+
+    @property
+    def actor(self) -> str:
+        return self.lookup.actor
+
+
+def _templates() -> Environment:
+    env = Environment(
+        loader=PackageLoader("tabpfn_gateway_server.console", "templates"),
+        # Every value is escaped: a team named <script> renders as text.
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = _when
+    env.filters["number"] = lambda value: f"{int(value):,}"
+    env.filters["size"] = _size
+    return env
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _size(value: int) -> str:
+    amount = float(value)
+    for unit in ("B", "kB", "MB", "GB"):
+        if amount < 1000 or unit == "GB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1000
+    return f"{amount:.1f} TB"
+
+
+async def _run(func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+    # Store, vault and key hashing calls block; keep them off the event loop.
+    return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An url-encoded form body (the only kind the console's forms send), last value wins."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise InvalidRequest("The console accepts url-encoded forms only.")
+    body = (await request.body()).decode("utf-8", "replace")
+    return {name: values[-1] for name, values in parse_qs(body, keep_blank_values=True).items()}
+
+
+def _day(value: str | None, name: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a date like 2030-01-31.") from None
+
+
+def _start_of(day: date | None) -> datetime | None:
+    return None if day is None else datetime.combine(day, time.min, tzinfo=UTC)
+
+
+class Console:
+    """The console's handlers over one gateway; ``render`` adds what every page needs."""
+
+    def __init__(self, gateway: Gateway, limiter: AttemptLimiter | None) -> None:
+        self.gateway = gateway
+        self.sessions = AdminSessions.from_settings(gateway.settings, gateway.store, gateway.keys)
+        self.limiter = limiter
+        self.templates = _templates()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        context: Context | None,
+        *,
+        status: int = 200,
+        **values: Any,
+    ) -> HTMLResponse:
+        notice = NOTICES.get(request.query_params.get("notice", ""))
+        html = self.templates.get_template(template).render(
+            prefix=CONSOLE_PREFIX,
+            ctx=context,
+            csrf=context.csrf if context else "",
+            notice=notice,
+            path=request.url.path,
+            **values,
+        )
+        return HTMLResponse(html, status_code=status)
+
+    async def context(self, request: Request) -> Context:
+        token = request.cookies.get(SESSION_COOKIE)
+        lookup = await _run(self.sessions.resolve, token)
+        if lookup.session is None or token is None:
+            raise SignInRequired(lookup.ended if token else None)
+        return Context(token=token, lookup=lookup, csrf=self.sessions.csrf_token(token))
+
+    async def change(self, request: Request) -> tuple[Context, dict[str, str]]:
+        """The context and form of a state-changing request, after the CSRF checks."""
+        context = await self.context(request)
+        form = await _form(request)
+        if not same_origin(request) or not self.sessions.check_csrf(
+            context.token, form.get("csrf_token")
+        ):
+            raise ForgedRequest()
+        return context, form
+
+    def secure(self, request: Request) -> bool:
+        return is_secure(request, self.gateway.settings.public_url)
+
+    # -- sign in and out ---------------------------------------------------------------
+
+    async def sign_in_page(self, request: Request) -> Response:
+        reason = SESSION_ENDED.get(request.query_params.get("ended", ""))
+        return self._sign_in_form(request, error=None, info=reason)
+
+    def _sign_in_form(
+        self, request: Request, *, error: str | None, info: str | None = None, status: int = 200
+    ) -> Response:
+        pre = new_pre_session_token()
+        response = self.render(
+            request, "sign_in.html", None, status=status, error=error, info=info, pre=pre
+        )
+        set_cookie(response, PRE_SESSION_COOKIE, pre, secure=self.secure(request), max_age=3600)
+        return response
+
+    async def sign_in(self, request: Request) -> Response:
+        form = await _form(request)
+        expected = request.cookies.get(PRE_SESSION_COOKIE)
+        submitted = form.get("csrf_token", "")
+        if not same_origin(request) or not expected or submitted != expected:
+            raise ForgedRequest()
+        address = client_address(request)
+        if self.limiter is not None:
+            await _run(self.limiter.check, address)
+        key = SecretStr(form.get("admin_key", ""))
+        try:
+            if not key.get_secret_value().strip():
+                raise InvalidRequest("Enter an admin key.")
+            opened = await _run(self.sessions.open, key)
+        except (AuthenticationError, InsufficientScope, InvalidRequest) as exc:
+            if self.limiter is not None:
+                await _run(self.limiter.failed, address)
+            message = (
+                "That key is not an admin key (tpga_…)."
+                if isinstance(exc, InsufficientScope)
+                else "That admin key was not accepted."
+                if isinstance(exc, AuthenticationError)
+                else exc.message
+            )
+            return self._sign_in_form(request, error=message, status=http_status(exc))
+        response = RedirectResponse(f"{CONSOLE_PREFIX}/", status_code=303)
+        lifetime = opened.session.expires_at - opened.session.created_at
+        set_cookie(
+            response,
+            SESSION_COOKIE,
+            opened.token,
+            secure=self.secure(request),
+            max_age=max(int(lifetime.total_seconds()), 1),
+        )
+        response.delete_cookie(PRE_SESSION_COOKIE, path=CONSOLE_PREFIX)
+        return response
+
+    async def sign_out(self, request: Request) -> Response:
+        context, _ = await self.change(request)
+        await _run(self.sessions.close, context.token)
+        response = RedirectResponse(f"{CONSOLE_PREFIX}/sign-in?notice=signed-out", 303)
+        response.delete_cookie(SESSION_COOKIE, path=CONSOLE_PREFIX)
+        return response
+
+    # -- overview ----------------------------------------------------------------------
+
+    async def overview(self, request: Request) -> Response:
+        context = await self.context(request)
+        try:
+            days = int(request.query_params.get("days", "30"))
+        except ValueError:
+            days = 30
+        if days not in PERIODS:
+            days = 30
+        data = await _run(_reports.load_overview, self.gateway, days)
+        chart = daily_calls_svg(data.per_day)
+        return self.render(
+            request, "overview.html", context, overview=data, chart=chart, periods=PERIODS
+        )
+
+    # -- teams and users ---------------------------------------------------------------
+
+    async def principals(self, request: Request, *, error: str | None = None) -> Response:
+        context = await self.context(request)
+        kind = request.query_params.get("kind")
+        kind = kind if kind in ("team", "user") else None
+        principals = await _run(
+            lambda: list(_reports.walk(self.gateway.admin.list_principals, kind=kind))
+        )
+        return self.render(
+            request,
+            "principals.html",
+            context,
+            status=400 if error else 200,
+            principals=principals,
+            kind=kind,
+            error=error,
+        )
+
+    async def add_principal(self, request: Request) -> Response:
+        context, form = await self.change(request)
+        kind = form.get("kind", "team")
+        try:
+            principal = await _run(
+                self.gateway.admin.add_principal,
+                form.get("name", "").strip(),
+                kind,  # the core refuses anything but user/team
+                actor=context.actor,
+            )
+        except GatewayError as exc:
+            return await self.principals(request, error=exc.message)
+        return RedirectResponse(
+            f"{CONSOLE_PREFIX}/principals/{principal.id}?notice=principal-added", 303
+        )
+
+    async def principal(
+        self,
+        request: Request,
+        principal_id: str,
+        *,
+        error: str | None = None,
+        status: int = 200,
+    ) -> Response:
+        context = await self.context(request)
+
+        def load() -> dict[str, Any]:
+            principal = self.gateway.admin.get_principal(principal_id)
+            principals = _reports.principals_by_id(self.gateway)
+            keys = _reports.key_views(_reports.keys_of(self.gateway, principal.id), principals)
+            return {
+                "principal": principal,
+                "credentials": _reports.credentials_of(self.gateway, principal.id),
+                "keys": keys,
+            }
+
+        values = await _run(load)
+        return self.render(
+            request,
+            "principal.html",
+            context,
+            status=status,
+            error=error,
+            scopes=ALL_SCOPES,
+            default_scopes=DEFAULT_SCOPES,
+            grace_choices=GRACE_CHOICES,
+            **values,
+        )
+
+    async def add_credential(self, request: Request, principal_id: str) -> Response:
+        context, form = await self.change(request)
+        token = SecretStr(form.get("tabpfn_token", ""))
+        verify = form.get("verify") == "on"
+        try:
+            await _run(
+                self.gateway.admin.add_credential,
+                principal_id,
+                token,
+                form.get("label", ""),
+                verify=self.gateway.verify_upstream_token if verify else None,
+                actor=context.actor,
+            )
+        except GatewayError as exc:
+            return await self.principal(
+                request, principal_id, error=exc.message, status=http_status(exc)
+            )
+        return RedirectResponse(
+            f"{CONSOLE_PREFIX}/principals/{principal_id}?notice=credential-added", 303
+        )
+
+    async def remove_credential(self, request: Request, credential_id: str) -> Response:
+        context, _ = await self.change(request)
+        credential = await _run(self.gateway.admin.get_credential, credential_id)
+        await _run(self.gateway.remove_credential, credential_id, actor=context.actor)
+        return RedirectResponse(
+            f"{CONSOLE_PREFIX}/principals/{credential.owner_id}?notice=credential-removed", 303
+        )
+
+    # -- keys --------------------------------------------------------------------------
+
+    async def keys(self, request: Request) -> Response:
+        context = await self.context(request)
+        owner = request.query_params.get("owner") or None
+
+        def load() -> dict[str, Any]:
+            principals = _reports.principals_by_id(self.gateway)
+            owner_id = self.gateway.admin.get_principal(owner).id if owner else None
+            keys = _reports.key_views(_reports.keys_of(self.gateway, owner_id), principals)
+            return {"keys": keys, "principals": list(principals.values()), "owner": owner_id}
+
+        values = await _run(load)
+        return self.render(
+            request,
+            "keys.html",
+            context,
+            scopes=ALL_SCOPES,
+            default_scopes=DEFAULT_SCOPES,
+            grace_choices=GRACE_CHOICES,
+            **values,
+        )
+
+    async def create_key(self, request: Request) -> Response:
+        context, form = await self.change(request)
+        owner_id = form.get("owner", "")
+        wanted = [s for s in ALL_SCOPES if form.get(f"scope_{s}") == "on"]
+        admin = SCOPE_ADMIN in wanted
+        try:
+            expires = _start_of(_day(form.get("expires_on"), "The expiry date"))
+
+            def create() -> Any:
+                owner = self.gateway.admin.get_principal(owner_id)
+                credential = form.get("credential_id") or None
+                return self.gateway.keys.create(
+                    owner.id,
+                    credential,
+                    form.get("name", ""),
+                    wanted or DEFAULT_SCOPES,
+                    expires,
+                    admin=admin,
+                    actor=context.actor,
+                )
+
+            created = await _run(create)
+        except GatewayError as exc:
+            return await self.principal(
+                request, owner_id, error=exc.message, status=http_status(exc)
+            )
+        return self.render(
+            request,
+            "key_created.html",
+            context,
+            created=created,
+            gateway_url=public_base_url(request),
+            rotated=False,
+        )
+
+    async def change_key(self, request: Request, key_id: str, action: str) -> Response:
+        context, form = await self.change(request)
+        operations: dict[str, Callable[..., Any]] = {
+            "revoke": self.gateway.keys.revoke,
+            "disable": self.gateway.keys.disable,
+            "enable": self.gateway.keys.enable,
+        }
+        operation = operations.get(action)
+        if operation is None:
+            raise InvalidRequest(f"Unknown key action {action!r}.")
+        await _run(operation, key_id, actor=context.actor)
+        back = form.get("back", "")
+        target = back if back.startswith(CONSOLE_PREFIX + "/") else f"{CONSOLE_PREFIX}/keys"
+        separator = "&" if "?" in target else "?"
+        return RedirectResponse(f"{target}{separator}notice=key-{action}d", 303)
+
+    async def rotate_key(self, request: Request, key_id: str) -> Response:
+        context, form = await self.change(request)
+        try:
+            hours = int(form.get("grace_hours", "24"))
+        except ValueError:
+            hours = -1
+        if hours not in GRACE_CHOICES:
+            raise InvalidRequest("Choose how long the old secret keeps working.")
+        created = await _run(
+            self.gateway.keys.rotate, key_id, grace=timedelta(hours=hours), actor=context.actor
+        )
+        return self.render(
+            request,
+            "key_created.html",
+            context,
+            created=created,
+            gateway_url=public_base_url(request),
+            rotated=True,
+            grace_hours=hours,
+        )
+
+    # -- usage -------------------------------------------------------------------------
+
+    def _usage_filters(self, request: Request) -> dict[str, Any]:
+        params = request.query_params
+        since_day = _day(params.get("since"), "since")
+        until_day = _day(params.get("until"), "until")
+        return {
+            "owner": params.get("owner") or None,
+            "key_id": params.get("key_id") or None,
+            "since_day": since_day,
+            "until_day": until_day,
+        }
+
+    def _usage_rows(self, filters: dict[str, Any]) -> dict[str, Any]:
+        principals = _reports.principals_by_id(self.gateway)
+        owner_id = (
+            self.gateway.admin.get_principal(filters["owner"]).id if filters["owner"] else None
+        )
+        until_day = filters["until_day"]
+        rows = _reports.usage_summary(
+            self.gateway,
+            owner_id=owner_id,
+            key_id=filters["key_id"],
+            since=_start_of(filters["since_day"]),
+            # The form's "until" day is included: the store's bound is exclusive.
+            until=_start_of(until_day + timedelta(days=1)) if until_day else None,
+        )
+        keys = {k.key_id: k for k in _reports.keys_of(self.gateway, None)}
+        owners = {
+            key_id: principals[k.owner_id].name if k.owner_id in principals else k.owner_id
+            for key_id, k in keys.items()
+        }
+        return {"rows": rows, "owners": owners, "principals": list(principals.values())}
+
+    async def usage(self, request: Request) -> Response:
+        context = await self.context(request)
+        filters = self._usage_filters(request)
+        values = await _run(self._usage_rows, filters)
+        query = urlencode(
+            {k: v for k, v in request.query_params.items() if k in _USAGE_PARAMS and v}
+        )
+        return self.render(request, "usage.html", context, filters=filters, query=query, **values)
+
+    async def usage_csv(self, request: Request) -> Response:
+        await self.context(request)
+        filters = self._usage_filters(request)
+        values = await _run(self._usage_rows, filters)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(
+            ["key_id", "owner", "operation", "calls", "errors", "rows", "bytes", "mean_latency_ms"]
+        )
+        for row in values["rows"]:
+            writer.writerow(
+                [
+                    _csv_cell(row.key_id),
+                    _csv_cell(values["owners"].get(row.key_id, "")),
+                    _csv_cell(row.operation),
+                    row.calls,
+                    row.errors,
+                    row.rows,
+                    row.bytes,
+                    f"{row.total_latency_ms / row.calls:.1f}" if row.calls else "",
+                ]
+            )
+        return Response(
+            out.getvalue(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="tabpfn-gateway-usage.csv"'},
+        )
+
+    # -- audit -------------------------------------------------------------------------
+
+    async def audit(self, request: Request) -> Response:
+        context = await self.context(request)
+        params = request.query_params
+        filters = {
+            "actor": params.get("actor") or None,
+            "action": params.get("action") or None,
+            "target_id": params.get("target_id") or None,
+        }
+        page = await _run(
+            self.gateway.admin.list_audit,
+            limit=AUDIT_PAGE,
+            cursor=params.get("cursor") or None,
+            **filters,
+        )
+        next_query = None
+        if page.next_cursor:
+            next_query = urlencode(
+                {**{k: v for k, v in filters.items() if v}, "cursor": page.next_cursor}
+            )
+        return self.render(
+            request,
+            "audit.html",
+            context,
+            events=page.items,
+            filters=filters,
+            next_query=next_query,
+            first_page=not params.get("cursor"),
+        )
+
+
+_USAGE_PARAMS = ("owner", "key_id", "since", "until")
+
+
+def _csv_cell(value: str) -> str:
+    # A cell starting with = + - @ is a formula to a spreadsheet: quote it as text.
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def build_console_router(console: Console) -> APIRouter:
+    """The console's routes (kept out of the OpenAPI document: they are pages, not API)."""
+    router = APIRouter(prefix=CONSOLE_PREFIX, include_in_schema=False)
+    c = console
+
+    @router.get("")
+    async def root() -> Response:
+        return RedirectResponse(f"{CONSOLE_PREFIX}/", 307)
+
+    router.add_api_route("/", c.overview, methods=["GET"])
+    router.add_api_route("/sign-in", c.sign_in_page, methods=["GET"])
+    router.add_api_route("/sign-in", c.sign_in, methods=["POST"])
+    router.add_api_route("/sign-out", c.sign_out, methods=["POST"])
+    router.add_api_route("/principals", c.principals, methods=["GET"])
+    router.add_api_route("/principals", c.add_principal, methods=["POST"])
+    router.add_api_route("/principals/{principal_id}", c.principal, methods=["GET"])
+    router.add_api_route(
+        "/principals/{principal_id}/credentials", c.add_credential, methods=["POST"]
+    )
+    router.add_api_route(
+        "/credentials/{credential_id}/remove", c.remove_credential, methods=["POST"]
+    )
+    router.add_api_route("/keys", c.keys, methods=["GET"])
+    router.add_api_route("/keys", c.create_key, methods=["POST"])
+    router.add_api_route("/keys/{key_id}/rotate", c.rotate_key, methods=["POST"])
+    router.add_api_route("/keys/{key_id}/{action}", c.change_key, methods=["POST"])
+    router.add_api_route("/usage", c.usage, methods=["GET"])
+    router.add_api_route("/usage.csv", c.usage_csv, methods=["GET"])
+    router.add_api_route("/audit", c.audit, methods=["GET"])
+    return router
+
+
+def install_console_handlers(app: FastAPI, console: Console) -> None:
+    """HTML answers for the console's own failures; everything else keeps the JSON body."""
+
+    async def sign_in_required(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, SignInRequired)
+        query = f"?ended={exc.reason}" if exc.reason in SESSION_ENDED else ""
+        response = RedirectResponse(f"{CONSOLE_PREFIX}/sign-in{query}", 303)
+        if request.cookies.get(SESSION_COOKIE):
+            response.delete_cookie(SESSION_COOKIE, path=CONSOLE_PREFIX)
+        return response
+
+    async def forged(request: Request, exc: Exception) -> Response:
+        logger.warning("Refused a console change without a valid anti-forgery token")
+        return console.render(
+            request,
+            "error.html",
+            None,
+            status=403,
+            code="CSRF_FAILED",
+            message="This form has expired or did not come from this console. "
+            "Go back, reload the page and try again.",
+        )
+
+    api_error_handler = app.exception_handlers.get(GatewayError)
+
+    async def gateway_error(request: Request, exc: Exception) -> Response:
+        # Pages answer core errors (an unknown key, a database outage) with a page; the API
+        # keeps its JSON body.
+        if not request.url.path.startswith(CONSOLE_PREFIX + "/") or api_error_handler is None:
+            if api_error_handler is None:
+                raise exc
+            answer = api_error_handler(request, exc)
+            return await answer if inspect.isawaitable(answer) else answer
+        assert isinstance(exc, GatewayError)
+        return console.render(
+            request,
+            "error.html",
+            None,
+            status=http_status(exc),
+            code=exc.error_code,
+            message=exc.message,
+        )
+
+    app.add_exception_handler(SignInRequired, sign_in_required)
+    app.add_exception_handler(ForgedRequest, forged)
+    app.add_exception_handler(GatewayError, gateway_error)
