@@ -13,8 +13,8 @@ from sqlalchemy import exc as sa_exc
 from tabpfn_gateway import migrate
 from tabpfn_gateway.config import Settings
 from tabpfn_gateway.errors import (
+    ConfigurationError,
     Conflict,
-    InvalidRequest,
     SchemaNotCurrent,
     StoreError,
     StoreUnavailable,
@@ -90,10 +90,10 @@ def test_repr_never_shows_the_password() -> None:
         store.close()
 
 
-def test_bad_url_is_invalid_request() -> None:
-    with pytest.raises(InvalidRequest):
+def test_bad_url_is_a_configuration_error_naming_the_setting() -> None:
+    with pytest.raises(ConfigurationError, match="TABPFN_GATEWAY_DATABASE_URL"):
         SqlStore.from_url("::::")
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(ConfigurationError, match="only SQLite and PostgreSQL"):
         SqlStore.from_url("nosuchdialect://x/y")
 
 

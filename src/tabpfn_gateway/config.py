@@ -11,7 +11,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tabpfn_gateway.errors import ConfigurationError
 
-__all__ = ["DEFAULT_UPSTREAM_URL", "Settings", "default_data_dir", "get_settings"]
+__all__ = [
+    "DEFAULT_UPSTREAM_URL",
+    "Settings",
+    "check_database_url",
+    "default_data_dir",
+    "get_settings",
+]
 
 DEFAULT_UPSTREAM_URL = "https://api.priorlabs.ai"
 ENV_PREFIX = "TABPFN_GATEWAY_"
@@ -27,6 +33,27 @@ def _default_database_url(validated: dict[str, Any]) -> str:
     # the embedded database too.
     data_dir = validated.get("data_dir") or default_data_dir()
     return f"sqlite:///{Path(data_dir) / 'gateway.db'}"
+
+
+def check_database_url(url: str) -> None:
+    """Raise ``ValueError`` unless ``url`` is a SQLite, PostgreSQL or ``memory://`` URL."""
+    if url.startswith("memory://"):
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        backend = make_url(url).get_backend_name()
+    except (ArgumentError, ValueError):
+        raise ValueError(f"not a valid database URL ({_DATABASE_URL_EXAMPLES})") from None
+    if backend not in {"sqlite", "postgresql"}:
+        raise ValueError(
+            f"a {backend} URL: only SQLite and PostgreSQL URLs are supported "
+            f"({_DATABASE_URL_EXAMPLES})"
+        )
+
+
+_DATABASE_URL_EXAMPLES = "e.g. sqlite:////path/gateway.db or postgresql://user@host:5432/db"
 
 
 class Settings(BaseSettings):
@@ -209,7 +236,11 @@ class Settings(BaseSettings):
         # Plain postgresql:// would pick psycopg2; we ship psycopg 3.
         for plain in ("postgresql://", "postgres://"):
             if value.startswith(plain):
-                return "postgresql+psycopg://" + value[len(plain) :]
+                value = "postgresql+psycopg://" + value[len(plain) :]
+                break
+        # Checked here, so every command says which setting is wrong before it touches a
+        # database (instead of a SQLAlchemy traceback or a missing driver module).
+        check_database_url(value)
         return value
 
     @field_validator("log_level")
@@ -248,5 +279,6 @@ def get_settings(**overrides: Any) -> Settings:
         problems = []
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "?"
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {message}")
         raise ConfigurationError("Invalid settings: " + "; ".join(problems)) from None

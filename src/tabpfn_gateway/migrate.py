@@ -135,13 +135,12 @@ def current_revision(settings: Settings | None = None) -> str | None:
     Only reads: a missing SQLite file is not created.
     """
     from alembic.runtime.migration import MigrationContext
-    from sqlalchemy.engine import make_url
 
     from tabpfn_gateway.store.sql import (
         create_engine_for_url,
         describe_url,
         map_database_error,
-        normalize_database_url,
+        parse_database_url,
         sqlite_path,
     )
 
@@ -149,7 +148,7 @@ def current_revision(settings: Settings | None = None) -> str | None:
     url = settings.database_url
     if url.startswith("memory://"):
         return None
-    parsed = make_url(normalize_database_url(url))
+    parsed = parse_database_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_path(parsed)
         if path is not None and not path.is_file():

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from tabpfn_gateway.errors import GatewayError
 
 __all__ = ["build_parser", "main"]
+
+_DEBUG_ENV = "TABPFN_GATEWAY_LOG_LEVEL"
 
 # Each module exposes register(subparsers); handlers import heavy things lazily so that
 # `tabpfn-gateway --help` stays fast.
@@ -50,10 +54,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code = handler(args)
+        # Flushed here, so a reader that went away (`| head`) is seen inside the try.
+        sys.stdout.flush()
     except GatewayError as exc:
         # Domain errors are for humans here: code and message, no traceback.
         print(f"error: [{exc.error_code}] {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader closed the pipe (`tabpfn-gateway info | head -2`): stop quietly. Python
+        # would flush stdout again at exit and fail once more, so point it at devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        # A bug, not bad input: still one line, and the traceback only when asked for.
+        if os.environ.get(_DEBUG_ENV, "").upper() == "DEBUG":
+            traceback.print_exc()
+        print(
+            f"error: [INTERNAL_ERROR] unexpected {type(exc).__name__} (a bug: please report it; "
+            f"{_DEBUG_ENV}=DEBUG prints the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return int(code or 0)

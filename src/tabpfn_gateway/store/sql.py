@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from tabpfn_gateway.errors import (
+    ConfigurationError,
     Conflict,
     GatewayError,
     InvalidRequest,
@@ -70,6 +71,7 @@ __all__ = [
     "describe_url",
     "map_database_error",
     "normalize_database_url",
+    "parse_database_url",
     "sqlite_path",
 ]
 
@@ -102,14 +104,18 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _parse_url(url: str) -> URL:
+def parse_database_url(url: str) -> URL:
+    """``url`` parsed, or ``ConfigurationError`` naming the setting unless SQLite/PostgreSQL."""
+    from tabpfn_gateway.config import check_database_url
+
+    normalized = normalize_database_url(url)
     try:
-        return make_url(normalize_database_url(url))
-    except (sa_exc.ArgumentError, ValueError) as exc:
-        raise InvalidRequest(
-            "The database URL is not a valid SQLAlchemy URL "
-            "(e.g. sqlite:////path/gateway.db or postgresql://user@host:5432/db)."
-        ) from exc
+        check_database_url(normalized)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"The database URL (TABPFN_GATEWAY_DATABASE_URL) is {exc}."
+        ) from None
+    return make_url(normalized)
 
 
 def describe_url(url: str) -> str:
@@ -120,8 +126,8 @@ def describe_url(url: str) -> str:
     if url.startswith("memory://"):
         return "memory"
     try:
-        parsed = _parse_url(url)
-    except InvalidRequest:
+        parsed = parse_database_url(url)
+    except ConfigurationError:
         return "unparseable database URL"
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -183,7 +189,7 @@ def create_engine_for_url(url: str, settings: Settings | None = None) -> Engine:
         from tabpfn_gateway.config import get_settings
 
         settings = get_settings()
-    parsed = _parse_url(url)
+    parsed = parse_database_url(url)
     backend = parsed.get_backend_name()
     try:
         if backend == "sqlite":
