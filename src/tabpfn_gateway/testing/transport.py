@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from types import TracebackType
 from typing import Any
 
@@ -30,7 +31,7 @@ class ASGIBridgeTransport(httpx.BaseTransport):
         self.app = app
         self._asgi = httpx.ASGITransport(app=app, client=client)
         self._lock = threading.Lock()
-        self._stack: contextlib.ExitStack | None = None
+        self._stop: weakref.finalize[Any, Any] | None = None
         self._portal: BlockingPortal | None = None
 
     def _get_portal(self) -> BlockingPortal:
@@ -38,7 +39,12 @@ class ASGIBridgeTransport(httpx.BaseTransport):
             if self._portal is None:
                 stack = contextlib.ExitStack()
                 self._portal = stack.enter_context(start_blocking_portal())
-                self._stack = stack
+                # Stopped by close(), when the transport is collected, or at interpreter exit
+                # (finalize runs from atexit, while the portal's thread can still answer):
+                # left to the garbage collector during finalization, the portal's stop
+                # would wait forever on a thread that no longer runs.
+                loop_thread = self._portal.call(threading.get_ident)
+                self._stop = weakref.finalize(self, _stop_portal, stack, loop_thread)
             return self._portal
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -70,9 +76,9 @@ class ASGIBridgeTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         with self._lock:
-            stack, self._stack, self._portal = self._stack, None, None
-        if stack is not None:
-            stack.close()
+            stop, self._stop, self._portal = self._stop, None, None
+        if stop is not None:
+            stop()
 
     def __enter__(self) -> ASGIBridgeTransport:
         return self
@@ -84,3 +90,12 @@ class ASGIBridgeTransport(httpx.BaseTransport):
         traceback: TracebackType | None = None,
     ) -> None:
         self.close()
+
+
+def _stop_portal(stack: contextlib.ExitStack, loop_thread: int) -> None:
+    """Stop a portal's event loop and join its thread."""
+    if threading.get_ident() == loop_thread:
+        # Collected on the portal's own thread: it cannot join itself, so a helper does.
+        threading.Thread(target=stack.close, daemon=True).start()
+        return
+    stack.close()
