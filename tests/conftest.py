@@ -8,12 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-PG_ENV = "TABPFN_GATEWAY_TEST_DATABASE_URL"
+from postgres_support import PG_ENV, ThrowawayUnavailable, resolve_admin_url
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def _admin_url() -> str | None:
-    return os.environ.get(PG_ENV) or None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -21,7 +18,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # `-m postgres` / `-m "not postgres"` split the suite the way the nox sessions do.
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        if "pg_url" in fixtures or "postgres" in item.name:
+        if {"pg_url", "pg_admin_url"} & set(fixtures) or "postgres" in item.name:
             item.add_marker(pytest.mark.postgres)
 
 
@@ -32,7 +29,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # In CI a skipped PostgreSQL test is a failure: it proves nothing about PostgreSQL.
     if IN_CI and report.skipped and item.get_closest_marker("postgres") is not None:
         report.outcome = "failed"
-        report.longrepr = f"PostgreSQL test skipped in CI ({PG_ENV} must be set): {report.longrepr}"
+        report.longrepr = f"PostgreSQL test skipped in CI ({PG_ENV}): {report.longrepr}"
 
 
 def _pg_connect(url: str):  # type: ignore[no-untyped-def]
@@ -65,12 +62,26 @@ def drop_pg_database(admin_url: str, url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """The PostgreSQL admin URL of this session: TABPFN_GATEWAY_TEST_DATABASE_URL, else the
+    local default when it answers, else a throwaway cluster (removed at the end); none of
+    them: the session stops with one line saying what to do (postgres_support)."""
+    try:
+        url, cluster = resolve_admin_url(os.environ)
+    except ThrowawayUnavailable as exc:
+        pytest.exit(str(exc), returncode=pytest.ExitCode.TESTS_FAILED)
+    try:
+        yield url
+    finally:
+        if cluster is not None:
+            cluster.remove()
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
+def pg_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test, dropped afterwards."""
-    admin = _admin_url()
-    if admin is None:
-        pytest.skip(f"{PG_ENV} is not set; PostgreSQL tests need a server")
+    admin = pg_admin_url
     url = create_pg_database(admin)
     try:
         yield url

@@ -15,6 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+# Re-exported: the outage tests start clusters of their own.
+from postgres_support import ThrowawayPostgres as ThrowawayPostgres
+from postgres_support import ThrowawayUnavailable as ThrowawayUnavailable
 from tabpfn_gateway.config import Settings
 from tabpfn_gateway.gateway import Gateway, LocalBus
 
@@ -135,95 +138,3 @@ def serve_in_thread(app: Any, *, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-
-
-def _pg_tool(name: str) -> str | None:
-    """A PostgreSQL server tool: on PATH, else Debian's versioned bin dir (newest)."""
-    import glob
-    import shutil
-
-    found = shutil.which(name)
-    if found is not None:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-class ThrowawayPostgres:
-    """A PostgreSQL cluster of our own (initdb + pg_ctl under a temp dir, its own port), to
-    stop and start at will: the shared server is never touched. Runs the tools as the
-    ``postgres`` user when we are root (initdb refuses root)."""
-
-    def __init__(self) -> None:
-        import shutil
-        import tempfile
-
-        self.initdb = _pg_tool("initdb")
-        self.pg_ctl = _pg_tool("pg_ctl")
-        if self.initdb is None or self.pg_ctl is None:
-            message = "initdb/pg_ctl not found (PATH, /usr/lib/postgresql/*/bin)"
-            if IN_CI:
-                pytest.fail(message)
-            pytest.skip(message)
-        # Not under pytest's tmp_path: its parents are 0700 root, closed to the postgres user.
-        self.base = Path(tempfile.mkdtemp(prefix="tpg-throwaway-pg-"))
-        self.data = self.base / "data"
-        self.port = free_port()
-        self._prefix: list[str] = []
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
-            if runuser is None:
-                message = "running as root without runuser: initdb cannot run"
-                if IN_CI:
-                    pytest.fail(message)
-                pytest.skip(message)
-            self._prefix = [runuser, "-u", "postgres", "--"]
-            shutil.chown(self.base, "postgres")
-
-    def _run(self, *args: str) -> None:
-        import subprocess
-
-        done = subprocess.run(
-            [*self._prefix, *args], capture_output=True, text=True, timeout=120, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{args[0]} failed: {done.stderr[-2000:]}")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def init(self) -> None:
-        assert self.initdb is not None
-        self._run(self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-
-    def start(self) -> None:
-        assert self.pg_ctl is not None
-        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(
-            self.pg_ctl,
-            "-D",
-            str(self.data),
-            "-o",
-            options,
-            "-l",
-            str(self.base / "log"),
-            "-w",
-            "start",
-        )
-
-    def stop(self) -> None:
-        assert self.pg_ctl is not None
-        self._run(self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop")
-
-    def is_running(self) -> bool:
-        return (self.data / "postmaster.pid").exists()
-
-    def remove(self) -> None:
-        """Stop the cluster if it runs and delete its directory."""
-        import shutil
-
-        if self.is_running():
-            with contextlib.suppress(RuntimeError):
-                self.stop()
-        shutil.rmtree(self.base, ignore_errors=True)
