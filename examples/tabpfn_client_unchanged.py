@@ -3,8 +3,8 @@
     TABPFN_CLIENT_API_URL=https://tabpfn-gateway.example.com   # the gateway, not TabPFN
     TABPFN_TOKEN=tpg_...                                        # a gateway key, not a TabPFN token
 
-This example runs offline: it starts a gateway server on a loopback port (uvicorn, needs
-``pip install 'tabpfn-gateway[server]'``) whose upstream is an in-process FakeTabPFN, makes a
+This example runs offline: it starts a gateway server on a loopback port (needs
+``pip install 'tabpfn-gateway[server,client]'``) whose upstream is an in-process FakeTabPFN, makes a
 gateway key, and runs ``EXISTING_CODE`` - plain tabpfn-client code - in a fresh Python process
 with those two variables set. The upstream only ever sees the team's TabPFN token; the gateway
 records the usage under the key.

@@ -89,15 +89,6 @@ API_MODES = frozenset({"auto", "sync", "async"})
 TEXT_HANDLING = frozenset({"advanced", "simple"})
 
 
-def _client_version() -> str:
-    # The upstream answers 426 to clients it considers too old; we speak the protocol
-    # generation of the installed tabpfn-client (read from metadata: importing it costs ~2 s).
-    try:
-        return version("tabpfn-client")
-    except PackageNotFoundError:
-        return "0.6.1"
-
-
 def _own_version() -> str:
     try:
         return version("tabpfn-gateway")
@@ -105,7 +96,10 @@ def _own_version() -> str:
         return "0.0.0.dev0"
 
 
-PRIOR_CLIENT_VERSION = _client_version()
+# The upstream answers 426 to clients it considers too old. We say which tabpfn-client
+# generation our vendored messages follow, never the version of a tabpfn-client that happens
+# to be installed (it is optional, and another generation may speak another protocol).
+PRIOR_CLIENT_VERSION = "0.6.1"
 USER_AGENT = f"tabpfn-gateway/{_own_version()} (tabpfn-client-protocol/{PRIOR_CLIENT_VERSION})"
 
 
