@@ -1,46 +1,62 @@
-"""Admin: the framework-free service behind the CLI and the server's admin API.
+"""Admin: the one management service behind the CLI and the server's admin API.
 
-Principals, upstream credentials (TabPFN tokens, encrypted by the vault), secret rotation,
-and the KeyManager for keys. Every change writes an audit event (actor, action, target,
-time), never a secret.
+Principals, upstream credentials (TabPFN tokens, encrypted by the vault), gateway keys (by
+owner name or id, by key id or display prefix), usage, audit and secret rotation. Every
+change writes an audit event (actor, action, target, time), never a secret, and is announced
+through the injected bus so every replica drops what it cached. The CLI and the routes only
+translate arguments and answers; the rules live here.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
 from tabpfn_gateway.errors import (
+    ConfigurationError,
     CredentialNotFound,
     InvalidRequest,
     PrincipalNotFound,
     SecretKeyMissing,
     UpstreamAuthenticationFailed,
 )
-from tabpfn_gateway.keys.manager import KeyManager
+from tabpfn_gateway.gateway._invalidation import (
+    InvalidationBus,
+    Publisher,
+    credential_changed,
+    key_changed,
+)
+from tabpfn_gateway.keys.manager import DEFAULT_SCOPES, CreatedKey, KeyManager
 from tabpfn_gateway.logs import register_secret
 from tabpfn_gateway.store.records import (
+    ApiKey,
     AuditEvent,
     Page,
     Principal,
     PrincipalKind,
     UpstreamCredential,
+    UsageEvent,
+    UsageSummary,
     new_id,
     utcnow,
 )
 from tabpfn_gateway.vault import TokenVault
 
 if TYPE_CHECKING:
+    import httpx
+
     from tabpfn_gateway.config import Settings
+    from tabpfn_gateway.gateway._usage import UsageRecorder
     from tabpfn_gateway.hosted import HostedEndpoint
     from tabpfn_gateway.store.base import Store
 
-__all__ = ["Admin", "HostedVerifier", "RotationReport", "TokenVerifier"]
+__all__ = ["Admin", "HostedVerifier", "RotationReport", "TokenVerifier", "key_id_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +82,48 @@ class RotationReport:
     already_current: int
 
 
-class Admin:
-    """Administration over one store. ``vault`` may be None when no secret is configured:
-    everything but credentials works then, and credential operations raise
-    ``SecretKeyMissing``."""
+def key_id_of(text: str) -> str:
+    """The key id in what a person pastes: a key id, a display prefix (``tpg_<id>``) or even
+    a whole key (whose secret is dropped here, never echoed)."""
+    from tabpfn_gateway.keys.format import ADMIN_PREFIX, KEY_ID_LENGTH, PREFIX
 
-    def __init__(self, store: Store, vault: TokenVault | None, keys: KeyManager) -> None:
+    text = text.strip()
+    for prefix in (ADMIN_PREFIX, PREFIX):
+        if text.startswith(prefix):
+            return text[len(prefix) : len(prefix) + KEY_ID_LENGTH]
+    return text
+
+
+class Admin:
+    """Administration over one store.
+
+    ``vault`` may be None when no secret is configured: everything but credentials works
+    then, and credential operations raise ``SecretKeyMissing``. ``bus`` announces changes
+    (key and credential invalidations) to every replica; ``usage`` is flushed before usage
+    is read, so a reader sees this process's own calls; ``verifier`` checks TabPFN tokens
+    for ``add_credential(verify=True)``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        vault: TokenVault | None,
+        keys: KeyManager,
+        *,
+        bus: Publisher | None = None,
+        usage: UsageRecorder | None = None,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
         self.store = store
         self.vault = vault
         self.keys = keys
+        self.verifier = verifier
+        self._bus = bus
+        self._usage = usage
         self._owns_store = False
+        self._owned_bus: InvalidationBus | None = None
+        if bus is not None:
+            keys.add_change_listener(self._key_changed)
 
     def __repr__(self) -> str:
         return f"Admin(vault={self.vault!r}, keys={self.keys!r})"
@@ -87,11 +135,18 @@ class Admin:
         *,
         store: Store | None = None,
         generate_secret: bool = False,
+        bus: Publisher | None = None,
+        upstream_transport: httpx.BaseTransport | None = None,
     ) -> Admin:
         """An Admin over ``store`` (or the store the settings name, closed by ``close()``).
 
         ``generate_secret`` is passed to ``TokenVault.from_settings(generate=...)``.
+        ``bus``: where changes are announced (default: the replicas' channel the settings
+        name, publish only, closed by ``close()``). ``upstream_transport``: the httpx
+        transport token verification uses (default: the network).
         """
+        import functools
+
         if settings is None:
             from tabpfn_gateway.config import get_settings
 
@@ -105,21 +160,38 @@ class Admin:
             from tabpfn_gateway.store import open_store
 
             store = open_store(settings)
+        owned_bus: InvalidationBus | None = None
         try:
             keys = KeyManager.from_settings(settings, store=store)
+            if bus is None:
+                from tabpfn_gateway.gateway._invalidation import bus_from_settings
+
+                # Never started: this process only announces; running servers listen.
+                bus = owned_bus = bus_from_settings(settings)
         except BaseException:
             if owns_store:
                 store.close()
             raise
-        admin = cls(store, vault, keys)
+        from tabpfn_gateway.protocol import verify_tabpfn_token
+
+        verifier = functools.partial(
+            verify_tabpfn_token,
+            base_url=settings.upstream_url,
+            transport=upstream_transport,
+            timeout=settings.upstream_connect_timeout_seconds,
+        )
+        admin = cls(store, vault, keys, bus=bus, verifier=verifier)
         admin._owns_store = owns_store
+        admin._owned_bus = owned_bus
         return admin
 
     def close(self) -> None:
-        """Flush the key manager; close the store if this Admin opened it."""
+        """Flush the key manager; close the store and the bus if this Admin opened them."""
         try:
             self.keys.close()
         finally:
+            if self._owned_bus is not None:
+                self._owned_bus.close()
             if self._owns_store:
                 self.store.close()
 
@@ -128,6 +200,13 @@ class Admin:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _publish(self, message: str) -> None:
+        if self._bus is not None:
+            self._bus.publish(message)
+
+    def _key_changed(self, key_id: str) -> None:
+        self._publish(key_changed(key_id))
 
     # -- principals --------------------------------------------------------------------
 
@@ -173,14 +252,15 @@ class Admin:
         token: str | SecretStr,
         label: str,
         *,
-        verify: TokenVerifier | None = None,
+        verify: TokenVerifier | bool | None = None,
         actor: str = "system",
     ) -> UpstreamCredential:
         """Store a TabPFN token for principal ``owner`` (id or name), encrypted.
 
-        With ``verify``, the token is checked first: an invalid token is refused
-        (``UpstreamAuthenticationFailed``) and stored nowhere; an unreachable upstream
-        raises ``UpstreamUnavailable`` (retryable), also storing nothing.
+        With ``verify`` (True: this Admin's ``verifier``; or a verifier of your own), the
+        token is checked first: an invalid token is refused (``UpstreamAuthenticationFailed``)
+        and stored nowhere; an unreachable upstream raises ``UpstreamUnavailable``
+        (retryable), also storing nothing.
         """
         vault = self._require_vault()
         raw = token.get_secret_value() if isinstance(token, SecretStr) else token
@@ -191,9 +271,10 @@ class Admin:
         if not isinstance(label, str) or not label.strip() or len(label) > _MAX_LABEL_LENGTH:
             raise InvalidRequest(f"A credential label is 1-{_MAX_LABEL_LENGTH} characters.")
         principal = self.get_principal(owner)
+        verifier = self._verifier(verify)
         verified: str | None = None
-        if verify is not None:
-            status = verify(secret)
+        if verifier is not None:
+            status = verifier(secret)
             verified = _status_name(status)
             if verified not in _VALID_STATUSES:
                 raise UpstreamAuthenticationFailed(
@@ -350,6 +431,8 @@ class Admin:
                 )
             )
         logger.info("Removed credential %s by %s", credential_id, actor)
+        # Keys bound to it are refused on every replica from their next request.
+        self._publish(credential_changed(credential_id))
 
     def upstream_token(self, credential_id: str) -> SecretStr:
         """The decrypted TabPFN token of a credential, for one upstream call; never logged."""
@@ -398,6 +481,116 @@ class Admin:
         )
         return report
 
+    # -- keys ---------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        owner: str,
+        credential: str | None,
+        name: str,
+        scopes: Iterable[str] | None = None,
+        expires_at: datetime | None = None,
+        *,
+        admin: bool = False,
+        actor: str = "system",
+    ) -> CreatedKey:
+        """A new key for principal ``owner`` (id or name), bound to ``credential``; its
+        plaintext is in the result and nowhere else (see ``KeyManager.create``)."""
+        principal = self.get_principal(owner)
+        return self.keys.create(
+            principal.id,
+            credential,
+            name,
+            DEFAULT_SCOPES if scopes is None else scopes,
+            _aware(expires_at, "expires_at"),
+            admin=admin,
+            actor=actor,
+        )
+
+    def get_key(self, key: str) -> ApiKey:
+        """The key with this id or display prefix; ``KeyNotFound``."""
+        return self.keys.get(key_id_of(key))
+
+    def list_keys(
+        self, *, owner: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[ApiKey]:
+        """Keys (of principal ``owner``, id or name, if given), newest first, one page."""
+        owner_id = self.get_principal(owner).id if owner is not None else None
+        return self.keys.list(owner=owner_id, limit=limit, cursor=cursor)
+
+    def revoke_key(self, key: str, *, actor: str = "system") -> ApiKey:
+        """Revoke for good; every replica refuses the key from its next request."""
+        return self.keys.revoke(key_id_of(key), actor=actor)
+
+    def disable_key(self, key: str, *, actor: str = "system") -> ApiKey:
+        """Refuse the key until ``enable_key``."""
+        return self.keys.disable(key_id_of(key), actor=actor)
+
+    def enable_key(self, key: str, *, actor: str = "system") -> ApiKey:
+        """Accept a disabled key again (a revoked key stays revoked)."""
+        return self.keys.enable(key_id_of(key), actor=actor)
+
+    def rotate_key(
+        self,
+        key: str,
+        *,
+        grace: timedelta = timedelta(hours=24),
+        request_id: str | None = None,
+        actor: str = "system",
+    ) -> CreatedKey:
+        """A new secret for the key; the old one works for ``grace`` (see ``KeyManager.rotate``)."""
+        return self.keys.rotate(key_id_of(key), grace=grace, request_id=request_id, actor=actor)
+
+    def owner_names(self, owner_ids: Iterable[str]) -> dict[str, str]:
+        """Principal names by id, for the ids that still exist (to label listings)."""
+        names: dict[str, str] = {}
+        for owner_id in set(owner_ids):
+            principal = self.store.get_principal(owner_id)
+            if principal is not None:
+                names[owner_id] = principal.name
+        return names
+
+    # -- usage --------------------------------------------------------------------------
+
+    def list_usage(
+        self,
+        *,
+        key_id: str | None = None,
+        owner: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[UsageEvent]:
+        """Usage events matching every filter given (``owner``: id or name), newest first."""
+        owner_id = self.get_principal(owner).id if owner is not None else None
+        since, until = _aware(since, "since"), _aware(until, "until")
+        self._flush_usage()
+        return self.store.list_usage(
+            key_id=key_id, owner_id=owner_id, since=since, until=until, limit=limit, cursor=cursor
+        )
+
+    def summarize_usage(
+        self,
+        *,
+        key_id: str | None = None,
+        owner: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageSummary]:
+        """Calls, errors, rows, bytes and latency per key and operation."""
+        owner_id = self.get_principal(owner).id if owner is not None else None
+        since, until = _aware(since, "since"), _aware(until, "until")
+        self._flush_usage()
+        return list(
+            self.store.summarize_usage(key_id=key_id, owner_id=owner_id, since=since, until=until)
+        )
+
+    def _flush_usage(self) -> None:
+        # This process's buffered events are written first so a reader sees its own calls.
+        if self._usage is not None:
+            self._usage.flush()
+
     # -- audit -------------------------------------------------------------------------
 
     def list_audit(
@@ -414,10 +607,25 @@ class Admin:
             target_id=target_id, actor=actor, action=action, limit=limit, cursor=cursor
         )
 
+    def _verifier(self, verify: TokenVerifier | bool | None) -> TokenVerifier | None:
+        if verify is None or verify is False:
+            return None
+        if verify is True:
+            if self.verifier is None:
+                raise ConfigurationError("This Admin has no token verifier; pass verify=None.")
+            return self.verifier
+        return verify
+
     def _require_vault(self) -> TokenVault:
         if self.vault is None:
             raise SecretKeyMissing()
         return self.vault
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise InvalidRequest(f"{name} needs a timezone (e.g. 2030-01-01T00:00:00Z).")
+    return value
 
 
 def _status_name(status: Any) -> str:

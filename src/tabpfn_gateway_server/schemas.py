@@ -9,10 +9,7 @@ from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from tabpfn_gateway.store import (
-    ApiKey,
-    utcnow,
-)
+from tabpfn_gateway.store import ApiKey, KeyState
 
 __all__ = [
     "AuditEventOut",
@@ -182,7 +179,7 @@ class KeyOut(BaseModel):
     scopes: list[str]
     display_prefix: str
     last4: str
-    state: Literal["active", "revoked", "disabled", "expired"]
+    state: KeyState
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
@@ -194,7 +191,7 @@ class KeyOut(BaseModel):
     @classmethod
     def of(cls, record: ApiKey) -> KeyOut:
         fields = {name: getattr(record, name) for name in KeyOut.model_fields if name != "state"}
-        return KeyOut(**fields, state=_state(record))
+        return KeyOut(**fields, state=record.state())
 
 
 class CreatedKeyOut(KeyOut):
@@ -206,16 +203,6 @@ class CreatedKeyOut(KeyOut):
     @classmethod
     def created(cls, record: ApiKey, plaintext: str) -> CreatedKeyOut:
         return cls(**KeyOut.of(record).model_dump(), api_key=plaintext)
-
-
-def _state(record: ApiKey) -> Literal["active", "revoked", "disabled", "expired"]:
-    if record.revoked_at is not None:
-        return "revoked"
-    if record.disabled_at is not None:
-        return "disabled"
-    if record.expires_at is not None and record.expires_at <= utcnow():
-        return "expired"
-    return "active"
 
 
 # -- usage and audit -----------------------------------------------------------------------------

@@ -196,23 +196,15 @@ def _open_admin() -> tuple[Admin, Settings]:
     # On the embedded SQLite store the CLI and the server share one data dir, so a secret
     # generated here (on first use, with a warning) is the one the server uses; and the key
     # pepper is then derived from it. On a shared database a local secret would be wrong.
-    admin = Admin.from_settings(settings, generate_secret=settings.is_sqlite)
-    # Running servers cache verified keys: a revoke, disable or rotate made here is announced
-    # on the replicas' invalidation channel (PostgreSQL NOTIFY or Redis), so they refuse a
-    # revoked key on its next request instead of when their cache expires.
-    admin.keys.add_change_listener(lambda key_id: _announce(settings, f"key:{key_id}"))
+    # Running servers cache verified keys: Admin announces every change on the replicas'
+    # invalidation channel (PostgreSQL NOTIFY or Redis), so they refuse a revoked key on its
+    # next request instead of when their cache expires.
+    admin = Admin.from_settings(
+        settings,
+        generate_secret=settings.is_sqlite,
+        upstream_transport=upstream_transport(settings),
+    )
     return admin, settings
-
-
-def _announce(settings: Settings, message: str) -> None:
-    from tabpfn_gateway.gateway._invalidation import LocalBus, bus_from_settings
-
-    bus = bus_from_settings(settings)
-    try:
-        if not isinstance(bus, LocalBus):  # no running server shares an in-process bus
-            bus.publish(message)
-    finally:
-        bus.close()
 
 
 def _actor() -> str:
@@ -255,11 +247,10 @@ def _credentials_add(args: argparse.Namespace) -> int:
     token = _read_token(args)
     if not token:
         raise InvalidRequest("No TabPFN token given.")
-    admin, settings = _open_admin()
+    admin, _ = _open_admin()
     with admin:
-        verifier = None if args.no_verify else _verifier(settings)
         credential = admin.add_credential(
-            args.owner, SecretStr(token), args.label, verify=verifier, actor=_actor()
+            args.owner, SecretStr(token), args.label, verify=not args.no_verify, actor=_actor()
         )
         owner = admin.get_principal(credential.owner_id)
     emit(_credential_row(credential, owner.name), as_json=args.json)
@@ -330,27 +321,11 @@ def _read_token(args: argparse.Namespace, *, optional: bool = False) -> str:
     return getpass.getpass("TabPFN token (input hidden): ").strip()
 
 
-def _verifier(settings: Settings) -> Callable[[Any], Any]:
-    from tabpfn_gateway.protocol import verify_tabpfn_token
-
-    transport = upstream_transport(settings)
-
-    def verify(token: Any) -> Any:
-        return verify_tabpfn_token(
-            token,
-            base_url=settings.upstream_url,
-            transport=transport,
-            timeout=settings.upstream_connect_timeout_seconds,
-        )
-
-    return verify
-
-
 def _credentials_list(args: argparse.Namespace) -> int:
     admin, _ = _open_admin()
     with admin:
         page = admin.list_credentials(owner=args.owner, limit=args.limit, cursor=args.cursor)
-        names = _owner_names(admin, [c.owner_id for c in page.items])
+        names = admin.owner_names(c.owner_id for c in page.items)
     rows = [_credential_row(c, names.get(c.owner_id)) for c in page.items]
     _emit_page(
         rows,
@@ -362,29 +337,26 @@ def _credentials_list(args: argparse.Namespace) -> int:
 
 
 def _credentials_remove(args: argparse.Namespace) -> int:
-    admin, settings = _open_admin()
+    admin, _ = _open_admin()
     with admin:
         admin.remove_credential(args.credential_id, actor=_actor())
-    _announce(settings, f"credential:{args.credential_id}")
     emit({"removed": args.credential_id}, as_json=args.json)
     return 0
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from tabpfn_gateway.keys import DEFAULT_SCOPES
-
     admin, _ = _open_admin()
     with admin:
-        owner = admin.get_principal(args.owner)
-        created = admin.keys.create(
-            owner.id,
+        created = admin.create_key(
+            args.owner,
             args.credential,
             args.name,
-            scopes=tuple(args.scopes) if args.scopes else DEFAULT_SCOPES,
+            scopes=tuple(args.scopes) if args.scopes else None,
             expires_at=_parse_expiry(args.expires) if args.expires else None,
             admin=args.admin,
             actor=_actor(),
         )
+        owner = admin.get_principal(created.record.owner_id)
     _show_new_key(created, owner.name, args, "Created")
     return 0
 
@@ -392,8 +364,8 @@ def _keys_create(args: argparse.Namespace) -> int:
 def _keys_rotate(args: argparse.Namespace) -> int:
     admin, _ = _open_admin()
     with admin:
-        created = admin.keys.rotate(
-            _key_id(args.key_id),
+        created = admin.rotate_key(
+            args.key_id,
             grace=_parse_duration(args.grace, "--grace"),
             request_id=args.request_id,
             actor=_actor(),
@@ -429,9 +401,8 @@ def _show_new_key(
 def _keys_list(args: argparse.Namespace) -> int:
     admin, _ = _open_admin()
     with admin:
-        owner_id = admin.get_principal(args.owner).id if args.owner else None
-        page = admin.keys.list(owner=owner_id, limit=args.limit, cursor=args.cursor)
-        names = _owner_names(admin, [k.owner_id for k in page.items])
+        page = admin.list_keys(owner=args.owner, limit=args.limit, cursor=args.cursor)
+        names = admin.owner_names(k.owner_id for k in page.items)
     rows = [_key_row(k, names.get(k.owner_id)) for k in page.items]
     _emit_page(
         rows,
@@ -446,12 +417,11 @@ def _key_action(action: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         admin, _ = _open_admin()
         with admin:
-            key_id = _key_id(args.key_id)
             if action == "show":
-                record = admin.keys.get(key_id)
+                record = admin.get_key(args.key_id)
             else:
-                record = getattr(admin.keys, action)(key_id, actor=_actor())
-            names = _owner_names(admin, [record.owner_id])
+                record = getattr(admin, f"{action}_key")(args.key_id, actor=_actor())
+            names = admin.owner_names([record.owner_id])
         emit(_key_row(record, names.get(record.owner_id)), as_json=args.json)
         return 0
 
@@ -526,7 +496,7 @@ def _key_row(key: ApiKey, owner_name: str | None) -> dict[str, Any]:
         "owner_id": key.owner_id,
         "credential_id": key.credential_id,
         "scopes": list(key.scopes),
-        "status": _key_status(key),
+        "status": key.state(),
         "hash_scheme": key.hash_scheme,
         "created_at": key.created_at,
         "expires_at": key.expires_at,
@@ -536,35 +506,6 @@ def _key_row(key: ApiKey, owner_name: str | None) -> dict[str, Any]:
         "rotated_at": key.rotated_at,
         "previous_valid_until": key.previous_valid_until,
     }
-
-
-def _key_status(key: ApiKey) -> str:
-    if key.revoked_at is not None:
-        return "revoked"
-    if key.disabled_at is not None:
-        return "disabled"
-    if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
-        return "expired"
-    return "active"
-
-
-def _owner_names(admin: Admin, owner_ids: list[str]) -> dict[str, str]:
-    names: dict[str, str] = {}
-    for owner_id in set(owner_ids):
-        principal = admin.store.get_principal(owner_id)
-        if principal is not None:
-            names[owner_id] = principal.name
-    return names
-
-
-def _key_id(text: str) -> str:
-    # Accept what listings show (tpg_<id>), and even a whole key, without logging it.
-    from tabpfn_gateway.keys.format import ADMIN_PREFIX, KEY_ID_LENGTH, PREFIX
-
-    for prefix in (ADMIN_PREFIX, PREFIX):
-        if text.startswith(prefix):
-            return text[len(prefix) : len(prefix) + KEY_ID_LENGTH]
-    return text
 
 
 def _parse_duration(text: str, option: str) -> timedelta:

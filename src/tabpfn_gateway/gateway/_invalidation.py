@@ -20,20 +20,45 @@ from tabpfn_gateway.config import Settings
 from tabpfn_gateway.errors import ConfigurationError
 
 __all__ = [
+    "ALL",
     "CHANNEL",
     "InvalidationBus",
     "LocalBus",
+    "LocalFirstBus",
     "PostgresNotifyBus",
+    "Publisher",
     "RedisBus",
     "bus_from_settings",
+    "credential_changed",
+    "key_changed",
 ]
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "tabpfn_gateway_invalidate"
 ALL = "*"
+KEY = "key:"
+CREDENTIAL = "credential:"
 
 Listener = Callable[[str], None]
+
+
+def key_changed(key_id: str) -> str:
+    """The message that makes every replica forget what it cached about key ``key_id``."""
+    return f"{KEY}{key_id}"
+
+
+def credential_changed(credential_id: str) -> str:
+    """The message that makes every replica forget the token of credential ``credential_id``."""
+    return f"{CREDENTIAL}{credential_id}"
+
+
+class Publisher(Protocol):
+    """Anything changes can be announced through (``Admin`` needs only this of a bus)."""
+
+    def publish(self, message: str) -> None:
+        """Announce ``message``; never raises."""
+        ...
 
 
 class InvalidationBus(Protocol):
@@ -67,6 +92,19 @@ class LocalBus:
 
     def close(self) -> None:
         self._listener = None
+
+
+class LocalFirstBus:
+    """Announces to this process first (synchronously, before any network hop), then to
+    every replica through ``bus``: so a revocation made here holds here at once."""
+
+    def __init__(self, bus: Publisher, local: Listener) -> None:
+        self._bus = bus
+        self._local = local
+
+    def publish(self, message: str) -> None:
+        self._local(message)
+        self._bus.publish(message)
 
 
 class _ThreadedBus:

@@ -15,7 +15,9 @@ import anyio.to_thread
 from pydantic import SecretStr
 
 from tabpfn_gateway.errors import GatewayError, InvalidUpload, PayloadTooLarge
-from tabpfn_gateway.gateway._core import Caller, Gateway, Meter
+from tabpfn_gateway.gateway._authoriser import Caller, Decision
+from tabpfn_gateway.gateway._core import Gateway
+from tabpfn_gateway.gateway._metering import Meter
 from tabpfn_gateway.gateway._uploads import UPLOAD_PATH_PREFIX
 from tabpfn_gateway.netpolicy import filter_upload_headers
 from tabpfn_gateway.protocol.messages import (
@@ -62,29 +64,30 @@ class GatewayProxy:
     # -- authentication ----------------------------------------------------------------------
 
     async def authenticate(self, api_key: str | SecretStr, *, scope: str | None) -> Caller:
-        """The caller holding ``api_key`` (see ``Gateway.authenticate``)."""
+        """The caller holding ``api_key`` (see ``Authoriser.authenticate``)."""
         return await anyio.to_thread.run_sync(
-            lambda: self._gateway.authenticate(api_key, scope=scope)
+            lambda: self._gateway.authoriser.authenticate(api_key, scope=scope)
         )
 
     async def _client(
         self, api_key: str | SecretStr, scope: str, *, fit_id: str | UUID | None = None
     ) -> tuple[Caller, AsyncProtocolClient, str | None]:
         gateway = self._gateway
-        fast = gateway.resolve_from_memory(api_key, scope=scope)
-        if fast is not None and (fit_id is None or gateway.fit_owner_from_memory(fit_id)):
+        authoriser, fits = gateway.authoriser, gateway.fits
+        fast = authoriser.authorise_from_memory(api_key, scope=scope)
+        if fast is not None and (fit_id is None or fits.owner_from_memory(fit_id)):
             # Everything known in memory: no worker thread (a quarter of a small call's cost).
-            caller, token = fast
-            owned = None if fit_id is None else gateway.check_fit_owner(caller, fit_id)
+            decision = fast
+            owned = None if fit_id is None else fits.check(decision.caller, fit_id)
         else:
 
-            def resolve() -> tuple[Caller, SecretStr, str | None]:
-                caller, token = gateway.resolve(api_key, scope=scope)
-                owned = None if fit_id is None else gateway.check_fit_owner(caller, fit_id)
-                return caller, token, owned
+            def resolve() -> tuple[Decision, str | None]:
+                decision = authoriser.authorise(api_key, scope=scope)
+                owned = None if fit_id is None else fits.check(decision.caller, fit_id)
+                return decision, owned
 
-            caller, token, owned = await anyio.to_thread.run_sync(resolve)
-        return caller, gateway.async_upstream.with_token(token), owned
+            decision, owned = await anyio.to_thread.run_sync(resolve)
+        return decision.caller, gateway.async_upstream.with_token(decision.token), owned
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -205,13 +208,16 @@ class GatewayProxy:
         """
         gateway = self._gateway
         grant = gateway.uploads.open(token)
-        caller = gateway.key_alive_from_memory(grant.key_id)
+        caller = gateway.authoriser.key_alive_from_memory(grant.key_id)
         if caller is None:
-            caller = await anyio.to_thread.run_sync(lambda: gateway.check_key_alive(grant.key_id))
+            caller = await anyio.to_thread.run_sync(
+                lambda: gateway.authoriser.check_key_alive(grant.key_id)
+            )
         if caller.owner_id != grant.owner_id or caller.credential_id != grant.credential_id:
             raise InvalidUpload()
         # A URL issued before its credential was removed stops working with the credential.
-        await anyio.to_thread.run_sync(lambda: gateway.upstream_token(caller))
+        if gateway.authoriser.token_from_memory(caller) is None:
+            await anyio.to_thread.run_sync(lambda: gateway.authoriser.upstream_token(caller))
         limit = gateway.settings.max_upload_bytes
         if content_length is not None and content_length > limit:
             raise PayloadTooLarge(f"Uploads are limited to {limit} bytes.")
@@ -272,7 +278,7 @@ class GatewayProxy:
     async def _claim(self, caller: Caller, fit_id: UUID, task_config: Any) -> None:
         task = getattr(getattr(task_config, "task", None), "value", "unknown")
         await anyio.to_thread.run_sync(
-            lambda: self._gateway.claim_fit(caller, fit_id, task=str(task))
+            lambda: self._gateway.fits.claim(caller, fit_id, task=str(task))
         )
 
 

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 from pydantic import SecretStr
 
-from tabpfn_gateway.gateway._core import Caller, Gateway, Meter
+from tabpfn_gateway.gateway._authoriser import Caller
+from tabpfn_gateway.gateway._core import Gateway
+from tabpfn_gateway.gateway._metering import Meter
 from tabpfn_gateway.protocol.messages import (
     ClassifierConfig,
     EstimateCostRequest,
@@ -61,9 +63,8 @@ class GatewaySession:
         """Nothing to release: the pool belongs to the gateway."""
 
     def _client(self, scope: str) -> tuple[Caller, ProtocolClient]:
-        caller = self._gateway.authenticate(self._api_key, scope=scope)
-        token = self._gateway.upstream_token(caller)
-        return caller, self._gateway.upstream.with_token(token)
+        decision = self._gateway.authoriser.authorise(self._api_key, scope=scope)
+        return decision.caller, self._gateway.upstream.with_token(decision.token)
 
     # -- high level, as ProtocolClient ---------------------------------------------------------
 

@@ -9,14 +9,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import SecretStr
+
 from tabpfn_gateway.store.records import ApiKey
 
 __all__ = ["VerifiedKeyCache", "cache_fingerprint"]
 
 
-def cache_fingerprint(plaintext: str) -> bytes:
-    """SHA-256 of the full key: what the cache is keyed by (the plaintext is never kept)."""
-    return hashlib.sha256(plaintext.encode("utf-8")).digest()
+def cache_fingerprint(key: str | SecretStr) -> bytes:
+    """SHA-256 of the key as given: what every cache of verified keys is keyed by (the key
+    itself is never kept). The one fingerprint: ``KeyManager`` and the gateway's authoriser
+    both use it. Any string is accepted (lone surrogates too), so a hostile header cannot
+    make fingerprinting fail."""
+    raw = key.get_secret_value() if isinstance(key, SecretStr) else key
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).digest()
 
 
 @dataclass(frozen=True, slots=True)

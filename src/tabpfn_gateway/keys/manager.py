@@ -53,6 +53,9 @@ __all__ = [
     "SCOPE_USAGE",
     "CreatedKey",
     "KeyManager",
+    "has_scope",
+    "require_scope",
+    "require_usable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,12 +131,18 @@ class KeyManager:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings | None = None, *, store: Store | None = None
+        cls,
+        settings: Settings | None = None,
+        *,
+        store: Store | None = None,
+        cache_ttl: float | None = None,
     ) -> KeyManager:
         """A KeyManager configured from settings (pepper, scheme, cache TTL, flush interval).
 
         Without ``store``, opens the one ``settings.database_url`` names and closes it in
         ``close()``. See ``keys.hashing.peppers_from_settings`` for where the pepper comes from.
+        ``cache_ttl`` overrides ``key_cache_ttl_seconds`` (the gateway passes 0: its
+        authoriser caches whole decisions in front of this).
         """
         if settings is None:
             from tabpfn_gateway.config import get_settings
@@ -150,7 +159,7 @@ class KeyManager:
             pepper=pepper,
             previous_peppers=previous,
             hash_scheme=settings.key_hash_scheme,
-            cache_ttl=settings.key_cache_ttl_seconds,
+            cache_ttl=settings.key_cache_ttl_seconds if cache_ttl is None else cache_ttl,
             last_used_flush=settings.last_used_flush_seconds,
         )
         manager._owns_store = owns_store
@@ -256,8 +265,8 @@ class KeyManager:
         fingerprint = cache_fingerprint(parsed.plaintext)
         cached = self._cache.get(fingerprint, now)
         if cached is not None:
-            _check_usable(cached, now)
-            _check_scope(cached, scope)
+            require_usable(cached, now)
+            require_scope(cached, scope)
             self._note_use(cached.key_id, now)
             return cached
 
@@ -269,7 +278,7 @@ class KeyManager:
         match, matched_previous = self._match_secret(record, message, now)
         if match is None:
             raise InvalidKey()
-        _check_usable(record, now)
+        require_usable(record, now)
         if match.stale:
             record = self._rehash(record, message, previous=matched_previous)
         if record.rotation_ciphertext is not None:
@@ -279,7 +288,7 @@ class KeyManager:
             record,
             valid_until=record.previous_valid_until if matched_previous else None,
         )
-        _check_scope(record, scope)
+        require_scope(record, scope)
         self._note_use(record.key_id, now)
         return record
 
@@ -544,6 +553,15 @@ class KeyManager:
             except Exception:  # a broken listener must not undo a revocation
                 logger.exception("A key change listener failed")
 
+    def note_use(self, key_id: str) -> None:
+        """Remember that ``key_id`` was used now, in memory only (written by the next flush):
+        for callers that answered from a cache of their own, on a path that must not block."""
+        now = self._clock()
+        with self._pending_lock:
+            seen = self._pending_last_used.get(key_id)
+            if seen is None or now > seen:
+                self._pending_last_used[key_id] = now
+
     def _note_use(self, key_id: str, now: datetime) -> None:
         with self._pending_lock:
             seen = self._pending_last_used.get(key_id)
@@ -603,19 +621,25 @@ class KeyManager:
 # -- checks ------------------------------------------------------------------------------------
 
 
-def _check_usable(record: ApiKey, now: datetime) -> None:
-    if record.revoked_at is not None:
-        raise KeyRevoked()
-    if record.disabled_at is not None:
-        raise KeyDisabled()
-    if record.expires_at is not None and now >= record.expires_at:
-        raise KeyExpired()
+_REFUSALS: Final = {"revoked": KeyRevoked, "disabled": KeyDisabled, "expired": KeyExpired}
 
 
-def _check_scope(record: ApiKey, scope: str | None) -> None:
-    if scope is None or scope in record.scopes or SCOPE_ADMIN in record.scopes:
-        return
-    raise InsufficientScope(f"This gateway key lacks the {scope!r} scope.")
+def require_usable(record: ApiKey, now: datetime | None = None) -> None:
+    """Return if the key is active at ``now``; else KeyRevoked, KeyDisabled or KeyExpired."""
+    refusal = _REFUSALS.get(record.state(now))
+    if refusal is not None:
+        raise refusal()
+
+
+def has_scope(record: ApiKey, scope: str | None) -> bool:
+    """Whether the key may be used for ``scope`` (None: any); ``admin`` implies every scope."""
+    return scope is None or scope in record.scopes or SCOPE_ADMIN in record.scopes
+
+
+def require_scope(record: ApiKey, scope: str | None) -> None:
+    """Return if the key has ``scope``; else ``InsufficientScope``."""
+    if not has_scope(record, scope):
+        raise InsufficientScope(f"This gateway key lacks the {scope!r} scope.")
 
 
 def _check_name(name: str) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "CredentialKind",
     "FittedModel",
     "KeyChanges",
+    "KeyState",
     "Membership",
     "Page",
     "Policy",
@@ -43,6 +44,8 @@ BudgetWindow = Literal["calendar", "rolling"]
 BudgetMode = Literal["hard", "soft"]
 #: What a credential reaches: the TabPFN cloud API, or a self-hosted inference container.
 CredentialKind = Literal["cloud", "hosted"]
+#: What a key is now: usable, or refused for one reason (revoked wins over disabled over expired).
+KeyState = Literal["active", "revoked", "disabled", "expired"]
 T = TypeVar("T")
 
 
@@ -128,6 +131,20 @@ class ApiKey:
     rotated_at: datetime | None = None
     rotation_request_id: str | None = None
     rotation_ciphertext: bytes | None = field(default=None, repr=False)
+
+    def state(self, now: datetime | None = None) -> KeyState:
+        """The one answer to "may this key be used at ``now``?" (default: the current time).
+
+        Revoked outranks disabled, which outranks expired: a revoked key says so even after
+        its expiry, since that is the reason it can never work again.
+        """
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.disabled_at is not None:
+            return "disabled"
+        if self.expires_at is not None and self.expires_at <= (now or utcnow()):
+            return "expired"
+        return "active"
 
 
 class KeyChanges(TypedDict, total=False):

@@ -52,12 +52,6 @@ async def _run(func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
     return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
 
 
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise InvalidRequest(f"{name} needs a timezone (e.g. 2030-01-01T00:00:00Z).")
-    return value
-
-
 # -- principals ----------------------------------------------------------------------------------
 
 
@@ -104,7 +98,7 @@ async def add_credential(
         body.owner,
         body.tabpfn_token,
         body.label,
-        verify=gateway.verify_upstream_token if body.verify else None,
+        verify=body.verify,
         actor=caller.actor,
     )
     return CredentialOut.of(record)
@@ -151,7 +145,7 @@ async def list_credentials(
 async def remove_credential(
     credential_id: str, gateway: GatewayDep, caller: AdminCaller
 ) -> Response:
-    await _run(gateway.remove_credential, credential_id, actor=caller.actor)
+    await _run(gateway.admin.remove_credential, credential_id, actor=caller.actor)
     return Response(status_code=204)
 
 
@@ -162,23 +156,18 @@ async def remove_credential(
 async def create_key(
     body: KeyIn, response: Response, gateway: GatewayDep, caller: AdminCaller
 ) -> CreatedKeyOut:
-    from tabpfn_gateway.keys import DEFAULT_SCOPES
-
-    def create() -> CreatedKeyOut:
-        owner = gateway.admin.get_principal(body.owner)
-        created = gateway.keys.create(
-            owner.id,
-            body.credential_id,
-            body.name,
-            body.scopes if body.scopes is not None else DEFAULT_SCOPES,
-            _aware(body.expires_at, "expires_at"),
-            admin=body.admin,
-            actor=caller.actor,
-        )
-        return CreatedKeyOut.created(created.record, created.plaintext)
-
+    created = await _run(
+        gateway.admin.create_key,
+        body.owner,
+        body.credential_id,
+        body.name,
+        body.scopes,
+        body.expires_at,
+        admin=body.admin,
+        actor=caller.actor,
+    )
     response.headers["Cache-Control"] = "no-store"
-    return await _run(create)
+    return CreatedKeyOut.created(created.record, created.plaintext)
 
 
 @admin_router.get("/keys", response_model=PageOut[KeyOut])
@@ -189,17 +178,13 @@ async def list_keys(
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> PageOut[KeyOut]:
-    def list_page() -> PageOut[KeyOut]:
-        owner_id = gateway.admin.get_principal(owner).id if owner is not None else None
-        page = gateway.keys.list(owner=owner_id, limit=limit, cursor=cursor)
-        return page_of(page.items, page.next_cursor, KeyOut.of)
-
-    return await _run(list_page)
+    page = await _run(gateway.admin.list_keys, owner=owner, limit=limit, cursor=cursor)
+    return page_of(page.items, page.next_cursor, KeyOut.of)
 
 
 @admin_router.get("/keys/{key_id}", response_model=KeyOut)
 async def show_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> KeyOut:
-    return KeyOut.of(await _run(gateway.keys.get, key_id))
+    return KeyOut.of(await _run(gateway.admin.get_key, key_id))
 
 
 @admin_router.post("/keys/{key_id}/rotate", response_model=CreatedKeyOut)
@@ -215,7 +200,7 @@ async def rotate_key(
     request (same ``request_id`` or ``Idempotency-Key``) answers with the same new key."""
     body = body or RotateIn()
     created = await _run(
-        gateway.keys.rotate,
+        gateway.admin.rotate_key,
         key_id,
         grace=timedelta(seconds=body.grace_seconds),
         request_id=body.request_id or idempotency_key,
@@ -228,17 +213,17 @@ async def rotate_key(
 @admin_router.post("/keys/{key_id}/revoke", response_model=KeyOut)
 async def revoke_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> KeyOut:
     """Revoke for good; every replica refuses the key from its next request."""
-    return KeyOut.of(await _run(gateway.keys.revoke, key_id, actor=caller.actor))
+    return KeyOut.of(await _run(gateway.admin.revoke_key, key_id, actor=caller.actor))
 
 
 @admin_router.post("/keys/{key_id}/disable", response_model=KeyOut)
 async def disable_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> KeyOut:
-    return KeyOut.of(await _run(gateway.keys.disable, key_id, actor=caller.actor))
+    return KeyOut.of(await _run(gateway.admin.disable_key, key_id, actor=caller.actor))
 
 
 @admin_router.post("/keys/{key_id}/enable", response_model=KeyOut)
 async def enable_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> KeyOut:
-    return KeyOut.of(await _run(gateway.keys.enable, key_id, actor=caller.actor))
+    return KeyOut.of(await _run(gateway.admin.enable_key, key_id, actor=caller.actor))
 
 
 # -- usage and audit -----------------------------------------------------------------------------
@@ -258,20 +243,16 @@ async def list_usage(
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> PageOut[UsageEventOut]:
-    def list_page() -> PageOut[UsageEventOut]:
-        owner_id = gateway.admin.get_principal(owner).id if owner is not None else None
-        page = gateway.store.list_usage(
-            key_id=key_id,
-            owner_id=owner_id,
-            since=_aware(since, "since"),
-            until=_aware(until, "until"),
-            limit=limit,
-            cursor=cursor,
-        )
-        return page_of(page.items, page.next_cursor, UsageEventOut.of)
-
-    await _run(_flush_usage, gateway)
-    return await _run(list_page)
+    page = await _run(
+        gateway.admin.list_usage,
+        key_id=key_id,
+        owner=owner,
+        since=since,
+        until=until,
+        limit=limit,
+        cursor=cursor,
+    )
+    return page_of(page.items, page.next_cursor, UsageEventOut.of)
 
 
 @admin_router.get("/usage/summary", response_model=list[UsageSummaryOut])
@@ -285,18 +266,10 @@ async def summarize_usage(
 ) -> list[UsageSummaryOut]:
     """Calls, errors, rows, bytes and latency per key and operation."""
 
-    def summarize() -> list[UsageSummaryOut]:
-        owner_id = gateway.admin.get_principal(owner).id if owner is not None else None
-        rows = gateway.store.summarize_usage(
-            key_id=key_id,
-            owner_id=owner_id,
-            since=_aware(since, "since"),
-            until=_aware(until, "until"),
-        )
-        return [UsageSummaryOut.of(row) for row in rows]
-
-    await _run(_flush_usage, gateway)
-    return await _run(summarize)
+    rows = await _run(
+        gateway.admin.summarize_usage, key_id=key_id, owner=owner, since=since, until=until
+    )
+    return [UsageSummaryOut.of(row) for row in rows]
 
 
 @admin_router.get("/audit", response_model=PageOut[AuditEventOut])
@@ -320,11 +293,6 @@ async def list_audit(
     return page_of(page.items, page.next_cursor, AuditEventOut.of)
 
 
-def _flush_usage(gateway: Gateway) -> None:
-    # This replica's buffered events are written first so a reader sees its own calls.
-    gateway.usage.flush()
-
-
 # -- a key's own usage ---------------------------------------------------------------------------
 
 usage_router = APIRouter(prefix="/api/v1", tags=["Usage"])
@@ -344,11 +312,5 @@ async def own_usage_summary(
     gateway: GatewayDep, caller: UsageCaller, since: Since = None, until: Until = None
 ) -> list[UsageSummaryOut]:
     """Your key's usage per operation (needs the ``usage`` scope)."""
-    await _run(_flush_usage, gateway)
-    rows = await _run(
-        gateway.store.summarize_usage,
-        key_id=caller.key_id,
-        since=_aware(since, "since"),
-        until=_aware(until, "until"),
-    )
+    rows = await _run(gateway.admin.summarize_usage, key_id=caller.key_id, since=since, until=until)
     return [UsageSummaryOut.of(row) for row in rows]

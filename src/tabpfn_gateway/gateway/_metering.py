@@ -1,0 +1,113 @@
+"""The meter: every operation through the gateway is timed, admitted by the spend policy,
+and recorded as one usage event (batched by ``UsageRecorder``), failed or not."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tabpfn_gateway.errors import GatewayError
+from tabpfn_gateway.gateway._authoriser import Caller
+from tabpfn_gateway.gateway._policy import AllowAll, SpendPolicy
+from tabpfn_gateway.gateway._status import http_status
+from tabpfn_gateway.gateway._usage import UsageRecorder
+from tabpfn_gateway.store import UsageEvent, new_id
+
+__all__ = ["Meter", "Metering", "UpstreamCall"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Meter:
+    """Dimensions of one metered call, filled in while it runs."""
+
+    rows: int | None = None
+    columns: int | None = None
+    nbytes: int | None = None
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    """One metered operation, as observers (the server's metrics) see it. No secrets."""
+
+    operation: str
+    key_id: str
+    status: int
+    seconds: float
+
+
+class Metering:
+    """Times operations, asks ``policy`` to admit them, records usage, tells observers."""
+
+    def __init__(self, usage: UsageRecorder, *, policy: SpendPolicy | None = None) -> None:
+        self.usage = usage
+        self.policy: SpendPolicy = policy if policy is not None else AllowAll()
+        self._observers: list[Callable[[UpstreamCall], None]] = []
+
+    def add_observer(self, observer: Callable[[UpstreamCall], None]) -> None:
+        """Call ``observer`` after every metered operation (the server's metrics hook)."""
+        self._observers.append(observer)
+
+    @contextmanager
+    def metered(
+        self, caller: Caller, operation: str, meter: Meter | None = None
+    ) -> Iterator[Meter]:
+        """Admit, time and record one operation (the block forwards it upstream).
+
+        The policy's ``admit`` runs first (a refusal is recorded with its status and
+        forwards nothing); the admission is settled when the block succeeds and refunded
+        when it fails. The status is 200, or the HTTP status of the ``GatewayError`` that
+        ended the block (500 for anything else); the block fills the meter's dimensions.
+        """
+        meter = meter if meter is not None else Meter()
+        started = time.perf_counter()
+        status = 200
+        try:
+            admission = self.policy.admit(caller, operation, meter)
+            try:
+                yield meter
+            except BaseException:
+                admission.refund()
+                raise
+            admission.settle(meter)
+        except GatewayError as exc:
+            status = http_status(exc)
+            meter.trace_id = meter.trace_id or exc.trace_id
+            raise
+        except BaseException:
+            status = 500
+            raise
+        finally:
+            self._record(caller, operation, status, time.perf_counter() - started, meter)
+
+    def _record(
+        self, caller: Caller, operation: str, status: int, seconds: float, meter: Meter
+    ) -> None:
+        self.usage.record(
+            UsageEvent(
+                id=new_id(),
+                key_id=caller.key_id,
+                owner_id=caller.owner_id,
+                credential_id=caller.credential_id,
+                operation=operation,
+                status=status,
+                latency_ms=seconds * 1000.0,
+                rows=meter.rows,
+                columns=meter.columns,
+                bytes=meter.nbytes,
+                upstream_trace_id=meter.trace_id,
+            )
+        )
+        call = UpstreamCall(
+            operation=operation, key_id=caller.key_id, status=status, seconds=seconds
+        )
+        for observer in self._observers:
+            try:
+                observer(call)
+            except Exception:  # metrics must never fail a call
+                logger.exception("usage observer failed")

@@ -1,0 +1,73 @@
+"""Self-service setup (the seed's flow): a verified TabPFN token in, a principal, its
+encrypted credential and an inference key out, in one transaction."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
+
+from tabpfn_gateway.config import Settings
+from tabpfn_gateway.errors import InvalidRequest, UpstreamAuthenticationFailed
+from tabpfn_gateway.store import Principal, Store, UpstreamCredential
+
+if TYPE_CHECKING:
+    from tabpfn_gateway.keys import CreatedKey
+    from tabpfn_gateway.protocol import TokenStatus
+    from tabpfn_gateway.vault import TokenVault
+
+__all__ = ["SetupResult", "self_service_setup"]
+
+_MAX_NAME_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    """What self-service setup made: a principal, its encrypted credential, and a key."""
+
+    principal: Principal
+    credential: UpstreamCredential
+    key: CreatedKey = field(repr=False)
+
+
+def self_service_setup(
+    tabpfn_token: str | SecretStr,
+    *,
+    name: str | None,
+    actor: str,
+    settings: Settings,
+    store: Store,
+    vault: TokenVault,
+    verify: Callable[[SecretStr], TokenStatus],
+) -> SetupResult:
+    """Verify the token upstream, then create the principal, its encrypted credential and an
+    inference key in one transaction (see ``Gateway.setup``)."""
+    from tabpfn_gateway.admin import Admin
+    from tabpfn_gateway.keys import DEFAULT_SCOPES, KeyManager
+    from tabpfn_gateway.protocol import TokenStatus
+
+    token = tabpfn_token if isinstance(tabpfn_token, SecretStr) else SecretStr(tabpfn_token)
+    if not token.get_secret_value().strip():
+        raise InvalidRequest("tabpfn_token must not be empty.")
+    principal_name = _check_principal_name(name) if name is not None else None
+    if verify(token) is TokenStatus.INVALID:
+        raise UpstreamAuthenticationFailed("The upstream rejected this TabPFN token.")
+    with store.atomic() as tx:
+        tx_keys = KeyManager.from_settings(settings, store=tx)
+        tx_admin = Admin(tx, vault, tx_keys)
+        principal = tx_admin.add_principal(
+            principal_name or f"user-{secrets.token_hex(4)}", "user", actor=actor
+        )
+        credential = tx_admin.add_credential(principal.id, token, "setup", verify=None, actor=actor)
+        created = tx_keys.create(principal.id, credential.id, "setup", DEFAULT_SCOPES, actor=actor)
+    return SetupResult(principal=principal, credential=credential, key=created)
+
+
+def _check_principal_name(name: str) -> str:
+    cleaned = name.strip() if isinstance(name, str) else ""
+    if not cleaned or len(cleaned) > _MAX_NAME_LENGTH:
+        raise InvalidRequest(f"name must be 1 to {_MAX_NAME_LENGTH} characters.")
+    return cleaned
