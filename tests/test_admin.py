@@ -248,3 +248,84 @@ def test_from_settings_on_a_fresh_sqlite_install(tmp_path: Path) -> None:
     secret = (tmp_path / "data" / "secret_key").read_text().strip()
     assert secret not in repr(again)
     assert repr(again.vault) == "TokenVault(secrets=1)"
+
+
+# -- keys, usage and announcements: what the CLI and the admin routes share -----------------
+
+
+class Recorder:
+    """A bus that keeps what was published (Admin needs only ``publish``)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def publish(self, message: str) -> None:
+        self.messages.append(message)
+
+
+def test_keys_by_owner_name_and_display_prefix(store: Store) -> None:
+    from datetime import timedelta
+
+    from tabpfn_gateway.errors import KeyNotFound
+    from tabpfn_gateway.store import utcnow
+
+    bus = Recorder()
+    admin = Admin(store, TokenVault([NEW]), KeyManager(store, pepper=PEPPER), bus=bus)
+    alice = admin.add_principal("alice", actor="test")
+    credential = admin.add_credential("alice", TOKEN, "laptop", actor="test")
+    created = admin.create_key("alice", credential.id, "notebook", actor="test")
+    record = created.record
+    assert record.owner_id == alice.id
+    assert record.scopes == ("inference", "usage")
+    assert admin.get_key(record.display_prefix) == record
+    # A whole key pasted by mistake finds its record and is never echoed.
+    assert admin.get_key(created.plaintext).key_id == record.key_id
+    assert [k.key_id for k in admin.list_keys(owner="alice").items] == [record.key_id]
+    assert admin.owner_names([record.owner_id, "gone"]) == {alice.id: "alice"}
+    with pytest.raises(InvalidRequest, match="timezone"):
+        admin.create_key(
+            "alice",
+            credential.id,
+            "naive",
+            expires_at=(utcnow() + timedelta(days=1)).replace(tzinfo=None),
+        )
+    with pytest.raises(KeyNotFound):
+        admin.get_key("tpg_nosuchkeyid")
+
+    assert admin.disable_key(record.display_prefix, actor="test").state() == "disabled"
+    assert admin.enable_key(record.key_id, actor="test").state() == "active"
+    rotated = admin.rotate_key(record.key_id, grace=timedelta(0), actor="test")
+    assert rotated.plaintext != created.plaintext
+    assert admin.revoke_key(record.key_id, actor="test").state() == "revoked"
+    admin.remove_credential(credential.id, actor="test")
+    key = f"key:{record.key_id}"
+    assert bus.messages == [key, key, key, key, f"credential:{credential.id}"]
+
+
+def test_usage_reads_take_owner_names_and_need_aware_times(store: Store) -> None:
+    from datetime import datetime
+
+    from tabpfn_gateway.store import UsageEvent, new_id, utcnow
+
+    admin = admin_for(store, NEW)
+    alice = admin.add_principal("alice", actor="test")
+    store.record_usage(
+        [
+            UsageEvent(
+                id=new_id(),
+                key_id="k1",
+                owner_id=alice.id,
+                operation="fit",
+                status=200,
+                latency_ms=3.0,
+                rows=10,
+            )
+        ]
+    )
+    assert [e.key_id for e in admin.list_usage(owner="alice").items] == ["k1"]
+    summary = admin.summarize_usage(owner="alice", until=utcnow())
+    assert [(s.operation, s.calls, s.rows) for s in summary] == [("fit", 1, 10)]
+    with pytest.raises(PrincipalNotFound):
+        admin.list_usage(owner="nobody")
+    with pytest.raises(InvalidRequest, match="since needs a timezone"):
+        admin.summarize_usage(since=datetime(2030, 1, 1))

@@ -297,3 +297,48 @@ def test_an_unreachable_upstream_is_retryable_and_stores_nothing(
     assert code == 1
     assert "[UPSTREAM_UNAVAILABLE]" in err
     assert shell.json("credentials", "list")["items"] == []
+
+
+def test_usage_and_audit_commands(shell: Shell, credential_id: str, settings: Settings) -> None:
+    from tabpfn_gateway.store import UsageEvent, new_id
+
+    created = shell.json(
+        "keys", "create", "--owner", "alice", "--name", "nb", "--credential", credential_id
+    )
+    store = open_store(settings)
+    try:
+        alice = store.get_principal_by_name("alice")
+        assert alice is not None
+        store.record_usage(
+            [
+                UsageEvent(
+                    id=new_id(),
+                    key_id=created["key_id"],
+                    owner_id=alice.id,
+                    operation="predict",
+                    status=status,
+                    latency_ms=2.0,
+                    rows=rows,
+                )
+                for status, rows in ((200, 30), (502, None))
+            ]
+        )
+    finally:
+        store.close()
+    rows = shell.json("usage", "--owner", "alice", "--since", "1h")
+    assert [(r["operation"], r["calls"], r["errors"], r["rows"]) for r in rows] == [
+        ("predict", 2, 1, 30)
+    ]
+    assert shell.json("usage", "--key", created["display_prefix"], "--until", "1h") == []
+    table = shell.ok("usage", "--owner", "alice")
+    assert "predict" in table
+    assert created["key_id"] in table
+    code, _, err = shell.run("usage", "--since", "yesterday")
+    assert code == 1
+    assert "INVALID_REQUEST" in err
+
+    shell.ok("keys", "revoke", created["display_prefix"])
+    events = shell.json("audit", "--target", created["key_id"])["items"]
+    assert [e["action"] for e in events] == ["key.revoke", "key.create"]
+    assert events[0]["actor"].startswith("cli")
+    assert "key.revoke" in shell.ok("audit", "--action", "key.revoke")

@@ -1,4 +1,4 @@
-"""`tabpfn-gateway keys|credentials|secrets|principals`: administration from the shell.
+"""`tabpfn-gateway keys|credentials|secrets|principals|usage|audit`: administration from the shell.
 
 Human tables by default, ``--json`` for scripts. A new key goes alone to stdout and its
 warning to stderr, so ``KEY=$(tabpfn-gateway keys create ...)`` captures just the key.
@@ -7,6 +7,7 @@ warning to stderr, so ``KEY=$(tabpfn-gateway keys create ...)`` captures just th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import re
@@ -42,11 +43,13 @@ def upstream_transport(settings: Settings) -> httpx.BaseTransport | None:
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``keys``, ``credentials``, ``secrets`` and ``principals`` groups."""
+    """Add the ``keys``, ``credentials``, ``secrets`` and ``principals`` groups, and the
+    ``usage`` and ``audit`` commands."""
     _register_principals(subparsers)
     _register_credentials(subparsers)
     _register_keys(subparsers)
     _register_secrets(subparsers)
+    _register_reports(subparsers)
 
 
 def _group(subparsers: Any, name: str, help_text: str) -> Any:
@@ -183,6 +186,29 @@ def _register_secrets(subparsers: Any) -> None:
         "re-encrypt every stored token under TABPFN_GATEWAY_SECRET_KEY",
         _secrets_rotate,
     )
+
+
+def _register_reports(subparsers: Any) -> None:
+    usage = subparsers.add_parser(
+        "usage",
+        help="calls, errors, rows and bytes per key and operation",
+        description="Calls, errors, rows, bytes and latency per key and operation.",
+    )
+    add_json_flag(usage)
+    usage.add_argument("--key", help="only this key (id or display prefix)")
+    usage.add_argument("--owner", help="only this principal's keys (name or id)")
+    usage.add_argument("--since", help="from (inclusive): a duration ago (7d) or an ISO time")
+    usage.add_argument("--until", help="to (exclusive): a duration ago (1h) or an ISO time")
+    usage.set_defaults(handler=_usage)
+    audit = subparsers.add_parser(
+        "audit", help="who changed what, newest first", description="The audit log."
+    )
+    add_json_flag(audit)
+    audit.add_argument("--target", help="only events about this id")
+    audit.add_argument("--actor", help="only events by this actor (e.g. cli:alice)")
+    audit.add_argument("--action", help="only this action (e.g. key.revoke)")
+    _add_paging(audit)
+    audit.set_defaults(handler=_audit)
 
 
 # -- handlers ----------------------------------------------------------------------------------
@@ -449,6 +475,44 @@ def _secrets_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(args: argparse.Namespace) -> int:
+    from tabpfn_gateway.admin import key_id_of
+
+    admin, _ = _open_admin()
+    with admin:
+        rows = admin.summarize_usage(
+            key_id=key_id_of(args.key) if args.key else None,
+            owner=args.owner,
+            since=_parse_past(args.since, "--since") if args.since else None,
+            until=_parse_past(args.until, "--until") if args.until else None,
+        )
+    emit(
+        [dataclasses.asdict(row) for row in rows],
+        as_json=args.json,
+        columns=["key_id", "operation", "calls", "errors", "rows", "bytes", "total_latency_ms"],
+    )
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    admin, _ = _open_admin()
+    with admin:
+        page = admin.list_audit(
+            target_id=args.target,
+            actor=args.actor,
+            action=args.action,
+            limit=args.limit,
+            cursor=args.cursor,
+        )
+    _emit_page(
+        [dataclasses.asdict(event) for event in page.items],
+        page.next_cursor,
+        args.json,
+        ["created_at", "actor", "action", "target_type", "target_id"],
+    )
+    return 0
+
+
 # -- rows and parsing --------------------------------------------------------------------------
 
 
@@ -520,16 +584,27 @@ def _parse_duration(text: str, option: str) -> timedelta:
     return timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
-def _parse_expiry(text: str) -> datetime:
+def _parse_past(text: str, option: str) -> datetime:
+    """A duration ago (7d) or an ISO 8601 time (UTC when no zone is given)."""
+    if _DURATION.fullmatch(text.strip()):
+        return datetime.now(UTC) - _parse_duration(text, option)
+    return _parse_time(text, option)
+
+
+def _parse_time(text: str, option: str) -> datetime:
     from tabpfn_gateway.errors import InvalidRequest
 
-    if _DURATION.fullmatch(text.strip()):
-        return datetime.now(UTC) + _parse_duration(text, "--expires")
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise InvalidRequest(
-            f"--expires takes a duration (30d, 12h) or an ISO 8601 time, not {text!r}."
+            f"{option} takes a duration (30d, 12h) or an ISO 8601 time, not {text!r}."
         ) from None
     # A time without a zone is read as UTC, the zone every stored time is in.
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _parse_expiry(text: str) -> datetime:
+    if _DURATION.fullmatch(text.strip()):
+        return datetime.now(UTC) + _parse_duration(text, "--expires")
+    return _parse_time(text, "--expires")

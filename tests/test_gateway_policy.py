@@ -1,0 +1,186 @@
+"""The authoriser's one decision cache and the spend-policy seam, through real gateways."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway_support import Tenant, add_tenant, make_settings
+from tabpfn_gateway.errors import (
+    CredentialNotFound,
+    GatewayError,
+    InsufficientScope,
+    KeyDisabled,
+    KeyRevoked,
+)
+from tabpfn_gateway.gateway import Admission, AllowAll, Caller, Gateway, LocalBus, Meter
+from tabpfn_gateway.store import ApiKey, utcnow
+from tabpfn_gateway.testing import FakeTabPFN
+from tabpfn_gateway.testing.transport import ASGIBridgeTransport
+
+TOKENS = ("tok-policy-alpha-1", "tok-policy-bravo-2")
+
+
+class Refused(GatewayError):
+    """What the test policy raises once the allowance is spent."""
+
+    error_code = "USAGE_LIMIT_REACHED"
+
+
+class CountingPolicy:
+    """Admits ``allowance`` operations; records every admit, settle and refund."""
+
+    def __init__(self, allowance: int) -> None:
+        self.allowance = allowance
+        self.log: list[tuple[str, str]] = []
+
+    def admit(self, caller: Caller, operation: str, meter: Meter) -> Admission:
+        self.log.append(("admit", operation))
+        if self.allowance <= 0:
+            raise Refused("spent")
+        self.allowance -= 1
+        policy = self
+
+        class Reserved:
+            def settle(self, meter: Meter) -> None:
+                policy.log.append(("settle", operation))
+
+            def refund(self) -> None:
+                policy.allowance += 1
+                policy.log.append(("refund", operation))
+
+        return Reserved()
+
+
+@pytest.fixture
+def fake() -> FakeTabPFN:
+    return FakeTabPFN(tokens=TOKENS)
+
+
+def _gateway(tmp_path: Path, fake: FakeTabPFN, policy: CountingPolicy | None = None) -> Gateway:
+    return Gateway.from_settings(
+        make_settings(tmp_path, "memory://"),
+        upstream_transport=ASGIBridgeTransport(fake.app),
+        async_upstream_transport=httpx.ASGITransport(app=fake.app),
+        bus=LocalBus(),
+        policy=policy,
+    )
+
+
+@pytest.fixture
+def policy() -> CountingPolicy:
+    return CountingPolicy(allowance=2)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, fake: FakeTabPFN, policy: CountingPolicy) -> Iterator[Gateway]:
+    gw = _gateway(tmp_path, fake, policy)
+    yield gw
+    gw.close()
+
+
+@pytest.fixture
+def alice(gateway: Gateway) -> Tenant:
+    return add_tenant(gateway, "alice", TOKENS[0])
+
+
+def test_the_default_policy_admits_everything(tmp_path: Path, fake: FakeTabPFN) -> None:
+    gw = _gateway(tmp_path, fake)
+    try:
+        assert isinstance(gw.meter.policy, AllowAll)
+        tenant = add_tenant(gw, "carol", TOKENS[1])
+        for _ in range(5):
+            assert gw.session(tenant.key).check_token() is True
+    finally:
+        gw.close()
+
+
+def test_a_refusal_forwards_nothing_and_is_metered_with_its_status(
+    gateway: Gateway, fake: FakeTabPFN, policy: CountingPolicy, alice: Tenant
+) -> None:
+    session = gateway.session(alice.key)
+    assert session.check_token() is True
+    assert session.get_settings() is not None
+    forwarded = len(fake.requests)
+    with pytest.raises(Refused):
+        session.check_token()
+    assert len(fake.requests) == forwarded, "a refused call must never reach the upstream"
+    assert policy.log == [
+        ("admit", "protected"),
+        ("settle", "protected"),
+        ("admit", "get_settings"),
+        ("settle", "get_settings"),
+        ("admit", "protected"),
+    ]
+    statuses = [e.status for e in gateway.admin.list_usage(key_id=alice.key_id).items]
+    assert sorted(statuses) == [200, 200, 429]
+
+
+def test_a_failed_call_is_refunded(
+    gateway: Gateway, fake: FakeTabPFN, policy: CountingPolicy, alice: Tenant
+) -> None:
+    session = gateway.session(alice.key)
+    fake.fail_next(5, status=401, path="/protected")
+    with pytest.raises(GatewayError):
+        session.check_token()
+    assert policy.log == [("admit", "protected"), ("refund", "protected")]
+    assert policy.allowance == 2, "the reservation of a failed call comes back"
+
+
+def test_decisions_are_cached_and_dropped_by_revocation(gateway: Gateway, alice: Tenant) -> None:
+    first = gateway.authoriser.authorise(alice.key, scope="inference")
+    again = gateway.authoriser.authorise_from_memory(alice.key, scope="inference")
+    assert again is not None
+    assert again.caller == first.caller
+    assert again.token.get_secret_value() == TOKENS[0]
+    assert "tok-policy" not in repr(again)
+    # A scope the key lacks is never answered from memory: the slow path says why.
+    assert gateway.authoriser.authorise_from_memory(alice.key, scope="admin") is None
+    with pytest.raises(InsufficientScope):
+        gateway.authoriser.authenticate(alice.key, scope="admin")
+    gateway.admin.disable_key(alice.key_id, actor="test")
+    assert gateway.authoriser.authorise_from_memory(alice.key, scope="inference") is None
+    with pytest.raises(KeyDisabled):
+        gateway.authoriser.authorise(alice.key, scope="inference")
+    gateway.admin.enable_key(alice.key_id, actor="test")
+    assert gateway.authoriser.authorise(alice.key, scope="inference").caller.key_id == alice.key_id
+    gateway.admin.revoke_key(alice.key_id, actor="test")
+    assert gateway.authoriser.key_alive_from_memory(alice.key_id) is None
+    with pytest.raises(KeyRevoked):
+        gateway.authoriser.check_key_alive(alice.key_id)
+
+
+def test_removing_a_credential_drops_its_decisions(gateway: Gateway, alice: Tenant) -> None:
+    gateway.authoriser.authorise(alice.key, scope="inference")
+    gateway.admin.remove_credential(alice.credential_id, actor="test")
+    assert gateway.authoriser.authorise_from_memory(alice.key, scope="inference") is None
+    with pytest.raises(CredentialNotFound, match="removed"):
+        gateway.authoriser.authorise(alice.key, scope="inference")
+
+
+def test_a_key_state_has_one_answer() -> None:
+    now = utcnow()
+    key = ApiKey(
+        key_id="k",
+        name="n",
+        owner_id="o",
+        credential_id=None,
+        scopes=("inference",),
+        secret_hash="h",
+        hash_scheme="hmac-sha256",
+        display_prefix="tpg_k",
+        last4="abcd",
+        expires_at=now + timedelta(hours=1),
+    )
+    assert key.state(now) == "active"
+    assert key.state(now + timedelta(hours=1)) == "expired"
+    from dataclasses import replace
+
+    disabled = replace(key, disabled_at=now)
+    assert disabled.state(now) == "disabled"
+    assert disabled.state(now + timedelta(hours=2)) == "disabled"
+    assert replace(disabled, revoked_at=now).state(now) == "revoked"
