@@ -587,9 +587,13 @@ class Admin:
         )
 
     def _flush_usage(self) -> None:
-        # This process's buffered events are written first so a reader sees its own calls.
+        # This process's buffered events are written first so a reader sees its own calls; a
+        # failed flush never fails the read (the flusher retries; the reader sees the store).
         if self._usage is not None:
-            self._usage.flush()
+            try:
+                self._usage.flush()
+            except Exception:
+                logger.warning("usage flush before a usage read failed; answering from the store")
 
     # -- audit -------------------------------------------------------------------------
 

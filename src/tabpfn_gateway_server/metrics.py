@@ -70,10 +70,17 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.usage_rejected = Gauge(
+            "tabpfn_gateway_usage_events_rejected",
+            "Usage events the store refused (bad values) and that were dropped, since start.",
+            registry=self.registry,
+        )
+
     def watch_usage(self, recorder: UsageRecorder) -> None:
         """Read the recorder's backlog and losses at each scrape (no hook on its hot path)."""
         self.usage_pending.set_function(lambda: recorder.pending)
         self.usage_dropped.set_function(lambda: recorder.dropped)
+        self.usage_rejected.set_function(lambda: recorder.rejected)
 
     def observe_error(self, error_code: str) -> None:
         self.errors.labels(error_code).inc()

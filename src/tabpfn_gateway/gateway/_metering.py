@@ -97,9 +97,11 @@ class Metering:
                 operation=operation,
                 status=status,
                 latency_ms=seconds * 1000.0,
-                rows=meter.rows,
-                columns=meter.columns,
-                bytes=meter.nbytes,
+                # Figures the upstream reported are not checked at the boundary: keep only
+                # ones a usage row can hold (the request's own are bounded by the proxy).
+                rows=_storable(meter.rows),
+                columns=_storable(meter.columns),
+                bytes=_storable(meter.nbytes),
                 upstream_trace_id=meter.trace_id,
             )
         )
@@ -111,3 +113,12 @@ class Metering:
                 observer(call)
             except Exception:  # metrics must never fail a call
                 logger.exception("usage observer failed")
+
+
+_MAX_STORABLE = 2**63 - 1
+
+
+def _storable(value: int | None) -> int | None:
+    if value is None or not isinstance(value, int) or not 0 <= value <= _MAX_STORABLE:
+        return None
+    return value

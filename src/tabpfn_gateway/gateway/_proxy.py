@@ -14,7 +14,7 @@ from uuid import UUID
 import anyio.to_thread
 from pydantic import SecretStr
 
-from tabpfn_gateway.errors import GatewayError, InvalidUpload, PayloadTooLarge
+from tabpfn_gateway.errors import GatewayError, InvalidRequest, InvalidUpload, PayloadTooLarge
 from tabpfn_gateway.gateway._authoriser import Caller, Decision
 from tabpfn_gateway.gateway._core import Gateway
 from tabpfn_gateway.gateway._metering import Meter
@@ -106,8 +106,13 @@ class GatewayProxy:
         self, api_key: str | SecretStr, req: PrepareTrainSetUploadRequest, *, base_url: str
     ) -> PrepareTrainSetUploadResponse | DuplicateTrainSetErrorResponse:
         """Upload URLs for a train set, rewritten to the gateway; or the upstream's 409."""
+        meter = Meter(
+            nbytes=_sum_sizes(
+                metered_count(req.x_train_info.size_bytes, "x_train_info.size_bytes"),
+                metered_count(req.y_train_info.size_bytes, "y_train_info.size_bytes"),
+            )
+        )
         caller, client, _ = await self._client(api_key, _INFERENCE)
-        meter = Meter(nbytes=_sum_sizes(req.x_train_info.size_bytes, req.y_train_info.size_bytes))
         with self._gateway.metered(caller, "prepare_train_set_upload", meter):
             answer = await client.prepare_train_set_upload(req)
             if isinstance(answer, DuplicateTrainSetErrorResponse):
@@ -187,8 +192,11 @@ class GatewayProxy:
     async def estimate_cost(
         self, api_key: str | SecretStr, req: EstimateCostRequest
     ) -> EstimateCostResponse:
+        rows = metered_count(req.train_rows, "train_rows")
+        metered_count(req.raw_columns, "raw_columns")
+        metered_count(req.test_rows, "test_rows")
         caller, client, _ = await self._client(api_key, _INFERENCE)
-        with self._gateway.metered(caller, "estimate_cost", Meter(rows=req.train_rows)):
+        with self._gateway.metered(caller, "estimate_cost", Meter(rows=rows)):
             return await client.estimate_cost(req)
 
     # -- uploads -----------------------------------------------------------------------------
@@ -303,6 +311,20 @@ class _CountingBody:
         except GatewayError as exc:
             self.failure = exc
             raise
+
+
+# Any count a caller states that ends up in a usage row: far above any real dataset, far below
+# what a BIGINT column (or a float) cannot hold.
+MAX_METERED_COUNT = 2**53
+
+
+def metered_count(value: int | None, name: str) -> int | None:
+    """``value`` if it is a count the meter can record; ``InvalidRequest`` (400) if not."""
+    if value is None:
+        return None
+    if not 0 <= value <= MAX_METERED_COUNT:
+        raise InvalidRequest(f"{name} must be an integer from 0 to {MAX_METERED_COUNT}.")
+    return value
 
 
 def _sum_sizes(*sizes: int | None) -> int | None:

@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from tabpfn_gateway.errors import GatewayError
+from tabpfn_gateway.errors import Conflict, GatewayError, StoreUnavailable
 from tabpfn_gateway.store import Store, UsageEvent
 
 __all__ = ["UsageRecorder"]
@@ -21,7 +21,10 @@ class UsageRecorder:
     A background thread flushes every ``flush_interval`` seconds, sooner once ``batch_size``
     events wait, and ``close()`` flushes what is left. When the store is down the events stay
     buffered and the next flush retries them; past ``max_buffered`` the oldest are dropped
-    (counted in ``dropped`` and logged) so an outage cannot exhaust memory.
+    (counted in ``dropped`` and logged) so an outage cannot exhaust memory. Any other failure
+    of a batch (a value the database refuses, an unexpected exception) writes its events one
+    at a time: the good ones are recorded, each bad one is dropped, logged and counted in
+    ``rejected``, so one caller's poison cannot block or erase everyone else's usage.
 
     Parameters
     ----------
@@ -56,6 +59,7 @@ class UsageRecorder:
         self._stopped = threading.Event()
         self._flush_listeners: list[Callable[[int], None]] = [on_flush] if on_flush else []
         self.dropped = 0
+        self.rejected = 0
         self._thread: threading.Thread | None = None
         if flush_interval > 0:
             self._thread = threading.Thread(
@@ -89,8 +93,9 @@ class UsageRecorder:
     def flush(self) -> int:
         """Write every buffered event now; return how many were written.
 
-        On a store failure the events go back to the front of the buffer and the error is
-        raised (``StoreUnavailable``...), so callers that care can tell.
+        When the store is unreachable (``StoreUnavailable``) the events go back to the front
+        of the buffer and the error is raised, so callers that care can tell. Any other
+        failure is handled here: events are retried one by one and bad ones rejected.
         """
         with self._flush_lock:
             with self._lock:
@@ -100,17 +105,46 @@ class UsageRecorder:
                 return 0
             try:
                 self._store.record_usage(batch)
-            except GatewayError:
-                with self._lock:
-                    # Put them back, oldest first, ahead of anything recorded meanwhile.
-                    room = (self._buffer.maxlen or len(batch)) - len(self._buffer)
-                    lost = max(0, len(batch) - room)
-                    self.dropped += lost
-                    self._buffer.extendleft(reversed(batch[lost:]))
+                written = len(batch)
+            except StoreUnavailable:
+                self._put_back(batch)
                 raise
+            except Exception:  # a data error, or anything else: find the bad event(s)
+                written = self._write_one_by_one(batch)
         for listener in self._flush_listeners:
-            listener(len(batch))
-        return len(batch)
+            listener(written)
+        return written
+
+    def _write_one_by_one(self, batch: list[UsageEvent]) -> int:
+        written = 0
+        for index, event in enumerate(batch):
+            try:
+                self._store.record_usage([event])
+                written += 1
+            except Conflict:
+                written += 1  # already recorded (an earlier partial write)
+            except StoreUnavailable:
+                self._put_back(batch[index:])
+                raise
+            except Exception as exc:
+                self.rejected += 1
+                # Ids and the operation only: the event's values are what the store refused.
+                logger.error(
+                    "usage event %s (%s by key %s) rejected by the store and dropped: %s",
+                    event.id,
+                    event.operation,
+                    event.key_id,
+                    type(exc).__name__,
+                )
+        return written
+
+    def _put_back(self, batch: list[UsageEvent]) -> None:
+        with self._lock:
+            # Oldest first, ahead of anything recorded meanwhile.
+            room = (self._buffer.maxlen or len(batch)) - len(self._buffer)
+            lost = max(0, len(batch) - room)
+            self.dropped += lost
+            self._buffer.extendleft(reversed(batch[lost:]))
 
     def add_flush_listener(self, listener: Callable[[int], None]) -> None:
         """Call ``listener(count)`` after each successful write (e.g. a metrics counter)."""
@@ -127,6 +161,8 @@ class UsageRecorder:
             self.flush()
         except GatewayError as exc:
             logger.error("could not write %d usage events at shutdown: %s", self.pending, exc)
+        except Exception:  # shutdown goes on whatever the store does
+            logger.exception("could not write %d usage events at shutdown", self.pending)
 
     def _run(self) -> None:
         while not self._stopped.is_set():

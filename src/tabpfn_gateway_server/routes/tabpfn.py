@@ -35,6 +35,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["TabPFN-compatible"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The request is malformed or out of bounds (INVALID_REQUEST)."},
     401: {"description": "The gateway key is missing, invalid, revoked, disabled or expired."},
     403: {"description": "The key lacks the scope, or the upstream refused the account."},
     503: {"description": "The database or the upstream cannot be reached (Retry-After)."},
