@@ -69,6 +69,9 @@ def create_app(
             if owns_gateway:
                 # Flushes buffered usage and key last-use before the process goes.
                 await the_gateway.aclose()
+            else:
+                # The upstream pool's connections belong to this event loop, which ends here.
+                await the_gateway.close_async_upstream()
 
     app = FastAPI(
         title="tabpfn-gateway",

@@ -21,12 +21,14 @@ _bearer = HTTPBearer(
 )
 
 
-def get_gateway(request: Request) -> Gateway:
+# Dependencies are `async def` even where nothing awaits: FastAPI runs a plain `def`
+# dependency in a worker thread, a thread hop per request for a dictionary lookup.
+async def get_gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 
 
-def bearer_key(
+async def bearer_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> SecretStr:
     """The gateway key from ``Authorization: Bearer ...`` (kept secret), or 401."""

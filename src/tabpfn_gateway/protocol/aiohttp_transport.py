@@ -1,0 +1,164 @@
+"""An httpx transport over aiohttp's connection pool: the gateway's fast async upstream hop.
+
+httpx's async pool is several times slower than aiohttp's under concurrency (encode/httpx#3215;
+``benchmarks/gateway.py`` measures it), so the server sends its upstream requests through
+aiohttp while every rule above the socket (headers, retries, error mapping, parsing) stays in
+``AsyncProtocolClient`` and ``httpx``. Needs the ``server`` extra (``aiohttp``).
+
+Why not the ``httpx-aiohttp`` package's transport: it maps every aiohttp connection error,
+a server disconnect after the request was sent included, to ``httpx.ConnectTimeout``, which
+our clients read as "nothing reached the upstream" and retry; for a fit that would start a
+second, paid job. Here only failures before a byte was sent become ``ConnectError`` /
+``ConnectTimeout``.
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.request
+from typing import Any
+
+import httpx
+
+try:
+    import aiohttp
+    from yarl import URL
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "The aiohttp upstream transport needs aiohttp: pip install 'tabpfn-gateway[server]'"
+    ) from exc
+
+__all__ = ["AiohttpTransport"]
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """``httpx.AsyncBaseTransport`` backed by one ``aiohttp.ClientSession``.
+
+    The session (and its pool) is made on the first request, inside the running event loop,
+    and closed by ``aclose()``. It keeps no cookies (one pool serves many credentials) and
+    never follows redirects (httpx decides that above the transport). Request bodies may be
+    bytes or async iterables, which are streamed chunk by chunk; response bodies are read
+    whole (every answer of the TabPFN protocol is read whole by its caller). Timeouts come
+    from httpx's per-request ``timeout`` extension (``connect``, ``read``, ``pool``).
+
+    Parameters
+    ----------
+    max_connections:
+        Size of the pool (aiohttp's ``limit``).
+    keepalive_expiry:
+        Seconds an idle connection is kept.
+    verify:
+        TLS verification (an ``ssl.SSLContext``, or False to disable it).
+    trust_env:
+        Honour ``HTTP(S)_PROXY`` / ``NO_PROXY`` from the environment, as httpx does.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 100,
+        keepalive_expiry: float = 5.0,
+        verify: ssl.SSLContext | bool = True,
+        trust_env: bool = True,
+    ) -> None:
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._verify = verify
+        # aiohttp re-reads the proxy environment on every request when asked to trust it;
+        # read it once, and ask only when a proxy is configured at all.
+        self._trust_env = trust_env and bool(urllib.request.getproxies())
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[
+            tuple[float | None, float | None, float | None], aiohttp.ClientTimeout
+        ] = {}
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            keepalive_timeout=self._keepalive_expiry,
+            ssl=self._verify if self._verify is not True else True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=self._trust_env,
+            auto_decompress=False,  # httpx decodes Content-Encoding itself
+            # httpx already set every header it means to send (User-Agent included).
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        )
+        return self._session
+
+    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
+        wanted = request.extensions.get("timeout") or {}
+        key = (wanted.get("connect"), wanted.get("read"), wanted.get("pool"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            # `connect` in aiohttp covers waiting for a pooled connection too (httpx: pool).
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=key[2], sock_connect=key[0], sock_read=key[1]
+            )
+            if len(self._timeouts) < 64:
+                self._timeouts[key] = timeout
+        return timeout
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session if self._session is not None else self._open()
+        if session.closed:
+            raise httpx.TransportError("The aiohttp transport is closed.", request=request)
+        headers = request.headers.multi_items()
+        data: Any
+        try:
+            data = request.content or None
+        except httpx.RequestNotRead:
+            data = request.stream
+            # aiohttp frames a streamed body itself (chunked unless a length is given).
+            headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
+        try:
+            async with session.request(
+                request.method,
+                # `encoded`: a signed URL's percent-encoded signature goes out byte for byte.
+                URL(str(request.url), encoded=True),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self._timeout(request),
+            ) as answer:
+                content = await answer.read()
+                status = answer.status
+                raw_headers = answer.raw_headers
+                reason = answer.reason
+        except aiohttp.ClientError as exc:
+            raise _mapped(exc, request) from exc
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(str(exc) or "timed out", request=request) from exc
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if reason:
+            extensions["reason_phrase"] = reason.encode("ascii", "replace")
+        return httpx.Response(
+            status, headers=raw_headers, content=content, request=request, extensions=extensions
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+
+def _mapped(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.TransportError:
+    """The httpx exception for an aiohttp failure: connect errors only when nothing was sent."""
+    message = str(exc) or type(exc).__name__
+    cls: type[httpx.TransportError]
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        cls = httpx.ConnectTimeout
+    elif isinstance(exc, aiohttp.ServerTimeoutError):
+        cls = httpx.ReadTimeout
+    elif isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientProxyConnectionError):
+        cls = httpx.ConnectError
+    elif isinstance(exc, aiohttp.NonHttpUrlClientError | aiohttp.InvalidURL):
+        cls = httpx.UnsupportedProtocol
+    elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientOSError):
+        cls = httpx.ReadError
+    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError):
+        cls = httpx.RemoteProtocolError
+    else:
+        cls = httpx.NetworkError
+    return cls(message, request=request)
