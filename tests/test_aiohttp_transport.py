@@ -119,9 +119,7 @@ def test_streams_an_async_body_and_keeps_signed_url_encoding() -> None:
         async with AsyncProtocolClient(base, "tok", transport=AiohttpTransport()) as client:
             signed = f"{base}/echo?sig=a%2Fb%3D%3D&x=1%2B1"
             await client.put_signed_url(signed, body(), {"Content-Type": "application/x"})
-            await client.put_signed_url(
-                signed, body(), {"Content-Length": str(16 * len(chunk))}
-            )
+            await client.put_signed_url(signed, body(), {"Content-Length": str(16 * len(chunk))})
 
     with serve_in_thread(_echo_app(seen)) as base:
         anyio.run(main, base)
@@ -138,9 +136,7 @@ def test_redirects_are_answered_not_followed() -> None:
     async def main(base: str) -> int:
         transport = AiohttpTransport()
         try:
-            answer = await transport.handle_async_request(
-                httpx.Request("GET", f"{base}/redirect")
-            )
+            answer = await transport.handle_async_request(httpx.Request("GET", f"{base}/redirect"))
         finally:
             await transport.aclose()
         assert answer.headers["location"] == "http://127.0.0.1:9/elsewhere"
@@ -199,9 +195,8 @@ def test_a_hang_up_after_sending_is_not_a_connect_failure_so_a_fit_is_not_resent
         ) as client:
             await client.fit_step(_fit_request())
 
-    with _raw_server(None) as (base, requests):
-        with pytest.raises(UpstreamUnavailable) as caught:
-            anyio.run(main, base)
+    with _raw_server(None) as (base, requests), pytest.raises(UpstreamUnavailable) as caught:
+        anyio.run(main, base)
     assert not caught.value.details.get("connect_failed")
     # A fit is a new paid job upstream: one attempt only, since the request may have landed.
     assert len(requests) == 1
@@ -230,9 +225,8 @@ def test_read_timeout_is_upstream_timeout() -> None:
         ) as client:
             await client.get_api_usage()
 
-    with _raw_server(None, hold=2.0) as (base, _):
-        with pytest.raises(UpstreamTimeout):
-            anyio.run(main, base)
+    with _raw_server(None, hold=2.0) as (base, _), pytest.raises(UpstreamTimeout):
+        anyio.run(main, base)
 
 
 def test_a_closed_transport_says_so() -> None:
@@ -242,6 +236,8 @@ def test_a_closed_transport_says_so() -> None:
         await transport.aclose()
         await transport.handle_async_request(httpx.Request("GET", f"{base}/echo"))
 
-    with serve_in_thread(_echo_app([])) as base:
-        with pytest.raises(httpx.TransportError, match="closed"):
-            anyio.run(main, base)
+    with (
+        serve_in_thread(_echo_app([])) as base,
+        pytest.raises(httpx.TransportError, match="closed"),
+    ):
+        anyio.run(main, base)

@@ -14,8 +14,10 @@ second, paid job. Here only failures before a byte was sent become ``ConnectErro
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import urllib.request
+import weakref
 from typing import Any
 
 import httpx
@@ -68,11 +70,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # read it once, and ask only when a proxy is configured at all.
         self._trust_env = trust_env and bool(urllib.request.getproxies())
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         self._timeouts: dict[
             tuple[float | None, float | None, float | None], aiohttp.ClientTimeout
         ] = {}
 
-    def _open(self) -> aiohttp.ClientSession:
+    def _open(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
+        if self._session is not None:
+            # A pool belongs to the loop that made it; one from an ended loop is dead.
+            _detach(self._session)
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
             keepalive_timeout=self._keepalive_expiry,
@@ -86,6 +93,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             # httpx already set every header it means to send (User-Agent included).
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
+        self._loop = loop
+        # A transport dropped without `aclose()` (its loop gone, e.g. an in-process test
+        # server without lifespan) lets its session go quietly instead of warning at exit.
+        weakref.finalize(self, _detach, self._session)
         return self._session
 
     def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
@@ -102,9 +113,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return timeout
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session if self._session is not None else self._open()
-        if session.closed:
+        if self._closed:
             raise httpx.TransportError("The aiohttp transport is closed.", request=request)
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is None or self._loop is not loop:
+            session = self._open(loop)
         headers = request.headers.multi_items()
         data: Any
         try:
@@ -139,8 +153,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+def _detach(session: aiohttp.ClientSession) -> None:
+    if not session.closed:
+        session.detach()
 
 
 def _mapped(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.TransportError:
