@@ -166,6 +166,21 @@ def test_login_without_verification_stores_per_url(memory_keyring: MemoryKeyring
         resolve_api_key(URL)
 
 
+def test_login_says_what_it_stored_and_where_without_the_key(
+    memory_keyring: MemoryKeyring, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tabpfn_gateway.keys.format import format_key, new_key_id, new_secret
+
+    key_id = new_key_id()
+    key = format_key(key_id, new_secret())
+    login(URL, key, verify=False)
+    out = capsys.readouterr().out
+    assert out.startswith(f"Stored gateway key tpg_{key_id} for {URL} in the OS keyring")
+    assert "MemoryKeyring" in out
+    assert key not in out
+    assert key.rsplit("_", 1)[-1] not in out
+
+
 def test_login_asks_with_getpass(
     memory_keyring: MemoryKeyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -125,6 +125,7 @@ def login(
     gateway raises :class:`~tabpfn_gateway.errors.UpstreamUnavailable`. ``transport`` is
     passed to the HTTP client (tests use it to reach an in-process server).
 
+    Prints one line saying what was stored and where (the key's public id, never the key).
     Raises :class:`ConfigurationError` when the machine has no keyring backend: set
     ``TABPFN_GATEWAY_API_KEY`` instead.
     """
@@ -149,6 +150,22 @@ def login(
             f"The OS keyring refused to store the key ({type(exc).__name__}). "
             f"Set {API_KEY_ENV} instead."
         ) from None
+    # Say what was stored and where (the key's public id, never the key itself).
+    print(
+        f"Stored {_describe_key(secret)} for {url} in the OS keyring "
+        f"({type(keyring_module.get_keyring()).__name__}, service {KEYRING_SERVICE!r}); "
+        f"estimators with base_url={url!r} use it."
+    )
+
+
+def _describe_key(secret: SecretStr) -> str:
+    from tabpfn_gateway.keys.format import parse_key
+
+    try:
+        parsed = parse_key(secret.get_secret_value())
+    except InvalidKey:
+        return "the key"
+    return f"gateway key {parsed.display_prefix}"
 
 
 def logout(base_url: str) -> bool:

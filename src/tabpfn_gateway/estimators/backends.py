@@ -25,11 +25,12 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from pydantic import SecretStr
 
 from tabpfn_gateway.errors import ConfigurationError
+from tabpfn_gateway.estimators._peer import GatewayFacing, is_tabpfn_cloud
 
 if TYPE_CHECKING:
     import httpx
@@ -250,7 +251,11 @@ class HTTPBackend(_DelegatingBackend):
             return self._client
 
     def _target(self) -> ProtocolClient:
-        return self.client()
+        client = self.client()
+        if is_tabpfn_cloud(client.base_url):
+            return client
+        # A gateway: its errors in its own words (its codes, "the gateway at URL").
+        return cast("ProtocolClient", GatewayFacing(client, client.base_url))
 
     def close(self) -> None:
         with self._lock:
