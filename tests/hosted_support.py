@@ -30,3 +30,19 @@ def hosted() -> Iterator[Make]:
         if isinstance(obj, httpx.Client) and not obj.is_closed:
             obj.close()
     made.clear()
+
+
+class InProcessContainer(httpx.ASGITransport):
+    """``httpx.ASGITransport`` to a container app, where an exception the app raises on
+    purpose (a dropped connection) reaches the client as the transport error a real dropped
+    connection is, not as the app's own exception."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.HTTPError:
+            raise
+        except Exception as exc:
+            raise httpx.RemoteProtocolError(
+                f"The container dropped the connection ({type(exc).__name__}).", request=request
+            ) from exc

@@ -25,6 +25,7 @@ from tabpfn_gateway.errors import (
     PrincipalNotFound,
     SecretKeyMissing,
     UpstreamAuthenticationFailed,
+    UpstreamKindMismatch,
 )
 from tabpfn_gateway.gateway._invalidation import (
     InvalidationBus,
@@ -438,6 +439,12 @@ class Admin:
         """The decrypted TabPFN token of a credential, for one upstream call; never logged."""
         vault = self._require_vault()
         credential = self.get_credential(credential_id)
+        if credential.kind != "cloud":
+            # Its secret is a container's token and headers: never a TabPFN token upstream.
+            raise UpstreamKindMismatch(
+                "This key's credential is a self-hosted inference container: use POST /predict "
+                "(tabpfn_client.hosted, or GatewayClassifier), not the TabPFN cloud protocol."
+            )
         return vault.decrypt(credential.encrypted_token, credential_id=credential.id)
 
     def rotate_secrets(self, *, actor: str = "system") -> RotationReport:

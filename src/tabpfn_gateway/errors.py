@@ -5,7 +5,9 @@
     ├── InvalidRequest                INVALID_REQUEST       the caller sent something malformed
     │   ├── PayloadTooLarge           PAYLOAD_TOO_LARGE
     │   ├── InvalidUpload             INVALID_UPLOAD        a broken, expired or foreign upload
-    │   └── InvalidData               INVALID_DATA          bad X/y for an estimator (+ValueError)
+    │   ├── InvalidData               INVALID_DATA          bad X/y for an estimator (+ValueError)
+    │   └── UpstreamKindMismatch      UPSTREAM_KIND_MISMATCH  the key's credential speaks the
+    │                                                       other protocol (cloud vs hosted)
     ├── NotFound                      NOT_FOUND
     │   ├── PrincipalNotFound         PRINCIPAL_NOT_FOUND
     │   ├── CredentialNotFound        CREDENTIAL_NOT_FOUND
@@ -93,6 +95,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamFittedModelNotFound",
     "UpstreamForbidden",
+    "UpstreamKindMismatch",
     "UpstreamNotFound",
     "UpstreamRateLimited",
     "UpstreamTimeout",
@@ -396,6 +399,14 @@ class InvalidData(InvalidRequest, ValueError):
 
     error_code = "INVALID_DATA"
     default_message = "The data given to the estimator is invalid."
+
+
+class UpstreamKindMismatch(InvalidRequest):
+    """The call speaks one upstream protocol and the key's credential the other: a cloud
+    TabPFN token used for ``POST /predict``, or a self-hosted container for the cloud steps."""
+
+    error_code = "UPSTREAM_KIND_MISMATCH"
+    default_message = "This key's credential speaks the other upstream protocol."
 
 
 def error_codes() -> dict[str, type[GatewayError]]:

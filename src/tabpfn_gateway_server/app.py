@@ -6,16 +6,18 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from tabpfn_gateway import __version__
 from tabpfn_gateway.config import Settings, get_settings
 from tabpfn_gateway.gateway import UPLOAD_PATH_PREFIX, Gateway
+from tabpfn_gateway.gateway._hosted import HostedGateway
 from tabpfn_gateway_server.errors import install_error_handlers
 from tabpfn_gateway_server.metrics import GatewayMetrics
 from tabpfn_gateway_server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tabpfn_gateway_server.ratelimit import limiter_for
-from tabpfn_gateway_server.routes import admin, health, setup, tabpfn, uploads
+from tabpfn_gateway_server.routes import admin, health, hosted, setup, tabpfn, uploads
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -34,6 +36,7 @@ def create_app(
     *,
     gateway: Gateway | None = None,
     migrate: bool | None = None,
+    hosted_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """The gateway server as an ASGI app.
 
@@ -42,6 +45,8 @@ def create_app(
     ``tabpfn_gateway.migrate``) and, with no ``TABPFN_GATEWAY_SECRET_KEY``, a secret is
     generated and persisted (mode 0600) in the data dir with a loud warning. A ``gateway``
     passed in stays the caller's to close. ``migrate`` defaults to ``settings.migrate_on_start``.
+    ``hosted_transport``: the httpx transport to self-hosted containers (tests pass
+    ``httpx.ASGITransport(FakeHostedTabPFN().app)``); default the network.
     """
     if settings is None:
         settings = gateway.settings if gateway is not None else get_settings()
@@ -59,6 +64,7 @@ def create_app(
     metrics.watch_usage(gateway.usage)
     limiter = limiter_for(settings.redis_url, settings.setup_attempts_per_minute)
     the_gateway = gateway
+    hosted_gateway = HostedGateway(gateway, transport=hosted_transport)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +72,7 @@ def create_app(
             yield
         finally:
             limiter.close()
+            await hosted_gateway.aclose()
             if owns_gateway:
                 # Flushes buffered usage and key last-use before the process goes.
                 await the_gateway.aclose()
@@ -86,12 +93,16 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.limiter = limiter
+    app.state.hosted = hosted_gateway
     install_error_handlers(app)
     # Added last = runs first: the trace id exists before a body is refused.
     app.add_middleware(
         BodyLimitMiddleware,
         default_limit=settings.max_json_body_bytes,
-        limits=[(UPLOAD_PATH_PREFIX, settings.max_upload_bytes)],
+        limits=[
+            (UPLOAD_PATH_PREFIX, settings.max_upload_bytes),
+            (hosted.PREDICT_PATH, settings.max_upload_bytes),
+        ],
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(health.build_health_router(metrics_enabled=settings.metrics_enabled))
@@ -100,6 +111,7 @@ def create_app(
     app.include_router(admin.usage_router)
     app.include_router(tabpfn.router)
     app.include_router(uploads.build_upload_router(settings))
+    app.include_router(hosted.router)
     if settings.console_enabled:
         from tabpfn_gateway_server.console import mount_console
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from tabpfn_gateway.errors import CredentialNotFound
+from tabpfn_gateway.errors import CredentialNotFound, UpstreamKindMismatch
 from tabpfn_gateway.gateway._invalidation import ALL, CREDENTIAL, KEY
 from tabpfn_gateway.keys.cache import cache_fingerprint
 from tabpfn_gateway.keys.manager import has_scope, require_usable
@@ -227,6 +227,13 @@ class Authoriser:
             raise CredentialNotFound(
                 "The TabPFN credential this key was bound to has been removed; "
                 "ask an administrator for a new key."
+            )
+        if credential.kind != "cloud":
+            # Its secret is a container's token and headers: never sent as a TabPFN token.
+            # (Hosted calls are authorised by tabpfn_gateway.gateway._hosted.)
+            raise UpstreamKindMismatch(
+                "This key's credential is a self-hosted inference container: use POST /predict "
+                "(tabpfn_client.hosted, or GatewayClassifier), not the TabPFN cloud protocol."
             )
         return self._vault.decrypt(credential.encrypted_token, credential_id=credential.id)
 

@@ -33,6 +33,7 @@ from tabpfn_gateway.errors import (
     UpstreamError,
     UpstreamFittedModelNotFound,
     UpstreamForbidden,
+    UpstreamKindMismatch,
     UpstreamNotFound,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -73,6 +74,7 @@ _GATEWAY_ERRORS: dict[str, type[GatewayError]] = {
         TooManyAttempts,
         PayloadTooLarge,
         InvalidUpload,
+        UpstreamKindMismatch,
     )
 }
 
