@@ -4,8 +4,10 @@ offline, idempotent, and honest about what it stored."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +35,7 @@ def test_demo_twice(fresh_machine: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert (first["train_rows"], first["test_rows"]) == (426, 143)
     assert first["principal_created"] is True
     assert first["credential_created"] is True
-    assert first["revoked_keys"] == 0
+    assert first["key_created"] is True
     usage = {u["operation"]: u for u in first["usage"]}
     assert usage["fit"]["calls"] == 1
     assert usage["fit"]["rows"] == 426
@@ -43,31 +45,56 @@ def test_demo_twice(fresh_machine: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert secret_file.parent == fresh_machine
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
 
-    assert main(["demo"]) == 0
-    second = capsys.readouterr().out
-    assert "principal         demo (reused)" in second
-    assert "credential        reused" in second
-    assert "revoked 1 earlier demo key(s)" in second
-    assert "accuracy on 143 held-out rows: 0.9" in second
-    assert str(fresh_machine / "gateway.db") in second
-    # Key ids are public; plaintext keys and the fake's token are never printed.
-    assert "tpg_" not in second
-    assert "demo-fake-tabpfn-token" not in second
-
     settings = get_settings()
     store = open_store(settings)
     try:
         principal = store.get_principal_by_name("demo")
         assert principal is not None
-        keys = store.list_keys(owner_id=principal.id).items
-        assert len(keys) == 2
-        assert sum(k.revoked_at is None for k in keys) == 1
-        assert len(store.list_credentials(owner_id=principal.id).items) == 1
+        after_one = _rows(store, principal.id)
+    finally:
+        store.close()
+
+    assert main(["demo"]) == 0
+    second, err = capsys.readouterr()
+    # It opens with what it did; the generated secret is said once, at the end.
+    assert second.startswith("tabpfn-gateway demo\n")
+    assert "SECRET_KEY" not in err
+    assert second.count("TABPFN_GATEWAY_SECRET_KEY") == 1
+    assert "principal         demo (reused)" in second
+    assert "credential        reused" in second
+    assert f"gateway key       {first['key_id']} (reused, with a new secret" in second
+    assert "accuracy on 143 held-out rows: 0.9" in second
+    assert str(fresh_machine / "gateway.db") in second
+    # The usable line carries this run's key, which the store accepts (the first run's
+    # secret is gone: a rerun rotates the one demo key).
+    keys_printed = re.findall(r"TABPFN_GATEWAY_API_KEY=(tpg_\S+)", second)
+    assert len(keys_printed) == 1
+    assert keys_printed[0] != first["key"]
+    from tabpfn_gateway.errors import InvalidKey
+    from tabpfn_gateway.keys import KeyManager
+
+    store = open_store(settings)
+    try:
+        # Running it twice leaves the same principals, credentials and keys as once.
+        assert _rows(store, principal.id) == after_one
+        manager = KeyManager.from_settings(settings, store=store)
+        assert manager.verify(keys_printed[0]).key_id == first["key_id"]
+        with pytest.raises(InvalidKey):
+            manager.verify(first["key"])
         total = sum(s.calls for s in store.summarize_usage(owner_id=principal.id))
         assert total == 2 * first["total_calls_all_runs"]
     finally:
         store.close()
     assert f"calls by the demo principal over all runs: {total}" in second
+
+
+def _rows(store: Any, owner_id: str) -> tuple[list[str], list[str], list[tuple[str, bool]]]:
+    principals = sorted(p.id for p in store.list_principals(limit=1000).items)
+    credentials = sorted(c.id for c in store.list_credentials(owner_id=owner_id).items)
+    keys = sorted(
+        (k.key_id, k.revoked_at is None) for k in store.list_keys(owner_id=owner_id).items
+    )
+    return principals, credentials, keys
 
 
 def test_readme_first_command_is_the_demo_and_runs_on_a_fresh_home(tmp_path: Path) -> None:

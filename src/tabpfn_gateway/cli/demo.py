@@ -2,8 +2,8 @@
 
 Works on a fresh machine without network: the embedded SQLite store (migrated), an
 in-process FakeTabPFN upstream (real TabPFN cloud instead when ``TABPFN_TOKEN`` is set and
-the cloud accepts it), a principal and its credential (created once, reused on later runs),
-a fresh gateway key per run (earlier demo keys are revoked, so exactly one stays active), a
+the cloud accepts it), a principal, its credential and its gateway key (created once; later runs reuse them,
+giving the key a new secret, so reruns add nothing to the store), a
 ``GatewayClassifier`` fitted on scikit-learn's breast-cancer data, and a printout of the
 accuracy, the usage the gateway recorded, and where everything is stored.
 """
@@ -11,8 +11,12 @@ accuracy, the usage the gateway recorded, and where everything is stored.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,9 +47,11 @@ class DemoReport:
     train_rows: int
     test_rows: int
     key_id: str
-    principal_created: bool
-    credential_created: bool
-    revoked_keys: int
+    # The key's plaintext, shown once like any new key (the demo's store holds its hash).
+    key: str = field(repr=False)
+    principal_created: bool = False
+    credential_created: bool = False
+    key_created: bool = False
     usage: list[dict[str, Any]] = field(default_factory=list)
     total_calls_all_runs: int = 0
     database: str = ""
@@ -111,11 +117,14 @@ def run_demo(
         fake_transport = owned_transport
     if cloud_token is None:
         settings = settings.model_copy(update={"upstream_url": "http://fake-tabpfn.local"})
-    gateway = Gateway.from_settings(
-        settings,
-        upstream_transport=None if cloud_token is not None else fake_transport,
-        generate_secret=True,
-    )
+    # The demo says where a generated secret went, once, in its report: the vault's
+    # warning would otherwise open the output with four lines about it.
+    with _quiet_secret_warning():
+        gateway = Gateway.from_settings(
+            settings,
+            upstream_transport=None if cloud_token is not None else fake_transport,
+            generate_secret=True,
+        )
     try:
         report = _run(gateway, settings, cloud_token=cloud_token, notes=notes)
     finally:
@@ -128,6 +137,20 @@ def run_demo(
     if settings.secret_key is None and secret_file.is_file():
         report.secret_key_file = str(secret_file)
     return report
+
+
+@contextmanager
+def _quiet_secret_warning() -> Iterator[None]:
+    vault_logger = logging.getLogger("tabpfn_gateway.vault")
+
+    def drop_generated_secret(record: logging.LogRecord) -> bool:
+        return "generated one and stored it" not in record.getMessage()
+
+    vault_logger.addFilter(drop_generated_secret)
+    try:
+        yield
+    finally:
+        vault_logger.removeFilter(drop_generated_secret)
 
 
 def _usable_cloud_token(settings: Settings, notes: list[str]) -> str | None:
@@ -179,14 +202,23 @@ def _run(
             principal.id, cloud_token or FAKE_TOKEN, label, actor="demo"
         )
 
-    # A fresh key each run (its plaintext exists only in this process); the earlier demo
-    # keys are revoked so reruns leave exactly one active demo key.
-    revoked = 0
-    for old in store.list_keys(owner_id=principal.id, limit=1000).items:
-        if old.name == DEMO_KEY_NAME and old.revoked_at is None:
-            gateway.keys.revoke(old.key_id, actor="demo")
-            revoked += 1
-    created = gateway.keys.create(principal.id, credential.id, DEMO_KEY_NAME, actor="demo")
+    # One demo key, whatever the number of runs: a rerun gives it a new secret (its
+    # plaintext exists only in this process) instead of adding a key to the user's store.
+    reusable = [
+        k
+        for k in store.list_keys(owner_id=principal.id, limit=1000).items
+        if k.name == DEMO_KEY_NAME
+        and k.revoked_at is None
+        and k.disabled_at is None
+        and k.expires_at is None
+        and k.credential_id == credential.id
+    ]
+    key_created = not reusable
+    if reusable:
+        created = gateway.keys.rotate(reusable[0].key_id, grace=timedelta(0), actor="demo")
+    else:
+        created = gateway.keys.create(principal.id, credential.id, DEMO_KEY_NAME, actor="demo")
+    run_started = datetime.now(UTC)
 
     features, target = load_breast_cancer(return_X_y=True, as_frame=True)
     x_train, x_test, y_train, y_test = train_test_split(
@@ -204,7 +236,7 @@ def _run(
             "errors": s.errors,
             "rows": s.rows,
         }
-        for s in store.summarize_usage(key_id=created.record.key_id)
+        for s in store.summarize_usage(key_id=created.record.key_id, since=run_started)
     ]
     total_calls = sum(s.calls for s in store.summarize_usage(owner_id=principal.id))
     return DemoReport(
@@ -213,9 +245,10 @@ def _run(
         train_rows=len(x_train),
         test_rows=len(x_test),
         key_id=created.record.key_id,
+        key=created.plaintext,
         principal_created=principal_created,
         credential_created=credential_created,
-        revoked_keys=revoked,
+        key_created=key_created,
         usage=usage,
         total_calls_all_runs=total_calls,
         notes=notes,
@@ -231,8 +264,8 @@ def _print_report(report: DemoReport) -> None:
         f"  credential        {'created' if report.credential_created else 'reused'} "
         "(TabPFN token stored encrypted)"
     )
-    revoked = f"; revoked {report.revoked_keys} earlier demo key(s)" if report.revoked_keys else ""
-    print(f"  gateway key       {report.key_id} (new{revoked})")
+    key_state = "created" if report.key_created else "reused, with a new secret"
+    print(f"  gateway key       {report.key_id} ({key_state}; shown once below)")
     print()
     print(
         f"GatewayClassifier on breast cancer: fitted on {report.train_rows} rows, "
@@ -251,10 +284,29 @@ def _print_report(report: DemoReport) -> None:
     print(f"  data dir          {report.data_dir}")
     if report.secret_key_file:
         print(
-            f"  secret key file   {report.secret_key_file} "
-            "(generated; set TABPFN_GATEWAY_SECRET_KEY in production)"
+            f"  secret key file   {report.secret_key_file} (generated; it decrypts the "
+            "stored tokens: in production set TABPFN_GATEWAY_SECRET_KEY)"
         )
     for note in report.notes:
         print(f"note: {note}")
     print()
-    print("Next: `tabpfn-gateway serve` to run the server; see README.md and docs/sdk.md.")
+    print("Try the key over HTTP (pip install 'tabpfn-gateway[server]'), on this same store:")
+    if report.upstream.startswith("FakeTabPFN"):
+        print(f"  tabpfn-gateway fake-upstream --token {FAKE_TOKEN} &")
+        print(f"  TABPFN_GATEWAY_UPSTREAM_URL={_FAKE_UPSTREAM_URL} tabpfn-gateway serve &")
+    else:
+        print("  tabpfn-gateway serve &")
+    print(
+        f"  TABPFN_GATEWAY_URL={_SERVE_URL} TABPFN_GATEWAY_API_KEY={report.key} python -c "
+        f'"{_TRY_SNIPPET}"'
+    )
+    print("See README.md, docs/server.md and docs/sdk.md.")
+
+
+_FAKE_UPSTREAM_URL = "http://127.0.0.1:8765"
+_SERVE_URL = "http://127.0.0.1:8000"
+# One line a user can paste: fits the SDK's classifier through the served gateway.
+_TRY_SNIPPET = (
+    "from sklearn.datasets import load_iris; from tabpfn_gateway import GatewayClassifier; "
+    "X, y = load_iris(return_X_y=True); print(GatewayClassifier().fit(X, y).score(X, y))"
+)
