@@ -196,8 +196,9 @@ def test_admin_keys_and_bad_arguments(shell: Shell, credential_id: str) -> None:
     created = shell.json("keys", "create", "--owner", "alice", "--name", "ops", "--admin")
     assert created["key"].startswith("tpga_")
     assert "admin" in created["scopes"]
+    shell.ok("principals", "add", "bob")  # no credential
     for argv, code_text in [
-        (("keys", "create", "--owner", "alice", "--name", "x"), "INVALID_REQUEST"),
+        (("keys", "create", "--owner", "bob", "--name", "x"), "INVALID_REQUEST"),
         (("keys", "create", "--owner", "nobody", "--name", "x"), "PRINCIPAL_NOT_FOUND"),
         (("keys", "create", "--owner", "alice", "--name", "x", "--expires", "soon"), "INVALID"),
         (("keys", "rotate", created["key_id"], "--grace", "forever"), "INVALID_REQUEST"),
@@ -208,6 +209,23 @@ def test_admin_keys_and_bad_arguments(shell: Shell, credential_id: str) -> None:
         assert code == 1, argv
         assert code_text in err
         assert out == ""
+
+
+def test_keys_create_without_credential_uses_the_owners_only_one(
+    shell: Shell, credential_id: str
+) -> None:
+    created = shell.json("keys", "create", "--owner", "alice", "--name", "laptop")
+    assert created["credential_id"] == credential_id
+    shell.json(
+        "credentials", "add", "--owner", "alice", "--label", "second", "--token-stdin",
+        "--no-verify", stdin=TOKEN + "\n",
+    )  # fmt: skip
+    code, out, err = shell.run("keys", "create", "--owner", "alice", "--name", "laptop-2")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: [INVALID_REQUEST]")
+    assert "several credentials" in err
+    assert "tabpfn-gateway credentials list --owner alice" in err
+    assert "Traceback" not in err
 
 
 def test_secrets_rotate_moves_rows_to_the_configured_secret(

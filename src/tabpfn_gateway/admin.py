@@ -502,8 +502,14 @@ class Admin:
         actor: str = "system",
     ) -> CreatedKey:
         """A new key for principal ``owner`` (id or name), bound to ``credential``; its
-        plaintext is in the result and nowhere else (see ``KeyManager.create``)."""
+        plaintext is in the result and nowhere else (see ``KeyManager.create``).
+
+        ``credential`` None for an inference key: the owner's only credential; with none or
+        several, ``InvalidRequest`` says so and how to list them.
+        """
         principal = self.get_principal(owner)
+        if credential is None and not admin:
+            credential = self._only_credential(principal)
         return self.keys.create(
             principal.id,
             credential,
@@ -512,6 +518,21 @@ class Admin:
             _aware(expires_at, "expires_at"),
             admin=admin,
             actor=actor,
+        )
+
+    def _only_credential(self, principal: Principal) -> str:
+        owned = self.store.list_credentials(owner_id=principal.id, limit=2).items
+        if len(owned) == 1:
+            return owned[0].id
+        if not owned:
+            raise InvalidRequest(
+                f"Principal {principal.name!r} has no TabPFN credential yet: add one first "
+                f"(tabpfn-gateway credentials add --owner {principal.name} --label ...)."
+            )
+        raise InvalidRequest(
+            f"Principal {principal.name!r} has several credentials: say which one the key "
+            f"uses (--credential ID; `tabpfn-gateway credentials list --owner "
+            f"{principal.name}` lists them)."
         )
 
     def get_key(self, key: str) -> ApiKey:

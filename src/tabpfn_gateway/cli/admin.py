@@ -146,7 +146,9 @@ def _register_keys(subparsers: Any) -> None:
     create.add_argument("--owner", required=True, help="principal name or id")
     create.add_argument("--name", required=True, help="what the key is for, e.g. 'laptop'")
     create.add_argument(
-        "--credential", help="credential id the key calls TabPFN with (optional for --admin)"
+        "--credential",
+        help="credential id the key calls TabPFN with (default: the owner's only one; "
+        "none for --admin)",
     )
     create.add_argument(
         "--scope",

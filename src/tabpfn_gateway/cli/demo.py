@@ -2,8 +2,8 @@
 
 Works on a fresh machine without network: the embedded SQLite store (migrated), an
 in-process FakeTabPFN upstream (real TabPFN cloud instead when ``TABPFN_TOKEN`` is set and
-the cloud accepts it), a principal, its credential and its gateway key (created once; later runs reuse them,
-giving the key a new secret, so reruns add nothing to the store), a
+the cloud accepts it), a principal, its credential and its gateway key (created once; later
+runs reuse them, giving the key a new secret, so reruns add nothing to the store), a
 ``GatewayClassifier`` fitted on scikit-learn's breast-cancer data, and a printout of the
 accuracy, the usage the gateway recorded, and where everything is stored.
 """
