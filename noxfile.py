@@ -10,7 +10,7 @@ import nox
 # Sessions run in the environment nox is started from (README: pip install -e '.[dev]'),
 # so one install serves every session and CI measures the same thing a developer runs.
 nox.options.default_venv_backend = "none"
-nox.options.sessions = ["lint", "typecheck", "tests", "tests_postgres"]
+nox.options.sessions = ["lint", "typecheck", "check_generated", "tests", "tests_postgres"]
 nox.options.error_on_missing_interpreters = True
 
 # The interpreter nox runs under (the project venv), whatever PATH says.
@@ -28,6 +28,18 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy strict on src/."""
     session.run(PY, "-m", "mypy")
+
+
+@nox.session
+def check_generated(session: nox.Session) -> None:
+    """The sync protocol client and its tests are current with their async source."""
+    session.run(PY, os.path.join("tools", "unasync.py"), "--check")
+
+
+@nox.session
+def generate(session: nox.Session) -> None:
+    """Regenerate the sync protocol client and its tests from the async source."""
+    session.run(PY, os.path.join("tools", "unasync.py"))
 
 
 @nox.session

@@ -4,6 +4,7 @@ batching within the upstream's limits, pickling and cloning in process."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import subprocess
 import sys
@@ -67,9 +68,11 @@ class RecordingBackend:
     def get_settings(self) -> GetSettingsResponse:
         return self.inner.get_settings()  # type: ignore[no-any-return]
 
-    def fit(self, X: Any, y: Any, task_config: Any, **kwargs: Any) -> Any:
-        self.fit_args.append((X, y, task_config, kwargs))
-        return self.inner.fit(X, y, task_config, **kwargs)
+    def fit(self, X: Any, y: Any, task_config: Any, options: Any, **kwargs: Any) -> Any:
+        # The options as keywords, so the tests below read them by name.
+        named = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+        self.fit_args.append((X, y, task_config, {**named, **kwargs}))
+        return self.inner.fit(X, y, task_config, options, **kwargs)
 
     def predict(self, fitted_train_set_id: str, X: Any, task_config: Any) -> Any:
         self.predict_args.append((fitted_train_set_id, X, task_config))

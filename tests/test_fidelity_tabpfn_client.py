@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tabpfn_gateway.errors import UpstreamAuthenticationFailed, UsageLimitReached
-from tabpfn_gateway.protocol import ProtocolClient
+from tabpfn_gateway.protocol import FitOptions, ProtocolClient
 from tabpfn_gateway.protocol.messages import (
     ClassifierConfig,
     ClassifierFitTaskConfig,
@@ -208,7 +208,9 @@ def test_async_fit_path(fake: FakeTabPFN, upstream: str, tmp_path: Path) -> None
     assert len(polls) == 3  # pending, pending, completed
     data = vendor_data()
     with ours(upstream) as client:
-        fitted = client.fit(data["X"], data["labels"], ClassifierFitTaskConfig(), api_mode="async")
+        fitted = client.fit(
+            data["X"], data["labels"], ClassifierFitTaskConfig(), FitOptions(api_mode="async")
+        )
         probas = client.predict(
             fitted.fitted_train_set_id,
             data["X"][:5],

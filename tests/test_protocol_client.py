@@ -1,4 +1,8 @@
-"""The sync ProtocolClient against FakeTabPFN in-process: every step, dedup, polling, retries."""
+"""Both protocol clients, one suite: the sync tests, generated from the async ones.
+
+FakeTabPFN in process: every step, dedup, polling, retries, uploads, errors.
+Generated from ``test_protocol_aclient.py`` by ``tools/unasync.py``: do not edit.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_classification, make_regression
 
+from protocol_support import RecordingTransport
 from tabpfn_gateway.errors import (
     ConfigurationError,
     FittedModelNotFound,
@@ -26,35 +31,27 @@ from tabpfn_gateway.errors import (
     UpstreamUnavailable,
     UsageLimitReached,
 )
-from tabpfn_gateway.protocol import FitResult, ProtocolClient
+from tabpfn_gateway.protocol import FitOptions, FitResult, ProtocolClient
 from tabpfn_gateway.protocol.messages import (
     ClassifierConfig,
     ClassifierFitTaskConfig,
     ClassifierPredictParams,
     EstimateCostRequest,
+    FileInfo,
+    FitRequest,
     FitStatus,
     GetFitStatusResponse,
+    PrepareTrainSetUploadRequest,
+    PrepareTrainSetUploadResponse,
     RegressorConfig,
     RegressorFitTaskConfig,
     RegressorPredictParams,
 )
+from tabpfn_gateway.protocol.serialization import to_parquet
 from tabpfn_gateway.testing.fake import STORAGE_PREFIX, FakeTabPFN
-from tabpfn_gateway.testing.transport import ASGIBridgeTransport
 
 BASE = "http://tabpfn.test"
 TOKENS = {"tok-a": None, "tok-b": None, "tok-poor": 10}
-
-
-class RecordingTransport(httpx.BaseTransport):
-    """Delegates to another transport and keeps every request it saw (headers included)."""
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner = inner
-        self.seen: list[httpx.Request] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.seen.append(request)
-        return self.inner.handle_request(request)
 
 
 @pytest.fixture
@@ -64,8 +61,8 @@ def fake() -> FakeTabPFN:
 
 @pytest.fixture
 def transport(fake: FakeTabPFN) -> Iterator[RecordingTransport]:
-    with ASGIBridgeTransport(fake.app) as bridge:
-        yield RecordingTransport(bridge)
+    with RecordingTransport(fake.app) as recording:
+        yield recording
 
 
 @pytest.fixture
@@ -113,7 +110,7 @@ def test_classifier_fit_predict_with_string_labels_in_sorted_class_order(
     assert isinstance(result.y_pred, np.ndarray)
     assert result.y_pred.shape == (300, 2)
     np.testing.assert_allclose(result.y_pred.sum(axis=1), 1.0)
-    preds = client.predict(fitted.fitted_train_set_id, X, probas("preds")).y_pred
+    preds = (client.predict(fitted.fitted_train_set_id, X, probas("preds"))).y_pred
     assert isinstance(preds, np.ndarray)
     # Column j of probas is class j in sorted order: argmax agrees with the labels predicted.
     assert list(np.array(["no", "yes"])[result.y_pred.argmax(axis=1)]) == list(preds)
@@ -122,24 +119,24 @@ def test_classifier_fit_predict_with_string_labels_in_sorted_class_order(
 
 def test_regressor_outputs_have_tabpfns_shapes(client: ProtocolClient) -> None:
     X, y = make_regression(200, 5, noise=3.0, random_state=0)
-    fitted = client.fit(X, y, RegressorFitTaskConfig()).fitted_train_set_id
+    fitted = (client.fit(X, y, RegressorFitTaskConfig())).fitted_train_set_id
     rows = X[:7]
-    mean = client.predict(fitted, rows, regression("mean")).y_pred
+    mean = (client.predict(fitted, rows, regression("mean"))).y_pred
     assert isinstance(mean, np.ndarray)
     assert mean.shape == (7,)
     for output in ("median", "mode"):
-        single = client.predict(fitted, rows, regression(output)).y_pred
+        single = (client.predict(fitted, rows, regression(output))).y_pred
         assert isinstance(single, np.ndarray)
         assert single.shape == (7,)
-    quantiles = client.predict(fitted, rows, regression("quantiles", [0.1, 0.5, 0.9])).y_pred
+    quantiles = (client.predict(fitted, rows, regression("quantiles", [0.1, 0.5, 0.9]))).y_pred
     assert isinstance(quantiles, np.ndarray)
     assert quantiles.shape == (3, 7)
     assert np.all(quantiles[0] <= quantiles[1])
     assert np.all(quantiles[1] <= quantiles[2])
-    main = client.predict(fitted, rows, regression("main")).y_pred
+    main = (client.predict(fitted, rows, regression("main"))).y_pred
     assert isinstance(main, dict)
     assert sorted(main) == ["mean", "median", "mode", "quantiles"]
-    full = client.predict(fitted, rows, regression("full")).y_pred
+    full = (client.predict(fitted, rows, regression("full"))).y_pred
     assert isinstance(full, dict)
     assert sorted(full) == ["borders", "logits", "mean", "median", "mode", "quantiles"]
     assert full["logits"].shape == (7, len(full["borders"]) - 1)
@@ -147,7 +144,9 @@ def test_regressor_outputs_have_tabpfns_shapes(client: ProtocolClient) -> None:
     np.testing.assert_allclose(full["mean"], mean)
 
 
-def test_frames_with_missing_values_and_strings_fit_and_predict(client: ProtocolClient) -> None:
+def test_frames_with_missing_values_and_strings_fit_and_predict(
+    client: ProtocolClient,
+) -> None:
     X, y = classification_data(400)
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
     frame["colour"] = np.where(X[:, 0] > 0, "red", "blue")
@@ -175,7 +174,7 @@ def test_second_prediction_of_the_same_rows_reuses_the_test_upload(
     client: ProtocolClient, fake: FakeTabPFN
 ) -> None:
     X, y = classification_data()
-    fitted = client.fit(X, y, ClassifierFitTaskConfig()).fitted_train_set_id
+    fitted = (client.fit(X, y, ClassifierFitTaskConfig())).fitted_train_set_id
     first = client.predict(fitted, X[:20], probas())
     fake.clear_log()
     second = client.predict(fitted, X[:20], probas())
@@ -189,13 +188,15 @@ def test_async_fit_polls_until_completed(client: ProtocolClient, fake: FakeTabPF
     fake.pending_polls = 2
     seen: list[GetFitStatusResponse] = []
     X, y = classification_data()
-    fitted = client.fit(X, y, ClassifierFitTaskConfig(), api_mode="async", on_poll=seen.append)
+    fitted = client.fit(
+        X, y, ClassifierFitTaskConfig(), FitOptions(api_mode="async"), on_poll=seen.append
+    )
     assert [s.status for s in seen] == [FitStatus.PENDING, FitStatus.PENDING, FitStatus.COMPLETED]
     assert "POST /tabpfn/submit_fit_job" in paths(fake)
     assert "POST /tabpfn/fit" not in paths(fake)
     assert fitted.timings is not None
     assert fitted.timings["fit_s"] is not None
-    assert client.predict(fitted.fitted_train_set_id, X[:3], probas()).metadata["classes"]
+    assert (client.predict(fitted.fitted_train_set_id, X[:3], probas())).metadata["classes"]
 
 
 def test_auto_mode_goes_async_above_the_upstreams_threshold(
@@ -208,7 +209,10 @@ def test_auto_mode_goes_async_above_the_upstreams_threshold(
     with client.with_token("tok-b") as sibling:
         sibling.fit(X, y, ClassifierFitTaskConfig())  # settings are cached: still sync
     fake.clear_log()
-    with ProtocolClient(BASE, "tok-a", transport=ASGIBridgeTransport(fake.app)) as fresh:
+    with (
+        RecordingTransport(fake.app) as fresh_transport,
+        ProtocolClient(BASE, "tok-a", transport=fresh_transport) as fresh,
+    ):
         fresh.fit(X, y, ClassifierFitTaskConfig())
     assert "POST /tabpfn/submit_fit_job" in paths(fake)
 
@@ -218,20 +222,18 @@ def test_a_sync_fit_answered_pending_is_waited_for(
 ) -> None:
     fake.sync_fit_pending_polls = 1
     X, y = classification_data()
-    fitted = client.fit(X, y, ClassifierFitTaskConfig(), api_mode="sync")
+    fitted = client.fit(X, y, ClassifierFitTaskConfig(), FitOptions(api_mode="sync"))
     assert paths(fake).count("POST /tabpfn/get_fit_status") == 2
-    assert client.predict(fitted.fitted_train_set_id, X[:3], probas()).y_pred is not None
+    assert (client.predict(fitted.fitted_train_set_id, X[:3], probas())).y_pred is not None
 
 
 def test_polling_gives_up_at_the_deadline(transport: RecordingTransport, fake: FakeTabPFN) -> None:
     fake.pending_polls = 1000
     fake.retry_in_secs = 0.2  # floored to 0.3 s by the client
     X, y = classification_data(50)
-    with (
-        ProtocolClient(BASE, "tok-a", transport=transport, poll_timeout=1.0) as client,
-        pytest.raises(UpstreamTimeout, match="did not finish"),
-    ):
-        client.fit(X, y, ClassifierFitTaskConfig(), api_mode="async")
+    with ProtocolClient(BASE, "tok-a", transport=transport, poll_timeout=1.0) as client:
+        with pytest.raises(UpstreamTimeout, match="did not finish"):
+            client.fit(X, y, ClassifierFitTaskConfig(), FitOptions(api_mode="async"))
     polls = paths(fake).count("POST /tabpfn/get_fit_status")
     # A hard bound: at most one poll per floored interval within the deadline.
     assert 1 <= polls <= 4
@@ -243,10 +245,10 @@ def test_a_failed_fit_raises_with_the_upstreams_reason(
     X, _ = classification_data(60)
     too_many_classes = np.arange(60) % 6  # the fake allows 5
     with pytest.raises(UpstreamError, match="6 classes") as async_failure:
-        client.fit(X, too_many_classes, ClassifierFitTaskConfig(), api_mode="async")
+        client.fit(X, too_many_classes, ClassifierFitTaskConfig(), FitOptions(api_mode="async"))
     assert async_failure.value.details["upstream_error_code"] == "FIT_FAILED"
     with pytest.raises(UpstreamError, match="6 classes") as sync_failure:
-        client.fit(X, too_many_classes, ClassifierFitTaskConfig(), api_mode="sync")
+        client.fit(X, too_many_classes, ClassifierFitTaskConfig(), FitOptions(api_mode="sync"))
     assert sync_failure.value.status_code == 400
 
 
@@ -279,11 +281,12 @@ def test_chunked_uploads_carry_required_headers_and_never_the_credential(
 
 def test_signed_urls_on_another_origin_get_no_credential(fake: FakeTabPFN) -> None:
     fake.storage_url = "http://storage.elsewhere.test"
-    with ASGIBridgeTransport(fake.app) as bridge:
-        recording = RecordingTransport(bridge)
-        with ProtocolClient(BASE, "tok-a", transport=recording) as client:
-            X, y = classification_data()
-            client.fit(X, y, ClassifierFitTaskConfig())
+    with (
+        RecordingTransport(fake.app) as recording,
+        ProtocolClient(BASE, "tok-a", transport=recording) as client,
+    ):
+        X, y = classification_data()
+        client.fit(X, y, ClassifierFitTaskConfig())
     storage = [r for r in recording.seen if r.url.host == "storage.elsewhere.test"]
     assert len(storage) == 2
     assert all("authorization" not in r.headers for r in storage)
@@ -293,7 +296,7 @@ def test_prediction_uri_mode_downloads_without_credential(
     client: ProtocolClient, fake: FakeTabPFN, transport: RecordingTransport
 ) -> None:
     X, y = classification_data()
-    fitted = client.fit(X, y, ClassifierFitTaskConfig()).fitted_train_set_id
+    fitted = (client.fit(X, y, ClassifierFitTaskConfig())).fitted_train_set_id
     inline = client.predict(fitted, X[:10], probas())
     fake.prediction_uri_mode = True
     via_uri = client.predict(fitted, X[:10], probas())
@@ -305,11 +308,15 @@ def test_prediction_uri_mode_downloads_without_credential(
     assert "authorization" not in downloads[0].headers
 
 
+def pieces(data: bytes) -> Iterator[bytes]:
+    """A body that can be read once, in two chunks."""
+    yield data[:100]
+    yield data[100:]
+
+
 def test_put_signed_url_streams_an_iterable_once(client: ProtocolClient, fake: FakeTabPFN) -> None:
     X, y = classification_data(40)
     frame_bytes = [pd.DataFrame(X).to_parquet(), pd.DataFrame(y).to_parquet()]
-    from tabpfn_gateway.protocol.messages import FileInfo, PrepareTrainSetUploadRequest
-
     prepared = client.prepare_train_set_upload(
         PrepareTrainSetUploadRequest(
             x_train_info=FileInfo(format="parquet", size_bytes=len(frame_bytes[0])),
@@ -322,8 +329,7 @@ def test_put_signed_url_streams_an_iterable_once(client: ProtocolClient, fake: F
         [prepared.x_train_info, prepared.y_train_info],
         strict=True,  # type: ignore[union-attr]
     ):
-        pieces = iter([data[:100], data[100:]])
-        client.put_signed_url(info.signed_urls[0], pieces, info.required_headers)
+        client.put_signed_url(info.signed_urls[0], pieces(data), info.required_headers)
     assert [r.status for r in fake.requests_to(STORAGE_PREFIX)] == [200, 200]
 
 
@@ -372,7 +378,7 @@ def test_a_fitted_model_of_another_token_is_not_found(
     client: ProtocolClient, fake: FakeTabPFN
 ) -> None:
     X, y = classification_data()
-    fitted = client.fit(X, y, ClassifierFitTaskConfig()).fitted_train_set_id
+    fitted = (client.fit(X, y, ClassifierFitTaskConfig())).fitted_train_set_id
     other = client.with_token("tok-b")
     with pytest.raises(UpstreamFittedModelNotFound) as caught:
         other.predict(fitted, X[:5], probas())
@@ -387,11 +393,11 @@ def test_credits_are_counted_and_a_limit_refuses_with_usage_details(
     client: ProtocolClient, fake: FakeTabPFN
 ) -> None:
     X, y = classification_data()
-    fitted = client.fit(X, y, ClassifierFitTaskConfig()).fitted_train_set_id
+    fitted = (client.fit(X, y, ClassifierFitTaskConfig())).fitted_train_set_id
     client.predict(fitted, X[:4], probas())
-    assert client.get_api_usage()["current_usage"] == 4 * X.shape[1]
+    assert (client.get_api_usage())["current_usage"] == 4 * X.shape[1]
     poor = client.with_token("tok-poor")  # 10 credits
-    poor_fit = poor.fit(X, y, ClassifierFitTaskConfig()).fitted_train_set_id
+    poor_fit = (poor.fit(X, y, ClassifierFitTaskConfig())).fitted_train_set_id
     with pytest.raises(UsageLimitReached) as caught:
         poor.predict(poor_fit, X[:4], probas())
     assert caught.value.status_code == 429
@@ -426,7 +432,7 @@ def test_idempotent_steps_retry_transient_failures(
     X, y = classification_data()
     fake.drop_next(1, path="/tabpfn/get_settings")
     fake.fail_next(1, status=503, path=STORAGE_PREFIX)
-    fitted = client.fit(X, y, ClassifierFitTaskConfig()).fitted_train_set_id
+    fitted = (client.fit(X, y, ClassifierFitTaskConfig())).fitted_train_set_id
     fake.fail_next(2, status=502, path="/tabpfn/predict")
     result = client.predict(fitted, X[:5], probas())
     assert result.y_pred is not None
@@ -448,22 +454,21 @@ def test_a_fit_is_not_retried_after_the_request_was_sent(
 
 
 def test_a_fit_is_retried_when_the_connection_never_opened(fake: FakeTabPFN) -> None:
-    class RefuseFirstFit(httpx.BaseTransport):
-        def __init__(self, inner: httpx.BaseTransport) -> None:
-            self.inner = inner
-            self.refused = 0
+    class RefuseFirstFit(RecordingTransport):
+        refused = 0
 
         def handle_request(self, request: httpx.Request) -> httpx.Response:
             if request.url.path == "/tabpfn/fit" and not self.refused:
                 self.refused += 1
                 raise httpx.ConnectError("connection refused", request=request)
-            return self.inner.handle_request(request)
+            return super().handle_request(request)
 
-    with ASGIBridgeTransport(fake.app) as bridge:
-        refusing = RefuseFirstFit(bridge)
-        with ProtocolClient(BASE, "tok-a", transport=refusing, retry_wait=0) as client:
-            X, y = classification_data()
-            client.fit(X, y, ClassifierFitTaskConfig())
+    with (
+        RefuseFirstFit(fake.app) as refusing,
+        ProtocolClient(BASE, "tok-a", transport=refusing, retry_wait=0) as client,
+    ):
+        X, y = classification_data()
+        client.fit(X, y, ClassifierFitTaskConfig())
     assert refusing.refused == 1
     assert paths(fake).count("POST /tabpfn/fit") == 1
 
@@ -483,7 +488,7 @@ def test_status_polls_ride_out_transient_failures(client: ProtocolClient, fake: 
     fake.pending_polls = 1
     fake.fail_next(1, status=503, path="/tabpfn/get_fit_status")
     X, y = classification_data()
-    client.fit(X, y, ClassifierFitTaskConfig(), api_mode="async")
+    client.fit(X, y, ClassifierFitTaskConfig(), FitOptions(api_mode="async"))
     statuses = [r.status for r in fake.requests if r.path == "/tabpfn/get_fit_status"]
     assert statuses == [503, 200, 200]
 
@@ -503,7 +508,7 @@ def test_bad_options_are_refused_before_anything_is_sent(
 ) -> None:
     X, y = classification_data(20)
     with pytest.raises(InvalidRequest, match=match):
-        client.fit(X, y, ClassifierFitTaskConfig(), **kwargs)
+        client.fit(X, y, ClassifierFitTaskConfig(), FitOptions(**kwargs))
     assert fake.requests == []
 
 
@@ -548,3 +553,84 @@ def test_bad_numbers_are_configuration_errors() -> None:
         ProtocolClient(BASE, timeout=0)
     with pytest.raises(ConfigurationError, match="upload_concurrency"):
         ProtocolClient(BASE, upload_concurrency=0)
+
+
+# -- streaming, fan-out, lifecycle -------------------------------------------------------
+
+
+def test_a_body_streamed_in_many_pieces_is_fitted_whole(
+    client: ProtocolClient, fake: FakeTabPFN
+) -> None:
+    X, y = classification_data(120)
+    x_bytes, _ = to_parquet(pd.DataFrame(X))
+    y_bytes, _ = to_parquet(pd.DataFrame(y))
+    sent: list[int] = []
+
+    def in_pieces(payload: bytes, size: int) -> Iterator[bytes]:
+        for start in range(0, len(payload), size):
+            sent.append(start)
+            yield payload[start : start + size]
+
+    prepared = client.prepare_train_set_upload(
+        PrepareTrainSetUploadRequest(
+            x_train_info=FileInfo(format="parquet", size_bytes=len(x_bytes)),
+            y_train_info=FileInfo(format="parquet", size_bytes=len(y_bytes)),
+        )
+    )
+    assert isinstance(prepared, PrepareTrainSetUploadResponse)
+    for payload, info in ((x_bytes, prepared.x_train_info), (y_bytes, prepared.y_train_info)):
+        client.put_signed_url(info.signed_urls[0], in_pieces(payload, 512), info.required_headers)
+    fitted = client.fit_step(
+        FitRequest(
+            train_set_upload_id=prepared.train_set_upload_id,
+            task_config=ClassifierFitTaskConfig(),
+        )
+    )
+    result = client.predict(fitted.fitted_train_set_id, X[:5], probas())
+    assert isinstance(result.y_pred, np.ndarray)
+    assert result.y_pred.shape == (5, 2)  # the fake fitted on the streamed bytes, reassembled
+    assert len(sent) > 2
+
+
+def test_parallel_chunks_respect_the_limit_and_fail_as_one_error(
+    fake: FakeTabPFN, transport: RecordingTransport
+) -> None:
+    fake.upload_chunks = 5
+    X, y = classification_data()
+    with ProtocolClient(
+        BASE, "tok-a", transport=transport, retry_wait=0, upload_concurrency=2
+    ) as client:
+        client.fit(X, y, ClassifierFitTaskConfig())
+        assert len(fake.requests_to(STORAGE_PREFIX)) == 10
+        fake.fail_next(20, status=400, path=STORAGE_PREFIX)
+        with pytest.raises(UpstreamError) as caught:
+            client.fit(X + 1, y, ClassifierFitTaskConfig())
+    assert type(caught.value) is UpstreamError  # the first failure, not an exception group
+    assert caught.value.status_code == 400
+
+
+def test_a_closed_client_says_so(transport: RecordingTransport) -> None:
+    client = ProtocolClient(BASE, "tok-a", transport=transport)
+    client.close()
+    with pytest.raises(ConfigurationError, match="closed"):
+        client.get_api_usage()
+
+
+def test_connection_refused_maps_to_upstream_unavailable() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    transport = httpx.MockTransport(refuse)
+    with ProtocolClient(BASE, "t", transport=transport, retry_wait=0) as client:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            client.get_settings()
+    assert caught.value.details["connect_failed"] is True
+
+
+def test_the_old_keyword_form_of_fit_still_works_with_a_warning(
+    client: ProtocolClient, fake: FakeTabPFN
+) -> None:
+    X, y = classification_data(60)
+    with pytest.warns(DeprecationWarning, match="FitOptions"):
+        client.fit(X, y, ClassifierFitTaskConfig(), api_mode="async")
+    assert "POST /tabpfn/submit_fit_job" in paths(fake)

@@ -20,7 +20,7 @@ from tabpfn_gateway.errors import (
     UpstreamUnavailable,
 )
 from tabpfn_gateway.gateway import UPLOAD_PATH_PREFIX, Gateway
-from tabpfn_gateway.protocol import ProtocolClient
+from tabpfn_gateway.protocol import FitOptions, ProtocolClient
 from tabpfn_gateway.protocol.messages import (
     ClassifierConfig,
     ClassifierFitTaskConfig,
@@ -169,7 +169,7 @@ def test_async_fit_polls_through_the_gateway(tmp_path: Path) -> None:
     for setup in build(tmp_path, fake):
         X, y = data()
         with setup.client(setup.alice.key) as client:
-            fit = client.fit(X, y, ClassifierFitTaskConfig(), api_mode="async")
+            fit = client.fit(X, y, ClassifierFitTaskConfig(), FitOptions(api_mode="async"))
             client.predict(fit.fitted_train_set_id, X[:10], PROBAS)
         assert len(fake.requests_to("/tabpfn/get_fit_status")) >= 3
         assert fake.requests_to("/tabpfn/submit_fit_job")

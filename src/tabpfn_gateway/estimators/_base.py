@@ -297,17 +297,16 @@ class GatewayEstimatorBase(BaseEstimator):  # type: ignore[misc]
         task_config = self._fit_task_config(self._tabpfn_config_values(random_state=self._seed()))
         progress = FitProgress(progress_wanted(self.progress))
         try:
-            result = backend.fit(
-                X,
-                y_sent,
-                task_config,
+            from tabpfn_gateway.protocol.options import FitOptions
+
+            options = FitOptions(
                 tabpfn_systems=systems,
                 text_handling=self.text_handling,
                 thinking_config=thinking_config,
                 api_mode=str(getattr(self.api_mode, "value", self.api_mode)),
                 description=description,
-                on_poll=progress,
             )
+            result = backend.fit(X, y_sent, task_config, options, on_poll=progress)
         finally:
             progress.close()
         self.model_id_ = str(result.fitted_train_set_id)

@@ -24,7 +24,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from pydantic import SecretStr
@@ -38,14 +38,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from tabpfn_gateway.gateway import Gateway, GatewaySession
-    from tabpfn_gateway.protocol import FitResult, PredictionResult, ProtocolClient
+    from tabpfn_gateway.protocol import FitOptions, FitResult, PredictionResult, ProtocolClient
     from tabpfn_gateway.protocol.messages import (
         ClassifierConfig,
         FitTaskConfig,
         GetFitStatusResponse,
         GetSettingsResponse,
         RegressorConfig,
-        ThinkingConfig,
     )
 
 __all__ = [
@@ -77,15 +76,12 @@ class Backend(Protocol):
         X: pd.DataFrame | np.ndarray,  # noqa: N803 (scikit-learn's name)
         y: Any,
         task_config: FitTaskConfig,
+        options: FitOptions | None = None,
         *,
-        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
-        text_handling: str = "advanced",
-        thinking_config: ThinkingConfig | None = None,
-        api_mode: str = "auto",
-        description: str | None = None,
         on_poll: Callable[[GetFitStatusResponse], None] | None = None,
     ) -> FitResult:
-        """Upload a train set and fit it; ``on_poll`` sees each status of an async fit."""
+        """Upload a train set and fit it (``FitOptions`` say how); ``on_poll`` sees each
+        status of an async fit."""
         ...
 
     def predict(
@@ -142,25 +138,11 @@ class _DelegatingBackend:
         X: pd.DataFrame | np.ndarray,  # noqa: N803
         y: Any,
         task_config: FitTaskConfig,
+        options: FitOptions | None = None,
         *,
-        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
-        text_handling: str = "advanced",
-        thinking_config: ThinkingConfig | None = None,
-        api_mode: str = "auto",
-        description: str | None = None,
         on_poll: Callable[[GetFitStatusResponse], None] | None = None,
     ) -> FitResult:
-        return self._target().fit(
-            X,
-            y,
-            task_config,
-            tabpfn_systems=tabpfn_systems,
-            text_handling=text_handling,
-            thinking_config=thinking_config,
-            api_mode=api_mode,
-            description=description,
-            on_poll=on_poll,
-        )
+        return self._target().fit(X, y, task_config, options, on_poll=on_poll)
 
     def predict(
         self,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Unpack
 from uuid import UUID
 
 import numpy as np
@@ -21,8 +21,8 @@ from tabpfn_gateway.protocol.messages import (
     GetFitStatusResponse,
     GetSettingsResponse,
     RegressorConfig,
-    ThinkingConfig,
 )
+from tabpfn_gateway.protocol.options import FitKeywords, FitOptions
 
 if TYPE_CHECKING:
     from tabpfn_gateway.protocol import FitResult, PredictionResult, ProtocolClient
@@ -73,29 +73,17 @@ class GatewaySession:
         X: pd.DataFrame | np.ndarray,  # noqa: N803 (scikit-learn's name)
         y: Any,
         task_config: FitTaskConfig,
+        options: FitOptions | None = None,
         *,
-        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
-        text_handling: str = "advanced",
-        thinking_config: ThinkingConfig | None = None,
-        api_mode: str = "auto",
-        description: str | None = None,
         on_poll: Callable[[GetFitStatusResponse], None] | None = None,
+        **deprecated: Unpack[FitKeywords],
     ) -> FitResult:
         """Upload ``X``/``y`` and fit upstream; the fit is recorded as the caller's."""
+        options = FitOptions.resolve(options, deprecated)
         caller, client = self._client(_INFERENCE)
         rows, columns = _shape(X)
         with self._gateway.metered(caller, "fit", Meter(rows=rows, columns=columns)):
-            result = client.fit(
-                X,
-                y,
-                task_config,
-                tabpfn_systems=tabpfn_systems,
-                text_handling=text_handling,
-                thinking_config=thinking_config,
-                api_mode=api_mode,
-                description=description,
-                on_poll=on_poll,
-            )
+            result = client.fit(X, y, task_config, options, on_poll=on_poll)
             self._gateway.claim_fit(
                 caller,
                 result.fitted_train_set_id,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from tabpfn_gateway.protocol.aclient import AsyncProtocolClient
 from tabpfn_gateway.protocol.client import ProtocolClient
+from tabpfn_gateway.protocol.options import FitOptions
 from tabpfn_gateway.protocol.results import FitResult, PredictionResult
 from tabpfn_gateway.protocol.serialization import crc32c_b64, to_parquet
 from tabpfn_gateway.protocol.verify import TokenStatus, verify_tabpfn_token
 
 __all__ = [
     "AsyncProtocolClient",
+    "FitOptions",
     "FitResult",
     "PredictionResult",
     "ProtocolClient",

@@ -45,8 +45,8 @@ from tabpfn_gateway.protocol.messages import (
     PrepareTestSetUploadRequest,
     PrepareTrainSetUploadRequest,
     SubmitFitJobRequest,
-    ThinkingConfig,
 )
+from tabpfn_gateway.protocol.options import FitOptions
 from tabpfn_gateway.protocol.results import PredictionResult
 from tabpfn_gateway.protocol.serialization import to_parquet
 
@@ -464,18 +464,16 @@ def fit_request(
     request_type: type[FitRequest] | type[SubmitFitJobRequest],
     train_set_upload_id: UUID,
     task_config: FitTaskConfig,
-    tabpfn_systems: Sequence[str],
-    text_handling: str,
-    thinking_config: ThinkingConfig | None,
+    options: FitOptions,
 ) -> Any:
     """A ``FitRequest`` or ``SubmitFitJobRequest`` with the vendor's field conventions."""
     return request_type(
         train_set_upload_id=train_set_upload_id,
         task_config=task_config,
-        tabpfn_systems=list(tabpfn_systems),
+        tabpfn_systems=list(options.tabpfn_systems),
         # The vendor omits the default so the upstream applies its own.
-        text_handling=None if text_handling == "advanced" else text_handling,
-        thinking_config=thinking_config,
+        text_handling=None if options.text_handling == "advanced" else options.text_handling,
+        thinking_config=options.thinking_config,
     )
 
 

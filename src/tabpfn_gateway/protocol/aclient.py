@@ -1,13 +1,17 @@
-"""The asynchronous TabPFN protocol client: the same steps as the sync one, ``async def``."""
+"""The asynchronous TabPFN protocol client: one base URL, one credential, one connection pool.
+
+The source of both clients: ``tools/unasync.py`` generates ``client.py`` from this file
+(``nox -s generate``; ``nox -s check_generated`` fails when it is stale). What really differs
+between the two lives in ``_synchronization``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 from uuid import UUID
 
-import anyio
 import httpx
 import numpy as np
 import pandas as pd
@@ -23,6 +27,13 @@ from tabpfn_gateway.errors import (
 from tabpfn_gateway.protocol import _base
 from tabpfn_gateway.protocol._base import ClientOptions, Endpoint
 from tabpfn_gateway.protocol._errors import error_from_storage, error_from_transport
+from tabpfn_gateway.protocol._synchronization import (
+    AsyncContent,
+    AsyncLock,
+    afan_out,
+    arun_blocking,
+    asleep,
+)
 from tabpfn_gateway.protocol.messages import (
     ClassifierConfig,
     DuplicateTestSetErrorResponse,
@@ -48,8 +59,8 @@ from tabpfn_gateway.protocol.messages import (
     RegressorConfig,
     SubmitFitJobRequest,
     SubmitFitJobResponse,
-    ThinkingConfig,
 )
+from tabpfn_gateway.protocol.options import FitKeywords, FitOptions
 from tabpfn_gateway.protocol.results import FitResult, PredictionResult
 from tabpfn_gateway.protocol.serialization import split_chunks
 
@@ -63,22 +74,20 @@ class _Shared:
         self.options = options
         self.http = httpx.AsyncClient(transport=transport, **options.httpx_kwargs())
         self.settings: GetSettingsResponse | None = None
-        self.settings_lock = anyio.Lock()
+        self.settings_lock = AsyncLock()
 
 
 class AsyncProtocolClient:
-    """Async twin of ``ProtocolClient`` (same parameters, methods ``async def``, ``aclose``).
-
-    ``put_signed_url`` also takes an ``AsyncIterable[bytes]``: the gateway streams a client's
-    upload through it chunk by chunk without holding the dataset in memory.
+    """Speaks the TabPFN wire protocol to one upstream (TabPFN cloud, a gateway, FakeTabPFN).
 
     Each instance has its own base URL, bearer credential, timeouts and connection pool: no
-    process-global state, so many clients with many tokens run side by side in tasks.
+    process-global state, so many clients with many tokens run side by side.
     ``with_token`` makes a sibling that shares the pool and the settings cache. The bearer
     credential goes only to ``base_url``: uploads to signed URLs carry the URL's own required
     headers and nothing else. Errors are ``tabpfn_gateway.errors.UpstreamError`` subclasses
     (bad arguments: ``InvalidRequest`` / ``ConfigurationError``); httpx exceptions never escape.
-    Written against anyio (tested on asyncio).
+    ``put_signed_url`` streams an iterable of chunks once: the gateway passes a client's
+    upload through it without holding the dataset in memory.
 
     Parameters
     ----------
@@ -89,12 +98,13 @@ class AsyncProtocolClient:
     timeout, connect_timeout:
         Seconds for one request (fits can be long) and for connecting.
     transport:
-        An async httpx transport (``httpx.ASGITransport(FakeTabPFN().app)``,
-        ``httpx.MockTransport``...). Signed-URL uploads and prediction downloads use it too.
+        An httpx transport to send everything through (``httpx.MockTransport``, FakeTabPFN's
+        app through ``tabpfn_gateway.testing.transport``...). Signed-URL uploads and prediction
+        downloads use it too.
     max_connections:
         Size of the connection pool.
     upload_concurrency:
-        Chunks of one upload PUT concurrently.
+        Chunks of one upload PUT at once.
     poll_timeout:
         Overall deadline, in seconds, for waiting on an async fit; ``None`` takes the
         upstream's ``async_settings.poll_timeout_secs``.
@@ -151,6 +161,7 @@ class AsyncProtocolClient:
         return self._shared.options.base_url
 
     def __repr__(self) -> str:
+        # Never the token: only whether there is one.
         auth = "token set" if self._token is not None else "anonymous"
         return f"{type(self).__name__}({self.base_url!r}, {auth})"
 
@@ -176,7 +187,7 @@ class AsyncProtocolClient:
 
     def _retrying(self, predicate: Callable[[BaseException], bool]) -> tenacity.AsyncRetrying:
         kwargs = _base.retry_kwargs(self._shared.options, predicate)
-        return tenacity.AsyncRetrying(sleep=anyio.sleep, **kwargs)
+        return tenacity.AsyncRetrying(sleep=asleep, **kwargs)
 
     async def _send(
         self,
@@ -186,7 +197,7 @@ class AsyncProtocolClient:
         *,
         headers: Mapping[str, str],
         json: Any = None,
-        content: bytes | Iterable[bytes] | AsyncIterable[bytes] | None = None,
+        content: AsyncContent | None = None,
         timeout: float | None = None,
         follow_redirects: bool = True,
     ) -> httpx.Response:
@@ -286,12 +297,12 @@ class AsyncProtocolClient:
         )
 
     async def upload(self, data: bytes, info: FileUploadInfo) -> None:
-        """PUT ``data`` to ``info.signed_urls`` in chunks, concurrently, retried."""
+        """PUT ``data`` to ``info.signed_urls`` in chunks (``upload_concurrency`` at once)."""
         await self._upload_all([(data, info)])
 
     async def _upload_all(self, files: Sequence[tuple[bytes, FileUploadInfo]]) -> None:
-        # All chunks of all files share one limiter, so x and y of a train set upload
-        # together without exceeding `upload_concurrency` connections.
+        # All chunks of all files share one limit, so x and y of a train set upload together
+        # without exceeding `upload_concurrency` connections.
         jobs: list[tuple[str, bytes | memoryview, Mapping[str, str]]] = []
         for data, info in files:
             if not info.signed_urls:
@@ -301,41 +312,22 @@ class AsyncProtocolClient:
                 (url, chunk, info.required_headers)
                 for url, chunk in zip(info.signed_urls, chunks, strict=True)
             )
-        if len(jobs) == 1:
-            await self._put_chunk(*jobs[0])
-            return
-        limiter = anyio.CapacityLimiter(self._shared.options.upload_concurrency)
+        await afan_out(self._put_chunk, jobs, limit=self._shared.options.upload_concurrency)
 
-        async def put(url: str, chunk: bytes | memoryview, headers: Mapping[str, str]) -> None:
-            async with limiter:
-                await self._put_chunk(url, chunk, headers)
-
-        try:
-            async with anyio.create_task_group() as group:
-                for job in jobs:
-                    group.start_soon(put, *job)
-        except BaseExceptionGroup as group_error:
-            # The first failure is the cause; the rest were cancelled or failed alike.
-            first = group_error.exceptions[0]
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise first from None
-
-    async def _put_chunk(
-        self, url: str, chunk: bytes | memoryview, headers: Mapping[str, str]
-    ) -> None:
+    async def _put_chunk(self, job: tuple[str, bytes | memoryview, Mapping[str, str]]) -> None:
+        url, chunk, headers = job
         await self.put_signed_url(url, chunk if isinstance(chunk, bytes) else bytes(chunk), headers)
 
     async def put_signed_url(
         self,
         url: str,
-        content: bytes | Iterable[bytes] | AsyncIterable[bytes],
+        content: AsyncContent,
         headers: Mapping[str, str],
     ) -> None:
         """PUT one chunk to a signed URL with exactly ``headers`` (never the bearer credential).
 
-        ``bytes`` are retried on transient failures; an (async) iterable is streamed once,
-        chunk by chunk, and not retried (it cannot be replayed).
+        ``bytes`` are retried on transient failures; an iterable of chunks is streamed once
+        and not retried (it cannot be replayed).
         """
         _base.check_signed_url(url)
         replayable = isinstance(content, bytes)
@@ -413,7 +405,7 @@ class AsyncProtocolClient:
                     on_poll(status)
                 if poller.on_status(status):
                     return status
-            await anyio.sleep(poller.next_sleep())
+            await asleep(poller.next_sleep())
 
     async def prepare_test_set_upload(
         self, req: PrepareTestSetUploadRequest
@@ -470,39 +462,28 @@ class AsyncProtocolClient:
         X: pd.DataFrame | np.ndarray,  # noqa: N803 (scikit-learn's name)
         y: Any,
         task_config: FitTaskConfig,
+        options: FitOptions | None = None,
         *,
-        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
-        text_handling: str = "advanced",
-        thinking_config: ThinkingConfig | None = None,
-        api_mode: str = "auto",
-        description: str | None = None,
         on_poll: Callable[[GetFitStatusResponse], None] | None = None,
+        **deprecated: Unpack[FitKeywords],
     ) -> FitResult:
         """Upload a train set (skipped when the upstream has it: 409) and fit it.
 
-        ``api_mode``: ``"sync"`` (``/fit``), ``"async"`` (``submit_fit_job`` then polls) or
-        ``"auto"`` (async above the upstream's ``use_above_trainset_size_bytes``).
-        Serialization runs in a worker thread so the event loop keeps serving.
+        ``options`` says how (``FitOptions``: systems, text handling, sync or async fit...);
+        ``on_poll`` sees each status of an async fit. Serialization runs off the event loop.
         """
-        _base.check_fit_options(api_mode, text_handling)
+        opts = FitOptions.resolve(options, deprecated)
+        _base.check_fit_options(opts.api_mode, opts.text_handling)
         settings = await self.get_settings()
-        prepared = await anyio.to_thread.run_sync(
-            _base.prepare_train_set, X, y, settings, description
-        )
-        use_async = _base.use_async_fit(api_mode, prepared.in_memory_bytes, settings)
+        prepared = await arun_blocking(_base.prepare_train_set, X, y, settings, opts.description)
+        use_async = _base.use_async_fit(opts.api_mode, prepared.in_memory_bytes, settings)
         upload = await self.prepare_train_set_upload(prepared.request)
         if isinstance(upload, PrepareTrainSetUploadResponse):
             await self._upload_all(
                 [(prepared.x_bytes, upload.x_train_info), (prepared.y_bytes, upload.y_train_info)]
             )
         del prepared  # the bytes are uploaded; do not hold them through a long fit
-        args = (
-            upload.train_set_upload_id,
-            task_config,
-            tabpfn_systems,
-            text_handling,
-            thinking_config,
-        )
+        args = (upload.train_set_upload_id, task_config, opts)
         if use_async:
             submitted = await self.submit_fit_job(_base.fit_request(SubmitFitJobRequest, *args))
             done = await self.wait_for_fit(submitted.fitted_train_set_id, on_poll=on_poll)
@@ -527,9 +508,7 @@ class AsyncProtocolClient:
         ``UpstreamFittedModelNotFound`` (a ``FittedModelNotFound``).
         """
         settings = await self.get_settings()
-        prepared = await anyio.to_thread.run_sync(
-            _base.prepare_test_set, fitted_train_set_id, X, settings
-        )
+        prepared = await arun_blocking(_base.prepare_test_set, fitted_train_set_id, X, settings)
         upload = await self.prepare_test_set_upload(prepared.request)
         if isinstance(upload, PrepareTestSetUploadResponse):
             await self.upload(prepared.x_bytes, upload.x_test_info)

@@ -1,13 +1,15 @@
-"""The synchronous TabPFN protocol client: one base URL, one credential, one connection pool."""
+"""The synchronous TabPFN protocol client: one base URL, one credential, one connection pool.
+
+Generated from ``aclient.py`` by ``tools/unasync.py``: edit that file, then run
+``nox -s generate`` (``nox -s check_generated`` fails when this is stale). What differs
+between the two lives in ``_synchronization``.
+"""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 from uuid import UUID
 
 import httpx
@@ -25,6 +27,13 @@ from tabpfn_gateway.errors import (
 from tabpfn_gateway.protocol import _base
 from tabpfn_gateway.protocol._base import ClientOptions, Endpoint
 from tabpfn_gateway.protocol._errors import error_from_storage, error_from_transport
+from tabpfn_gateway.protocol._synchronization import (
+    Content,
+    Lock,
+    fan_out,
+    run_blocking,
+    sleep,
+)
 from tabpfn_gateway.protocol.messages import (
     ClassifierConfig,
     DuplicateTestSetErrorResponse,
@@ -50,8 +59,8 @@ from tabpfn_gateway.protocol.messages import (
     RegressorConfig,
     SubmitFitJobRequest,
     SubmitFitJobResponse,
-    ThinkingConfig,
 )
+from tabpfn_gateway.protocol.options import FitKeywords, FitOptions
 from tabpfn_gateway.protocol.results import FitResult, PredictionResult
 from tabpfn_gateway.protocol.serialization import split_chunks
 
@@ -65,18 +74,20 @@ class _Shared:
         self.options = options
         self.http = httpx.Client(transport=transport, **options.httpx_kwargs())
         self.settings: GetSettingsResponse | None = None
-        self.settings_lock = threading.Lock()
+        self.settings_lock = Lock()
 
 
 class ProtocolClient:
     """Speaks the TabPFN wire protocol to one upstream (TabPFN cloud, a gateway, FakeTabPFN).
 
     Each instance has its own base URL, bearer credential, timeouts and connection pool: no
-    process-global state, so many clients with many tokens run side by side in threads.
+    process-global state, so many clients with many tokens run side by side.
     ``with_token`` makes a sibling that shares the pool and the settings cache. The bearer
     credential goes only to ``base_url``: uploads to signed URLs carry the URL's own required
     headers and nothing else. Errors are ``tabpfn_gateway.errors.UpstreamError`` subclasses
     (bad arguments: ``InvalidRequest`` / ``ConfigurationError``); httpx exceptions never escape.
+    ``put_signed_url`` streams an iterable of chunks once: the gateway passes a client's
+    upload through it without holding the dataset in memory.
 
     Parameters
     ----------
@@ -87,13 +98,13 @@ class ProtocolClient:
     timeout, connect_timeout:
         Seconds for one request (fits can be long) and for connecting.
     transport:
-        An httpx transport to send everything through (``httpx.MockTransport``,
-        ``tabpfn_gateway.testing.transport.ASGIBridgeTransport``...). Signed-URL uploads and
-        prediction downloads use it too.
+        An httpx transport to send everything through (``httpx.MockTransport``, FakeTabPFN's
+        app through ``tabpfn_gateway.testing.transport``...). Signed-URL uploads and prediction
+        downloads use it too.
     max_connections:
         Size of the connection pool.
     upload_concurrency:
-        Chunks of one upload PUT in parallel.
+        Chunks of one upload PUT at once.
     poll_timeout:
         Overall deadline, in seconds, for waiting on an async fit; ``None`` takes the
         upstream's ``async_settings.poll_timeout_secs``.
@@ -174,6 +185,10 @@ class ProtocolClient:
 
     # -- plumbing ------------------------------------------------------------------------
 
+    def _retrying(self, predicate: Callable[[BaseException], bool]) -> tenacity.Retrying:
+        kwargs = _base.retry_kwargs(self._shared.options, predicate)
+        return tenacity.Retrying(sleep=sleep, **kwargs)
+
     def _send(
         self,
         operation: str,
@@ -182,7 +197,7 @@ class ProtocolClient:
         *,
         headers: Mapping[str, str],
         json: Any = None,
-        content: bytes | Iterable[bytes] | None = None,
+        content: Content | None = None,
         timeout: float | None = None,
         follow_redirects: bool = True,
     ) -> httpx.Response:
@@ -220,7 +235,7 @@ class ProtocolClient:
         """One API call with the credential, retried by ``retry``, errors mapped."""
         options = self._shared.options
         headers = _base.api_headers(options, self._token)
-        for attempt in tenacity.Retrying(**_base.retry_kwargs(options, retry)):
+        for attempt in self._retrying(retry):
             with attempt:
                 response = self._send(
                     operation,
@@ -282,12 +297,12 @@ class ProtocolClient:
         )
 
     def upload(self, data: bytes, info: FileUploadInfo) -> None:
-        """PUT ``data`` to ``info.signed_urls`` in chunks, in parallel, retried."""
+        """PUT ``data`` to ``info.signed_urls`` in chunks (``upload_concurrency`` at once)."""
         self._upload_all([(data, info)])
 
     def _upload_all(self, files: Sequence[tuple[bytes, FileUploadInfo]]) -> None:
-        # All chunks of all files share one bounded pool, so x and y of a train set
-        # upload together without exceeding `upload_concurrency` connections.
+        # All chunks of all files share one limit, so x and y of a train set upload together
+        # without exceeding `upload_concurrency` connections.
         jobs: list[tuple[str, bytes | memoryview, Mapping[str, str]]] = []
         for data, info in files:
             if not info.signed_urls:
@@ -297,38 +312,27 @@ class ProtocolClient:
                 (url, chunk, info.required_headers)
                 for url, chunk in zip(info.signed_urls, chunks, strict=True)
             )
-        if len(jobs) == 1:
-            url, chunk, headers = jobs[0]
-            self._put_chunk(url, chunk, headers)
-            return
-        workers = min(self._shared.options.upload_concurrency, len(jobs))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tabpfn-upload") as pool:
-            futures = [pool.submit(self._put_chunk, *job) for job in jobs]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
-            for future in done:
-                future.result()  # re-raises the first failure
-            for future in pending:
-                if not future.cancelled():
-                    future.result()
+        fan_out(self._put_chunk, jobs, limit=self._shared.options.upload_concurrency)
 
-    def _put_chunk(self, url: str, chunk: bytes | memoryview, headers: Mapping[str, str]) -> None:
+    def _put_chunk(self, job: tuple[str, bytes | memoryview, Mapping[str, str]]) -> None:
+        url, chunk, headers = job
         self.put_signed_url(url, chunk if isinstance(chunk, bytes) else bytes(chunk), headers)
 
     def put_signed_url(
-        self, url: str, content: bytes | Iterable[bytes], headers: Mapping[str, str]
+        self,
+        url: str,
+        content: Content,
+        headers: Mapping[str, str],
     ) -> None:
         """PUT one chunk to a signed URL with exactly ``headers`` (never the bearer credential).
 
-        ``bytes`` are retried on transient failures; an iterable is streamed once (it
-        cannot be replayed).
+        ``bytes`` are retried on transient failures; an iterable of chunks is streamed once
+        and not retried (it cannot be replayed).
         """
         _base.check_signed_url(url)
-        options = self._shared.options
         replayable = isinstance(content, bytes)
         retry = _base.retry_idempotent if replayable else _base.retry_never
-        for attempt in tenacity.Retrying(**_base.retry_kwargs(options, retry)):
+        for attempt in self._retrying(retry):
             with attempt:
                 response = self._send(
                     "upload",
@@ -388,10 +392,9 @@ class ProtocolClient:
         Raises ``UpstreamError`` if the fit failed, ``UpstreamTimeout`` past the deadline
         (``poll_timeout``, else the upstream's ``async_settings.poll_timeout_secs``).
         """
-        settings = self.get_settings() if self._shared.options.poll_timeout is None else None
-        poller = _base.FitPoller(
-            str(fitted_train_set_id), _base.poll_timeout(self._shared.options, settings)
-        )
+        options = self._shared.options
+        settings = self.get_settings() if options.poll_timeout is None else None
+        poller = _base.FitPoller(str(fitted_train_set_id), _base.poll_timeout(options, settings))
         while True:
             try:
                 status = self.get_fit_status(fitted_train_set_id)
@@ -402,7 +405,7 @@ class ProtocolClient:
                     on_poll(status)
                 if poller.on_status(status):
                     return status
-            time.sleep(poller.next_sleep())
+            sleep(poller.next_sleep())
 
     def prepare_test_set_upload(
         self, req: PrepareTestSetUploadRequest
@@ -441,8 +444,7 @@ class ProtocolClient:
     def download_prediction(self, uri: str) -> Prediction:
         """GET a prediction from a signed URI (no bearer credential), retried."""
         _base.check_signed_url(uri)
-        options = self._shared.options
-        for attempt in tenacity.Retrying(**_base.retry_kwargs(options, _base.retry_idempotent)):
+        for attempt in self._retrying(_base.retry_idempotent):
             with attempt:
                 response = self._send(
                     "download_prediction", "GET", uri, headers={}, follow_redirects=False
@@ -458,36 +460,28 @@ class ProtocolClient:
         X: pd.DataFrame | np.ndarray,  # noqa: N803 (scikit-learn's name)
         y: Any,
         task_config: FitTaskConfig,
+        options: FitOptions | None = None,
         *,
-        tabpfn_systems: Sequence[str] = ("preprocessing", "text"),
-        text_handling: str = "advanced",
-        thinking_config: ThinkingConfig | None = None,
-        api_mode: str = "auto",
-        description: str | None = None,
         on_poll: Callable[[GetFitStatusResponse], None] | None = None,
+        **deprecated: Unpack[FitKeywords],
     ) -> FitResult:
         """Upload a train set (skipped when the upstream has it: 409) and fit it.
 
-        ``api_mode``: ``"sync"`` (``/fit``), ``"async"`` (``submit_fit_job`` then polls) or
-        ``"auto"`` (async above the upstream's ``use_above_trainset_size_bytes``).
+        ``options`` says how (``FitOptions``: systems, text handling, sync or async fit...);
+        ``on_poll`` sees each status of an async fit. Serialization runs off the event loop.
         """
-        _base.check_fit_options(api_mode, text_handling)
+        opts = FitOptions.resolve(options, deprecated)
+        _base.check_fit_options(opts.api_mode, opts.text_handling)
         settings = self.get_settings()
-        prepared = _base.prepare_train_set(X, y, settings, description)
-        use_async = _base.use_async_fit(api_mode, prepared.in_memory_bytes, settings)
+        prepared = run_blocking(_base.prepare_train_set, X, y, settings, opts.description)
+        use_async = _base.use_async_fit(opts.api_mode, prepared.in_memory_bytes, settings)
         upload = self.prepare_train_set_upload(prepared.request)
         if isinstance(upload, PrepareTrainSetUploadResponse):
             self._upload_all(
                 [(prepared.x_bytes, upload.x_train_info), (prepared.y_bytes, upload.y_train_info)]
             )
         del prepared  # the bytes are uploaded; do not hold them through a long fit
-        args = (
-            upload.train_set_upload_id,
-            task_config,
-            tabpfn_systems,
-            text_handling,
-            thinking_config,
-        )
+        args = (upload.train_set_upload_id, task_config, opts)
         if use_async:
             submitted = self.submit_fit_job(_base.fit_request(SubmitFitJobRequest, *args))
             done = self.wait_for_fit(submitted.fitted_train_set_id, on_poll=on_poll)
@@ -496,7 +490,8 @@ class ProtocolClient:
         timings = fitted.timings
         # Anything but COMPLETED (PENDING, or a status a newer upstream added) is waited on.
         if fitted.status != FitStatus.COMPLETED:
-            timings = self.wait_for_fit(fitted.fitted_train_set_id, on_poll=on_poll).timings
+            status = self.wait_for_fit(fitted.fitted_train_set_id, on_poll=on_poll)
+            timings = status.timings
         return FitResult(str(fitted.fitted_train_set_id), _base.timings_dict(timings))
 
     def predict(
@@ -510,7 +505,8 @@ class ProtocolClient:
         A fitted model the upstream does not know (or that another token made) raises
         ``UpstreamFittedModelNotFound`` (a ``FittedModelNotFound``).
         """
-        prepared = _base.prepare_test_set(fitted_train_set_id, X, self.get_settings())
+        settings = self.get_settings()
+        prepared = run_blocking(_base.prepare_test_set, fitted_train_set_id, X, settings)
         upload = self.prepare_test_set_upload(prepared.request)
         if isinstance(upload, PrepareTestSetUploadResponse):
             self.upload(prepared.x_bytes, upload.x_test_info)
