@@ -221,7 +221,7 @@ class Admin:
                 "starting with a letter or digit."
             )
         if kind not in ("user", "team"):
-            raise InvalidRequest(f"A principal kind is 'user' or 'team', not {kind!r}.")
+            raise InvalidRequest("A principal kind is 'user' or 'team'.")
         now = utcnow()
         principal = Principal(id=new_id(), name=name, kind=kind, created_at=now)
         with self.store.atomic() as tx:
@@ -236,7 +236,7 @@ class Admin:
         """The principal with this id, else with this name; ``PrincipalNotFound``."""
         found = self.store.get_principal(id_or_name) or self.store.get_principal_by_name(id_or_name)
         if found is None:
-            raise PrincipalNotFound(f"No principal with id or name {id_or_name!r}.")
+            raise PrincipalNotFound("No principal with that id or name.")
         return found
 
     def list_principals(
@@ -263,11 +263,10 @@ class Admin:
         and stored nowhere; an unreachable upstream raises ``UpstreamUnavailable``
         (retryable), also storing nothing.
         """
+        from tabpfn_gateway.vault import check_token_text
+
         vault = self._require_vault()
-        raw = token.get_secret_value() if isinstance(token, SecretStr) else token
-        if not isinstance(raw, str) or not raw.strip():
-            raise InvalidRequest("The TabPFN token is empty.")
-        secret = SecretStr(raw.strip())
+        secret = check_token_text(token)
         register_secret(secret.get_secret_value())
         if not isinstance(label, str) or not label.strip() or len(label) > _MAX_LABEL_LENGTH:
             raise InvalidRequest(f"A credential label is 1-{_MAX_LABEL_LENGTH} characters.")
@@ -405,7 +404,7 @@ class Admin:
         """The credential record (its token stays encrypted); ``CredentialNotFound``."""
         found = self.store.get_credential(credential_id)
         if found is None:
-            raise CredentialNotFound(f"No upstream credential with id {credential_id!r}.")
+            raise CredentialNotFound("No upstream credential with that id.")
         return found
 
     def list_credentials(
@@ -420,7 +419,7 @@ class Admin:
         credential = self.get_credential(credential_id)
         with self.store.atomic() as tx:
             if not tx.delete_credential(credential_id):
-                raise CredentialNotFound(f"No upstream credential with id {credential_id!r}.")
+                raise CredentialNotFound("No upstream credential with that id.")
             tx.record_audit(
                 _event(
                     actor,

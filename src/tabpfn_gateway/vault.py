@@ -44,12 +44,32 @@ __all__ = [
     "MIN_SECRET_LENGTH",
     "SECRET_KEY_FILE",
     "TokenVault",
+    "check_token_text",
     "configured_secrets",
     "derive_key",
     "read_or_create_secret_file",
 ]
 
 logger = logging.getLogger(__name__)
+
+_MAX_TOKEN_LENGTH = 8192
+
+
+def check_token_text(token: str | SecretStr, what: str = "The TabPFN token") -> SecretStr:
+    """``token`` stripped, if it can travel in an ``Authorization`` header: printable ASCII
+    only (no CR, LF, NUL or other control or non-ASCII characters), 1 to 8192 characters.
+    Anything else is ``InvalidRequest`` (400), never stored, and never sent anywhere."""
+    raw = token.get_secret_value() if isinstance(token, SecretStr) else token
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidRequest(f"{what} is empty.")
+    raw = raw.strip()
+    if len(raw) > _MAX_TOKEN_LENGTH or not all(" " <= ch <= "~" for ch in raw):
+        raise InvalidRequest(
+            f"{what} must be printable ASCII (no line breaks, NUL or non-ASCII characters), "
+            f"at most {_MAX_TOKEN_LENGTH} characters."
+        )
+    return SecretStr(raw)
+
 
 MIN_SECRET_LENGTH = 16
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name, not a secret

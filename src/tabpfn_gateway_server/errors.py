@@ -12,11 +12,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tabpfn_gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tabpfn_gateway.errors import (
+    ConfigurationError,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    StoreError,
+    VaultError,
+)
 from tabpfn_gateway.gateway import http_status, is_retry_hinted
 from tabpfn_gateway.gateway._status import DEFAULT_RETRY_AFTER_SECONDS
+from tabpfn_gateway.logs import redact
 
-__all__ = ["count_error", "error_response", "install_error_handlers", "trace_id_of"]
+__all__ = [
+    "count_error",
+    "error_response",
+    "install_error_handlers",
+    "public_message",
+    "trace_id_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +56,7 @@ def error_response(
         own_trace = None  # a caller's own X-Request-ID: still in the X-Trace-Id header
     body = {
         "error_code": error.error_code,
-        "message": error.message,
+        "message": public_message(error),
         "trace_id": upstream_trace or own_trace,
     }
     headers: dict[str, str] = {}
@@ -51,6 +66,19 @@ def error_response(
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+# Errors whose messages describe the gateway's own insides (database host, port, name and
+# driver error; settings): logged with the trace id, answered with the class's fixed text.
+_INTERNAL_DETAIL = (StoreError, VaultError, ConfigurationError)
+
+
+def public_message(error: GatewayError) -> str:
+    """The message a caller may see: redacted of anything secret-shaped, and without the
+    internal detail of store, vault and configuration errors."""
+    if isinstance(error, _INTERNAL_DETAIL):
+        return type(error).default_message
+    return redact(error.message)
 
 
 def _is_uuid(value: str) -> bool:
@@ -74,14 +102,25 @@ async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
     count_error(request, exc.error_code)
     if status >= 500:
         logger.warning(
-            "%s %s -> %d %s: %s",
+            "%s %s -> %d %s: %s (trace id %s)",
             request.method,
             _route_of(request),
             status,
             exc.error_code,
             exc.message,
+            trace_id_of(request),
         )
     return error_response(exc, trace_id_of(request))
+
+
+async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+    # Values a caller sent that Python cannot represent or encode on the way on: a date past
+    # year 9999 once moved to UTC, a duration of 1e300 seconds, a lone surrogate in a string.
+    error = InvalidRequest(
+        f"A value in the request is out of range or not valid text ({type(exc).__name__})."
+    )
+    count_error(request, error.error_code)
+    return error_response(error, trace_id_of(request))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -122,3 +161,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for kind in (OverflowError, UnicodeError):
+        app.add_exception_handler(kind, _out_of_range)

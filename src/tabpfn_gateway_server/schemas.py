@@ -160,7 +160,11 @@ class KeyIn(BaseModel):
 
 class RotateIn(BaseModel):
     grace_seconds: float = Field(
-        default=86_400, ge=0, description="How long the old secret keeps working."
+        default=86_400,
+        ge=0,
+        le=366 * 86_400,
+        allow_inf_nan=False,
+        description="How long the old secret keeps working (at most a year).",
     )
     request_id: str | None = Field(
         default=None,

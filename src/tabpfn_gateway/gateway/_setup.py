@@ -48,10 +48,9 @@ def self_service_setup(
     from tabpfn_gateway.admin import Admin
     from tabpfn_gateway.keys import DEFAULT_SCOPES, KeyManager
     from tabpfn_gateway.protocol import TokenStatus
+    from tabpfn_gateway.vault import check_token_text
 
-    token = tabpfn_token if isinstance(tabpfn_token, SecretStr) else SecretStr(tabpfn_token)
-    if not token.get_secret_value().strip():
-        raise InvalidRequest("tabpfn_token must not be empty.")
+    token = check_token_text(tabpfn_token, "tabpfn_token")
     principal_name = _check_principal_name(name) if name is not None else None
     if verify(token) is TokenStatus.INVALID:
         raise UpstreamAuthenticationFailed("The upstream rejected this TabPFN token.")

@@ -205,9 +205,9 @@ class KeyManager:
             )
         principal = self._store.get_principal(owner)
         if principal is None:
-            raise PrincipalNotFound(f"No principal with id {owner!r}.")
+            raise PrincipalNotFound("No principal with that id.")
         if credential is not None and self._store.get_credential(credential) is None:
-            raise CredentialNotFound(f"No upstream credential with id {credential!r}.")
+            raise CredentialNotFound("No upstream credential with that id.")
         for _ in range(_CREATE_ATTEMPTS):
             parsed = ParsedKey(key_id=new_key_id(), secret=new_secret(), admin=admin)
             plaintext = parsed.plaintext
@@ -355,7 +355,7 @@ class KeyManager:
         """The key with this public id; ``KeyNotFound`` if there is none."""
         record = self._store.get_key(key_id)
         if record is None:
-            raise KeyNotFound(f"No gateway key with id {key_id!r}.")
+            raise KeyNotFound("No gateway key with that id.")
         return record
 
     def list(
@@ -468,7 +468,7 @@ class KeyManager:
             if won:
                 tx.record_audit(audit)
         if updated is None:
-            raise KeyNotFound(f"No gateway key with id {key_id!r}.")
+            raise KeyNotFound("No gateway key with that id.")
         self._changed(record.key_id)
         if not won:
             if request_id is not None and updated.rotation_request_id == request_id:
@@ -515,7 +515,7 @@ class KeyManager:
             if updated is not None:
                 tx.record_audit(audit)
         if updated is None:
-            raise KeyNotFound(f"No gateway key with id {record.key_id!r}.")
+            raise KeyNotFound("No gateway key with that id.")
         self._changed(record.key_id)
         logger.info("%s key id %s by %s", action, record.key_id, actor)
         return updated

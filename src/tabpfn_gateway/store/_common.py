@@ -52,7 +52,10 @@ def check_aware(value: datetime | None, name: str) -> datetime | None:
         raise InvalidRequest(f"{name} must be a datetime, got {type(value).__name__}.")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidRequest(f"{name} must be timezone-aware (UTC), got a naive datetime.")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 has no UTC spelling
+        raise InvalidRequest(f"{name} is outside the representable dates in UTC.") from None
 
 
 def encode_cursor(created_at: datetime, record_id: str) -> str:
@@ -69,7 +72,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         when = datetime.fromisoformat(created)
         if not isinstance(record_id, str) or when.tzinfo is None:
             raise ValueError("bad cursor fields")
-    except (ValueError, TypeError, UnicodeError, binascii.Error) as exc:
+        when = when.astimezone(UTC)
+    except (ValueError, TypeError, UnicodeError, OverflowError, binascii.Error) as exc:
         raise InvalidRequest(
             "The cursor is malformed; pass a next_cursor returned by a list call."
         ) from exc

@@ -151,6 +151,10 @@ def map_database_error(
     detail = redact(first_line[0]) if first_line else type(exc).__name__
     if isinstance(exc, sa_exc.IntegrityError):
         return Conflict(conflict or f"{what}: a unique value is taken or a reference is missing.")
+    if isinstance(exc, sa_exc.DataError):
+        # A value the database cannot hold (NUL in text on PostgreSQL, a number past BIGINT):
+        # the caller's input, never a 500.
+        return InvalidRequest(f"{what}: a value cannot be stored (out of range or invalid text).")
     if sqlstate in _MISSING_SCHEMA_SQLSTATES or any(
         fragment in detail for fragment in _MISSING_SCHEMA_FRAGMENTS
     ):
@@ -322,6 +326,11 @@ class SqlStore:
                     yield connection
         except sa_exc.SQLAlchemyError as exc:
             raise self._map_error(exc, what, conflict) from exc
+        except (OverflowError, UnicodeError) as exc:
+            # The DBAPI refused a value before sending it (SQLite: an integer past 64 bits).
+            raise InvalidRequest(
+                f"{what}: a value cannot be stored (out of range or invalid text)."
+            ) from exc
 
     # -- lifecycle ---------------------------------------------------------------------
 
