@@ -101,3 +101,21 @@ def build(session: nox.Session) -> None:
         session.run(cli, "demo", **isolated)
         session.run(cli, "db", "upgrade", **isolated)
         session.run(python, os.path.join("tools", "check_release.py"), "--installed", **isolated)
+
+
+@nox.session
+def console_screenshots(session: nox.Session) -> None:
+    """Screenshots of every admin console page at desktop (1280 px) and phone (360 px) widths,
+    saved for review in screenshots/console/ (or the first argument); Debian's chromium."""
+    target = os.path.abspath(session.posargs[0] if session.posargs else "screenshots/console")
+    session.run(
+        PY,
+        "-m",
+        "pytest",
+        "tests/test_console_browser.py",
+        "-k",
+        "screenshots",
+        "-q",
+        env={"TABPFN_GATEWAY_CONSOLE_SCREENSHOTS": target},
+    )
+    session.log(f"screenshots saved in {target}")

@@ -90,12 +90,20 @@ def check_installed() -> list[str]:
         secret_key=SecretStr("release-check-secret-0000000000000000"),
         _env_file=None,  # type: ignore[call-arg]
     )
-    app = create_app(settings, migrate=False)
+    app = create_app(settings.model_copy(update={"console_enabled": True}), migrate=False)
 
     async def fetch_all() -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            for path in ("/healthz", "/openapi.json", "/docs"):
+            # The admin console's templates and static files ship in the wheel too.
+            for path in (
+                "/healthz",
+                "/openapi.json",
+                "/docs",
+                "/console/sign-in",
+                "/console/static/console.css",
+                "/console/static/console.js",
+            ):
                 status = (await client.get(path)).status_code
                 if status != 200:
                     problems.append(f"GET {path} answered {status} from the installed server")
