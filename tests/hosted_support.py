@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,8 +15,8 @@ Make = Callable[..., Any]
 def hosted() -> Iterator[Make]:
     """``hosted(TabPFNClassifier, endpoint_url=..., ...)``: an unmodified tabpfn_client.hosted
     estimator, kept alive until the test ends. They hold an httpx.Client they never close;
-    every one left open is closed here, so no ResourceWarning (an error in this suite) fires
-    when the estimator is collected."""
+    it is closed here, so no ResourceWarning (an error in this suite) fires when the
+    estimator is collected."""
     made: list[Any] = []
 
     def make(cls: type[Any], **kwargs: Any) -> Any:
@@ -26,9 +25,11 @@ def hosted() -> Iterator[Make]:
         return estimator
 
     yield make
-    for obj in gc.get_objects():
-        if isinstance(obj, httpx.Client) and not obj.is_closed:
-            obj.close()
+    for estimator in made:
+        # The estimator's own cached client (tabpfn_client.hosted's _http_client()).
+        client = estimator.__dict__.get("_cached_client")
+        if isinstance(client, httpx.Client):
+            client.close()
     made.clear()
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from tabpfn_gateway.gateway import Gateway, GatewaySession
+    from tabpfn_gateway.hosted.client import HostedProtocolClient
     from tabpfn_gateway.protocol import FitOptions, FitResult, PredictionResult, ProtocolClient
     from tabpfn_gateway.protocol.messages import (
         ClassifierConfig,
@@ -188,6 +189,10 @@ class HTTPBackend(_DelegatingBackend):
         self.transport = transport
         self._lock = threading.Lock()
         self._client: ProtocolClient | None = None
+        self._resolved_key: SecretStr | None = None
+        # What the key's credential speaks (None: not asked yet) and its client if hosted.
+        self._kind: str | None = None
+        self._hosted: HostedProtocolClient | None = None
         self._settings = _SettingsCache()
 
     def __repr__(self) -> str:
@@ -224,6 +229,7 @@ class HTTPBackend(_DelegatingBackend):
 
                 url = resolve_base_url(self.base_url)
                 key = resolve_api_key(url, self._api_key)
+                self._resolved_key = key
                 self._client = ProtocolClient(
                     url, key, timeout=self.timeout, transport=self.transport
                 )
@@ -236,14 +242,72 @@ class HTTPBackend(_DelegatingBackend):
         client = self.client()
         if is_tabpfn_cloud(client.base_url):
             return client
-        # A gateway: its errors in its own words (its codes, "the gateway at URL").
-        return cast("ProtocolClient", GatewayFacing(client, client.base_url))
+        # A gateway: the protocol its key's credential speaks (a self-hosted container's, or
+        # TabPFN cloud's), with its errors in its own words (its codes, "the gateway at URL").
+        hosted = self._hosted_client(client)
+        target: Any = hosted if hosted is not None else client
+        return cast("ProtocolClient", GatewayFacing(target, client.base_url))
+
+    def _hosted_client(self, client: ProtocolClient) -> HostedProtocolClient | None:
+        """The container-protocol client when the gateway says this key's credential is a
+        self-hosted container (asked once: ``GET /api/v1/whoami``), else None."""
+        with self._lock:
+            if self._kind is not None:
+                return self._hosted
+            key = self._resolved_key
+        kind = _upstream_kind(client.base_url, key, self.transport)
+        if kind is None:
+            return None  # no answer now: the cloud call says why (and we ask again later)
+        hosted: HostedProtocolClient | None = None
+        if kind == "hosted":
+            from tabpfn_gateway.hosted.client import HostedProtocolClient
+
+            hosted = HostedProtocolClient(
+                client.base_url.rstrip("/") + "/predict",
+                key,
+                timeout=self.timeout,
+                transport=self.transport,
+            )
+            weakref.finalize(self, hosted.close)
+        with self._lock:
+            self._kind, self._hosted = kind, hosted
+        return hosted
 
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+            hosted, self._hosted, self._kind = self._hosted, None, None
         if client is not None:
             client.close()
+        if hosted is not None:
+            hosted.close()
+
+
+def _upstream_kind(
+    base_url: str, key: SecretStr | None, transport: httpx.BaseTransport | None
+) -> str | None:
+    """``cloud`` or ``hosted`` as the gateway at ``base_url`` says for ``key``; ``cloud``
+    for a peer without the question (an older gateway); None when it cannot say now."""
+    import httpx
+
+    headers = {} if key is None else {"Authorization": f"Bearer {key.get_secret_value()}"}
+    http = httpx.Client(transport=transport, timeout=30.0)
+    try:
+        answer = http.get(base_url.rstrip("/") + "/api/v1/whoami", headers=headers)
+    except httpx.HTTPError:
+        return None
+    finally:
+        if transport is None:  # closing a given transport would close it for its owner too
+            http.close()
+    if answer.status_code in (404, 405):
+        return "cloud"
+    if answer.status_code != 200:
+        return None
+    try:
+        kind = answer.json().get("upstream_kind")
+    except (ValueError, AttributeError):
+        return None
+    return kind if kind in ("cloud", "hosted") else "cloud"
 
 
 # HTTP backends shared by the estimators of this process, by (URL, key digest, timeout):
