@@ -133,6 +133,7 @@ def seed_usage(gateway: Gateway, *, days: int = 30, seed: int = 7) -> None:
                         rows=rng.randint(100, 20_000),
                         columns=rng.randint(5, 60),
                         bytes=rng.randint(10_000, 5_000_000),
+                        credits=None if failed else rng.randint(1, 40),
                         created_at=when - timedelta(minutes=rng.randint(0, 600)),
                     )
                 )

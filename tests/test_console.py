@@ -493,12 +493,13 @@ def record_usage(gateway: Gateway, tenant: Tenant, **fields: Any) -> None:
 def test_overview_and_usage_show_recorded_calls(signed_in: Console) -> None:
     gateway, tenant = signed_in.gateway, signed_in.tenant
     for _ in range(3):
-        record_usage(gateway, tenant)
+        record_usage(gateway, tenant, credits=7)
     record_usage(gateway, tenant, status=429, operation="fit")
     overview = signed_in.client.get("/console/").text
     today = utcnow().date().isoformat()
     assert re.search(rf'data-day="{today}" data-calls="4" data-errors="1"', overview)
     assert 'id="total-calls">4<' in overview
+    assert 'id="total-credits">21<' in overview
     assert "ann" in overview
     assert ">429<" in overview
     usage = signed_in.client.get(f"/console/usage?owner=ann&since={today}&until={today}").text
@@ -509,7 +510,7 @@ def test_overview_and_usage_show_recorded_calls(signed_in: Console) -> None:
     assert csv_answer.headers["content-type"].startswith("text/csv")
     lines = csv_answer.text.strip().splitlines()
     assert lines[0].startswith("key_id,owner,operation,calls")
-    assert f"{tenant.key_id},ann,predict,3,0,300,6000,10.0" in lines
+    assert f"{tenant.key_id},ann,predict,3,0,300,6000,21,10.0" in lines
     assert signed_in.client.get("/console/usage?until=2000-01-01").text.count("No usage") == 1
 
 

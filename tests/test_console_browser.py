@@ -115,7 +115,7 @@ def test_end_to_end_sign_in_team_key_sdk_chart_revoke(browser: Any, served: Serv
     assert int(bar.get_attribute("data-calls") or 0) >= 2
     assert bar.locator("rect.bar").count() == 1
     row = page.locator("#per-principal tr", has_text="data-science")
-    assert int(row.locator("td").nth(2).inner_text().replace(",", "")) >= 2
+    assert int(row.locator("td").nth(3).inner_text().replace(",", "")) >= 2
 
     # Revoked in the console (confirming the dialog), refused to the SDK at once.
     page.get_by_role("link", name="Keys").click()

@@ -1,8 +1,8 @@
-"""What the console's pages show, read through the core (Admin, KeyManager, the usage store).
+"""What the console's pages show, read through the core's ``Admin`` service.
 
 Kept in one module so the pages never reach into the core themselves. The per-day and
 per-principal totals are added up here from raw usage events over the period; the governance
-report (daily roll-ups, credits, budgets) replaces this when the core offers it.
+report (daily roll-ups, budgets) replaces this when ``Admin`` offers it.
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ __all__ = [
 T = TypeVar("T")
 
 _PAGE = 1000
-# The overview reads at most this many raw events per period (a safety valve until daily
-# roll-ups exist); past it the page says the figures are partial.
-MAX_OVERVIEW_EVENTS = 200_000
 RECENT_PROBLEMS = 10
+# The latest refusals are looked for among this many of the newest events.
+PROBLEM_SCAN = 250
 
 
 def walk(list_page: Callable[..., Page[T]], **filters: object) -> Iterator[T]:
@@ -60,14 +59,7 @@ def principals_by_id(gateway: Gateway) -> dict[str, Principal]:
 
 def key_state(key: ApiKey, now: datetime | None = None) -> str:
     """active, disabled, revoked or expired: what the key list shows."""
-    now = now or utcnow()
-    if key.revoked_at is not None:
-        return "revoked"
-    if key.disabled_at is not None:
-        return "disabled"
-    if key.expires_at is not None and now >= key.expires_at:
-        return "expired"
-    return "active"
+    return key.state(now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +94,7 @@ class PrincipalTotal:
     errors: int = 0
     rows: int = 0
     bytes: int = 0
+    credits: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,51 +127,54 @@ class Overview:
     keys_expiring: list[KeyView] = field(default_factory=list)
     calls: int = 0
     errors: int = 0
+    credits: int = 0
     active_keys: int = 0
-    partial: bool = False
 
 
 def load_overview(gateway: Gateway, days: int, now: datetime | None = None) -> Overview:
-    """Totals per principal and per UTC day over the last ``days`` days, the latest refused
-    or failed calls, and the active keys that expire soonest."""
+    """Totals per principal and per UTC day over the last ``days`` days (from the store's
+    daily roll-up: one grouped query, pruned history included), the latest refused or failed
+    calls, and the active keys that expire soonest."""
     now = now or utcnow()
     today = now.astimezone(UTC).date()
     first_day = today - timedelta(days=days - 1)
     since = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
     overview = Overview(days=days, since=since, until=now)
     principals = principals_by_id(gateway)
-    gateway.usage.flush()  # this replica's buffered calls first, so a reader sees its own
+    admin = gateway.admin
+    # Until Admin offers the governance report, the roll-up is read from Admin's store; the
+    # usage read first writes this replica's buffered events, so a reader sees its own calls.
+    recent = admin.list_usage(since=since, limit=PROBLEM_SCAN)
     by_owner: dict[str, PrincipalTotal] = {}
     by_day_calls = {first_day + timedelta(days=i): 0 for i in range(days)}
     by_day_errors = dict.fromkeys(by_day_calls, 0)
-    for seen, event in enumerate(walk(gateway.store.list_usage, since=since), start=1):
-        if seen > MAX_OVERVIEW_EVENTS:
-            overview.partial = True
-            break
-        failed = event.status >= 400
-        owner = principals.get(event.owner_id)
-        total = by_owner.get(event.owner_id)
+    for row in admin.store.usage_rollup(since=since):
+        owner = principals.get(row.owner_id)
+        total = by_owner.get(row.owner_id)
         if total is None:
-            total = by_owner[event.owner_id] = PrincipalTotal(
-                event.owner_id,
-                owner.name if owner else event.owner_id,
+            total = by_owner[row.owner_id] = PrincipalTotal(
+                row.owner_id,
+                owner.name if owner else row.owner_id,
                 owner.kind if owner else "?",
             )
-        total.calls += 1
-        total.errors += failed
-        total.rows += event.rows or 0
-        total.bytes += event.bytes or 0
-        day = event.created_at.astimezone(UTC).date()
-        if day in by_day_calls:
-            by_day_calls[day] += 1
-            by_day_errors[day] += failed
-        if failed and len(overview.problems) < RECENT_PROBLEMS:
+        total.calls += row.calls
+        total.errors += row.errors
+        total.rows += row.rows
+        total.bytes += row.bytes
+        total.credits += row.credits
+        if row.day in by_day_calls:
+            by_day_calls[row.day] += row.calls
+            by_day_errors[row.day] += row.errors
+    for event in recent.items:
+        if event.status >= 400 and len(overview.problems) < RECENT_PROBLEMS:
+            owner = principals.get(event.owner_id)
             overview.problems.append(ProblemView(event, owner.name if owner else event.owner_id))
-    overview.totals = sorted(by_owner.values(), key=lambda t: (-t.calls, t.name))
+    overview.totals = sorted(by_owner.values(), key=lambda t: (-t.credits, -t.calls, t.name))
     overview.per_day = [DayTotal(d, by_day_calls[d], by_day_errors[d]) for d in by_day_calls]
     overview.calls = sum(t.calls for t in overview.totals)
     overview.errors = sum(t.errors for t in overview.totals)
-    keys = list(walk(gateway.keys.list))
+    overview.credits = sum(t.credits for t in overview.totals)
+    keys = list(walk(admin.list_keys))
     views = [v for v in key_views(keys, principals) if v.state == "active"]
     overview.active_keys = len(views)
     expiring = [v for v in views if v.key.expires_at is not None]
@@ -194,9 +190,8 @@ def usage_summary(
     since: datetime | None,
     until: datetime | None,
 ) -> list[UsageSummary]:
-    """Calls, errors, rows, bytes and latency per key and operation over the filters."""
-    gateway.usage.flush()
-    return gateway.store.summarize_usage(owner_id=owner_id, key_id=key_id, since=since, until=until)
+    """Calls, errors, rows, bytes, credits and latency per key and operation."""
+    return gateway.admin.summarize_usage(owner=owner_id, key_id=key_id, since=since, until=until)
 
 
 def credentials_of(gateway: Gateway, owner_id: str) -> list[UpstreamCredential]:
@@ -206,4 +201,4 @@ def credentials_of(gateway: Gateway, owner_id: str) -> list[UpstreamCredential]:
 
 def keys_of(gateway: Gateway, owner_id: str | None) -> list[ApiKey]:
     """Keys, of one principal or all, newest first."""
-    return list(walk(gateway.keys.list, owner=owner_id))
+    return list(walk(gateway.admin.list_keys, owner=owner_id))

@@ -154,7 +154,8 @@ class Console:
 
     def __init__(self, gateway: Gateway, limiter: AttemptLimiter | None) -> None:
         self.gateway = gateway
-        self.sessions = AdminSessions.from_settings(gateway.settings, gateway.store, gateway.keys)
+        admin = gateway.admin
+        self.sessions = AdminSessions.from_settings(gateway.settings, admin.store, admin.keys)
         self.limiter = limiter
         self.templates = _templates()
 
@@ -354,7 +355,7 @@ class Console:
                 principal_id,
                 token,
                 form.get("label", ""),
-                verify=self.gateway.verify_upstream_token if verify else None,
+                verify=verify,
                 actor=context.actor,
             )
         except GatewayError as exc:
@@ -368,7 +369,7 @@ class Console:
     async def remove_credential(self, request: Request, credential_id: str) -> Response:
         context, _ = await self.change(request)
         credential = await _run(self.gateway.admin.get_credential, credential_id)
-        await _run(self.gateway.remove_credential, credential_id, actor=context.actor)
+        await _run(self.gateway.admin.remove_credential, credential_id, actor=context.actor)
         return RedirectResponse(
             f"{CONSOLE_PREFIX}/principals/{credential.owner_id}?notice=credential-removed", 303
         )
@@ -404,20 +405,16 @@ class Console:
         try:
             expires = _start_of(_day(form.get("expires_on"), "The expiry date"))
 
-            def create() -> Any:
-                owner = self.gateway.admin.get_principal(owner_id)
-                credential = form.get("credential_id") or None
-                return self.gateway.keys.create(
-                    owner.id,
-                    credential,
-                    form.get("name", ""),
-                    wanted or DEFAULT_SCOPES,
-                    expires,
-                    admin=admin,
-                    actor=context.actor,
-                )
-
-            created = await _run(create)
+            created = await _run(
+                self.gateway.admin.create_key,
+                owner_id,
+                form.get("credential_id") or None,
+                form.get("name", ""),
+                wanted or DEFAULT_SCOPES,
+                expires,
+                admin=admin,
+                actor=context.actor,
+            )
         except GatewayError as exc:
             return await self.principal(
                 request, owner_id, error=exc.message, status=http_status(exc)
@@ -434,9 +431,9 @@ class Console:
     async def change_key(self, request: Request, key_id: str, action: str) -> Response:
         context, form = await self.change(request)
         operations: dict[str, Callable[..., Any]] = {
-            "revoke": self.gateway.keys.revoke,
-            "disable": self.gateway.keys.disable,
-            "enable": self.gateway.keys.enable,
+            "revoke": self.gateway.admin.revoke_key,
+            "disable": self.gateway.admin.disable_key,
+            "enable": self.gateway.admin.enable_key,
         }
         operation = operations.get(action)
         if operation is None:
@@ -456,7 +453,10 @@ class Console:
         if hours not in GRACE_CHOICES:
             raise InvalidRequest("Choose how long the old secret keeps working.")
         created = await _run(
-            self.gateway.keys.rotate, key_id, grace=timedelta(hours=hours), actor=context.actor
+            self.gateway.admin.rotate_key,
+            key_id,
+            grace=timedelta(hours=hours),
+            actor=context.actor,
         )
         return self.render(
             request,
@@ -518,7 +518,17 @@ class Console:
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(
-            ["key_id", "owner", "operation", "calls", "errors", "rows", "bytes", "mean_latency_ms"]
+            [
+                "key_id",
+                "owner",
+                "operation",
+                "calls",
+                "errors",
+                "rows",
+                "bytes",
+                "credits",
+                "mean_latency_ms",
+            ]
         )
         for row in values["rows"]:
             writer.writerow(
@@ -530,6 +540,7 @@ class Console:
                     row.errors,
                     row.rows,
                     row.bytes,
+                    row.credits,
                     f"{row.total_latency_ms / row.calls:.1f}" if row.calls else "",
                 ]
             )
