@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from tabpfn_gateway import __version__
+from tabpfn_gateway.errors import InsufficientScope
 from tabpfn_gateway.protocol.messages import (
     DuplicateTestSetErrorResponse,
     DuplicateTrainSetErrorResponse,
@@ -63,7 +64,13 @@ async def root() -> dict[str, str]:
     responses=_ERRORS,
 )
 async def protected(gateway: GatewayDep, key: BearerKey) -> dict[str, str]:
-    await gateway.proxy.check_token(key)
+    try:
+        await gateway.proxy.check_token(key)
+    except InsufficientScope:
+        # The key is genuine but may not run inference. tabpfn-client reads no body here and
+        # shows a 403 as "your email address is not verified"; accepted, it goes on to
+        # get_settings, whose 403 it shows with our reason (docs/server.md, tabpfn-client).
+        return {"message": "Welcome to the protected root (this key cannot run inference)."}
     return {"message": "Welcome to the protected root."}
 
 
