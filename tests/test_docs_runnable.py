@@ -278,7 +278,7 @@ def test_server_md_blocks_run(tmp_path: Path, upstream: str) -> None:
         answers: list[dict] = []  # type: ignore[type-arg]
         filled: dict[str, str] = {}  # placeholders the reader copies from earlier answers
         for call in calls:
-            call = call.replace("localhost:8000", f"127.0.0.1:{port}")
+            call = call.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
             call = call.replace('"tabpfn_token": "..."', f'"tabpfn_token": "{TOKEN}"')
             for placeholder, value in filled.items():
                 call = call.replace(placeholder, value)
