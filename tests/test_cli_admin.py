@@ -25,11 +25,12 @@ class Shell:
     def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
         self.capsys = capsys
         self.monkeypatch = monkeypatch
+        self.upstream_transport: Any = None
 
     def run(self, *argv: str, stdin: str | None = None) -> tuple[int, str, str]:
         if stdin is not None:
             self.monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-        code = main(list(argv))
+        code = main(list(argv), upstream_transport=self.upstream_transport)
         out, err = self.capsys.readouterr()
         return code, out, err
 
@@ -263,8 +264,7 @@ def test_group_without_a_command_prints_help(shell: Shell) -> None:
 
 
 @pytest.fixture
-def fake_upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from tabpfn_gateway.cli import admin as cli_admin
+def fake_upstream(shell: Shell) -> Iterator[Any]:
     from tabpfn_gateway.testing import FakeTabPFN
     from tabpfn_gateway.testing.transport import ASGIBridgeTransport
 
@@ -273,7 +273,7 @@ def fake_upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         unverified_tokens=["tabpfn-token-unverified-3"],
     )
     with ASGIBridgeTransport(fake.app) as transport:
-        monkeypatch.setattr(cli_admin, "upstream_transport", lambda settings: transport)
+        shell.upstream_transport = transport  # injected, not patched in
         yield fake
 
 

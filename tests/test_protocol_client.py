@@ -634,3 +634,20 @@ def test_the_old_keyword_form_of_fit_still_works_with_a_warning(
     with pytest.warns(DeprecationWarning, match="FitOptions"):
         client.fit(X, y, ClassifierFitTaskConfig(), api_mode="async")
     assert "POST /tabpfn/submit_fit_job" in paths(fake)
+
+
+def test_settings_are_trusted_for_settings_ttl_only(
+    fake: FakeTabPFN, transport: RecordingTransport
+) -> None:
+    with ProtocolClient(BASE, "tok-a", transport=transport) as cached:
+        cached.get_settings()
+        cached.get_settings()
+    assert paths(fake).count("GET /tabpfn/get_settings") == 1
+    fake.clear_log()
+    with ProtocolClient(BASE, "tok-a", transport=transport, settings_ttl=0) as fresh:
+        first = fresh.get_settings()
+        fake.async_threshold_bytes = 1234  # a changed limit is seen once the TTL has passed
+        second = fresh.get_settings()
+    assert paths(fake).count("GET /tabpfn/get_settings") == 2
+    assert first.async_settings.use_above_trainset_size_bytes != 1234
+    assert second.async_settings.use_above_trainset_size_bytes == 1234

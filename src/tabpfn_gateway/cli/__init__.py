@@ -8,8 +8,12 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tabpfn_gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["build_parser", "main"]
 
@@ -44,10 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
+def main(
+    argv: Sequence[str] | None = None, *, upstream_transport: httpx.BaseTransport | None = None
+) -> int:
+    """Entry point of the console script; returns the process exit code.
+
+    ``upstream_transport``: the httpx transport commands reach the upstream through (token
+    verification); default the network. Tests pass an in-process FakeTabPFN.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.upstream_transport = upstream_transport
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -19,24 +19,16 @@ from typing import TYPE_CHECKING, Any
 from tabpfn_gateway.cli._output import add_json_flag, emit, to_jsonable
 
 if TYPE_CHECKING:
-    import httpx
-
     from tabpfn_gateway.admin import Admin
     from tabpfn_gateway.config import Settings
     from tabpfn_gateway.keys import CreatedKey
     from tabpfn_gateway.store.records import ApiKey, Principal, UpstreamCredential
 
-__all__ = ["register", "upstream_transport"]
+__all__ = ["register"]
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _SHOWN_ONCE = "Copy it now: it will not be shown again."
-
-
-def upstream_transport(settings: Settings) -> httpx.BaseTransport | None:
-    """The httpx transport token verification uses (None: the network). Tests swap it for an
-    in-process FakeTabPFN."""
-    return None
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -216,7 +208,7 @@ def _register_reports(subparsers: Any) -> None:
 # -- handlers ----------------------------------------------------------------------------------
 
 
-def _open_admin() -> tuple[Admin, Settings]:
+def _open_admin(args: argparse.Namespace) -> tuple[Admin, Settings]:
     from tabpfn_gateway.admin import Admin
     from tabpfn_gateway.config import get_settings
 
@@ -230,7 +222,8 @@ def _open_admin() -> tuple[Admin, Settings]:
     admin = Admin.from_settings(
         settings,
         generate_secret=settings.is_sqlite,
-        upstream_transport=upstream_transport(settings),
+        # main(..., upstream_transport=...) injects one (tests: an in-process FakeTabPFN).
+        upstream_transport=getattr(args, "upstream_transport", None),
     )
     return admin, settings
 
@@ -243,7 +236,7 @@ def _actor() -> str:
 
 
 def _principals_add(args: argparse.Namespace) -> int:
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         principal = admin.add_principal(args.name, args.kind, actor=_actor())
     emit(_principal_row(principal), as_json=args.json)
@@ -251,7 +244,7 @@ def _principals_add(args: argparse.Namespace) -> int:
 
 
 def _principals_list(args: argparse.Namespace) -> int:
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         page = admin.list_principals(kind=args.kind, limit=args.limit, cursor=args.cursor)
     _emit_page(
@@ -275,7 +268,7 @@ def _credentials_add(args: argparse.Namespace) -> int:
     token = _read_token(args)
     if not token:
         raise InvalidRequest("No TabPFN token given.")
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         credential = admin.add_credential(
             args.owner, SecretStr(token), args.label, verify=not args.no_verify, actor=_actor()
@@ -299,7 +292,7 @@ def _credentials_add_hosted(args: argparse.Namespace) -> int:
             raise InvalidRequest("--header takes NAME=VALUE.")
         headers[name.strip()] = value
     token = _read_token(args, optional=True)
-    admin, settings = _open_admin()
+    admin, settings = _open_admin(args)
     with admin:
         credential = admin.add_hosted_credential(
             args.owner,
@@ -350,7 +343,7 @@ def _read_token(args: argparse.Namespace, *, optional: bool = False) -> str:
 
 
 def _credentials_list(args: argparse.Namespace) -> int:
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         page = admin.list_credentials(owner=args.owner, limit=args.limit, cursor=args.cursor)
         names = admin.owner_names(c.owner_id for c in page.items)
@@ -365,7 +358,7 @@ def _credentials_list(args: argparse.Namespace) -> int:
 
 
 def _credentials_remove(args: argparse.Namespace) -> int:
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         admin.remove_credential(args.credential_id, actor=_actor())
     emit({"removed": args.credential_id}, as_json=args.json)
@@ -373,7 +366,7 @@ def _credentials_remove(args: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         created = admin.create_key(
             args.owner,
@@ -390,7 +383,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         created = admin.rotate_key(
             args.key_id,
@@ -427,7 +420,7 @@ def _show_new_key(
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         page = admin.list_keys(owner=args.owner, limit=args.limit, cursor=args.cursor)
         names = admin.owner_names(k.owner_id for k in page.items)
@@ -443,7 +436,7 @@ def _keys_list(args: argparse.Namespace) -> int:
 
 def _key_action(action: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        admin, _ = _open_admin()
+        admin, _ = _open_admin(args)
         with admin:
             if action == "show":
                 record = admin.get_key(args.key_id)
@@ -463,7 +456,7 @@ _keys_enable = _key_action("enable")
 
 
 def _secrets_rotate(args: argparse.Namespace) -> int:
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         report = admin.rotate_secrets(actor=_actor())
     emit(
@@ -480,7 +473,7 @@ def _secrets_rotate(args: argparse.Namespace) -> int:
 def _usage(args: argparse.Namespace) -> int:
     from tabpfn_gateway.admin import key_id_of
 
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         rows = admin.summarize_usage(
             key_id=key_id_of(args.key) if args.key else None,
@@ -497,7 +490,7 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    admin, _ = _open_admin()
+    admin, _ = _open_admin(args)
     with admin:
         page = admin.list_audit(
             target_id=args.target,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 import uuid
 import weakref
 from collections import OrderedDict
@@ -55,9 +54,6 @@ __all__ = [
     "InProcessBackend",
     "shared_http_backend",
 ]
-
-# How long upstream limits are trusted before asking again; tabpfn-client caches for an hour.
-SETTINGS_TTL_SECONDS = 300.0
 
 
 @runtime_checkable
@@ -103,36 +99,16 @@ class Backend(Protocol):
         ...
 
 
-class _SettingsCache:
-    """Caches ``get_settings`` for a while: every predict needs the limits, not a round trip."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._value: GetSettingsResponse | None = None
-        self._fetched_at = 0.0
-
-    def get(self, fetch: Callable[[], GetSettingsResponse]) -> GetSettingsResponse:
-        with self._lock:
-            fresh = time.monotonic() - self._fetched_at < SETTINGS_TTL_SECONDS
-            if self._value is not None and fresh:
-                return self._value
-        value = fetch()
-        with self._lock:
-            self._value, self._fetched_at = value, time.monotonic()
-        return value
-
-
 class _DelegatingBackend:
     """The Backend calls forwarded to a target with ProtocolClient's high-level shape (a
     protocol client, or an in-process gateway session); subclasses say what the target is."""
-
-    _settings: _SettingsCache
 
     def _target(self) -> ProtocolClient | GatewaySession:
         raise NotImplementedError
 
     def get_settings(self) -> GetSettingsResponse:
-        return self._settings.get(lambda: self._target().get_settings())
+        # Cached (for settings_ttl) by the target itself: the protocol client, or the session.
+        return self._target().get_settings()
 
     def fit(
         self,
@@ -193,7 +169,6 @@ class HTTPBackend(_DelegatingBackend):
         # What the key's credential speaks (None: not asked yet) and its client if hosted.
         self._kind: str | None = None
         self._hosted: HostedProtocolClient | None = None
-        self._settings = _SettingsCache()
 
     def __repr__(self) -> str:
         key = "given" if self._api_key is not None else "looked up"
@@ -378,7 +353,6 @@ class InProcessBackend(_DelegatingBackend):
         self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self._lock = threading.Lock()
         self._session: GatewaySession | None = None
-        self._settings = _SettingsCache()
         self._registry_id = uuid.uuid4().hex
         _IN_PROCESS[self._registry_id] = self
 

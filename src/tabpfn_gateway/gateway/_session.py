@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack
 from uuid import UUID
@@ -13,6 +15,7 @@ from pydantic import SecretStr
 from tabpfn_gateway.gateway._authoriser import Caller
 from tabpfn_gateway.gateway._core import Gateway
 from tabpfn_gateway.gateway._metering import Meter
+from tabpfn_gateway.protocol._base import SETTINGS_TTL_SECONDS
 from tabpfn_gateway.protocol.messages import (
     ClassifierConfig,
     EstimateCostRequest,
@@ -49,6 +52,9 @@ class GatewaySession:
     def __init__(self, gateway: Gateway, api_key: str | SecretStr) -> None:
         self._gateway = gateway
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        self._settings: GetSettingsResponse | None = None
+        self._settings_until = 0.0
+        self._settings_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"GatewaySession(gateway={self._gateway!r})"
@@ -107,10 +113,18 @@ class GatewaySession:
             return client.predict(fit_id, X, task_config)
 
     def get_settings(self) -> GetSettingsResponse:
-        """The upstream's limits and async settings."""
+        """The upstream's limits and async settings, kept for ``SETTINGS_TTL_SECONDS`` as a
+        protocol client keeps them (so a session asks, and is metered, as often as one)."""
         caller, client = self._client(_INFERENCE)
+        with self._settings_lock:
+            if self._settings is not None and time.monotonic() < self._settings_until:
+                return self._settings
         with self._gateway.metered(caller, "get_settings"):
-            return client.get_settings()
+            settings = client.get_settings()
+        with self._settings_lock:
+            self._settings = settings
+            self._settings_until = time.monotonic() + SETTINGS_TTL_SECONDS
+        return settings
 
     def get_api_usage(self) -> dict[str, Any]:
         """The upstream account's usage (of the credential the key is bound to)."""

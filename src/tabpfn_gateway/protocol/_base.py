@@ -103,6 +103,10 @@ PRIOR_CLIENT_VERSION = "0.6.1"
 USER_AGENT = f"tabpfn-gateway/{_own_version()} (tabpfn-client-protocol/{PRIOR_CLIENT_VERSION})"
 
 
+#: How long an upstream's settings (limits, async thresholds) are trusted before asking again.
+SETTINGS_TTL_SECONDS = 300.0
+
+
 @dataclass(frozen=True)
 class ClientOptions:
     """The settings a client and its ``with_token`` siblings share."""
@@ -116,6 +120,7 @@ class ClientOptions:
     headers: Mapping[str, str] = field(default_factory=dict)
     max_retries: int = 2
     retry_wait: float = 0.25
+    settings_ttl: float = SETTINGS_TTL_SECONDS
 
     @classmethod
     def build(
@@ -130,6 +135,7 @@ class ClientOptions:
         headers: Mapping[str, str] | None,
         max_retries: int,
         retry_wait: float,
+        settings_ttl: float = SETTINGS_TTL_SECONDS,
     ) -> ClientOptions:
         """Validated options; a bad value is a ``ConfigurationError`` naming it."""
         try:
@@ -156,8 +162,10 @@ class ClientOptions:
         ):
             if count < 1:
                 raise ConfigurationError(f"{name} must be at least 1, got {count!r}")
-        if max_retries < 0 or retry_wait < 0:
-            raise ConfigurationError("max_retries and retry_wait must not be negative")
+        if max_retries < 0 or retry_wait < 0 or settings_ttl < 0:
+            raise ConfigurationError(
+                "max_retries, retry_wait and settings_ttl must not be negative"
+            )
         return cls(
             base_url=str(url).rstrip("/"),
             timeout=timeout,
@@ -168,6 +176,7 @@ class ClientOptions:
             headers=dict(headers or {}),
             max_retries=max_retries,
             retry_wait=retry_wait,
+            settings_ttl=settings_ttl,
         )
 
     def httpx_kwargs(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ between the two lives in ``_synchronization``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Unpack
@@ -74,6 +75,7 @@ class _Shared:
         self.options = options
         self.http = httpx.AsyncClient(transport=transport, **options.httpx_kwargs())
         self.settings: GetSettingsResponse | None = None
+        self.settings_until = 0.0  # time.monotonic() past which the settings are asked again
         self.settings_lock = AsyncLock()
 
 
@@ -113,6 +115,9 @@ class AsyncProtocolClient:
     max_retries, retry_wait:
         Retries of an idempotent step after a transient failure, and the first back-off in
         seconds (doubling, jittered).
+    settings_ttl:
+        Seconds the upstream's settings are trusted before ``get_settings`` asks again (the
+        one cache of them: backends and estimators keep none of their own).
     """
 
     def __init__(
@@ -129,6 +134,7 @@ class AsyncProtocolClient:
         headers: Mapping[str, str] | None = None,
         max_retries: int = 2,
         retry_wait: float = 0.25,
+        settings_ttl: float = _base.SETTINGS_TTL_SECONDS,
     ) -> None:
         options = ClientOptions.build(
             base_url,
@@ -140,6 +146,7 @@ class AsyncProtocolClient:
             headers=headers,
             max_retries=max_retries,
             retry_wait=retry_wait,
+            settings_ttl=settings_ttl,
         )
         self._token = _base.coerce_token(token)
         self._shared = _Shared(options, transport)
@@ -257,14 +264,16 @@ class AsyncProtocolClient:
     # -- low-level steps -----------------------------------------------------------------
 
     async def get_settings(self) -> GetSettingsResponse:
-        """``GET /tabpfn/get_settings`` (limits, async settings); cached per instance."""
+        """``GET /tabpfn/get_settings`` (limits, async settings), cached for ``settings_ttl``
+        seconds and shared with ``with_token`` siblings."""
         shared = self._shared
         async with shared.settings_lock:
-            if shared.settings is None:
+            if shared.settings is None or time.monotonic() >= shared.settings_until:
                 response = await self._call("get_settings", "GET", Endpoint.SETTINGS)
                 shared.settings = _base.parse_model(
                     response, GetSettingsResponse, "get_settings", secret=self._token
                 )
+                shared.settings_until = time.monotonic() + shared.options.settings_ttl
             return shared.settings
 
     async def prepare_train_set_upload(
