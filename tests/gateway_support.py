@@ -138,3 +138,9 @@ def serve_in_thread(app: Any, *, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def decrypted_token(admin: Any, credential_id: str) -> Any:
+    """The TabPFN token stored in a credential, decrypted by the admin's vault (tests only)."""
+    credential = admin.get_credential(credential_id)
+    return admin.vault.decrypt(credential.encrypted_token, credential_id=credential.id)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from gateway_support import decrypted_token
 from tabpfn_gateway import migrate
 from tabpfn_gateway.admin import Admin, RotationReport
 from tabpfn_gateway.config import Settings
@@ -99,13 +100,13 @@ def test_add_credential_encrypts_bound_to_its_row(admin: Admin, store: Store) ->
     assert credential.verified_at is None
     assert TOKEN.encode() not in credential.encrypted_token
     assert TOKEN not in repr(credential)
-    assert admin.upstream_token(credential.id).get_secret_value() == TOKEN
+    assert decrypted_token(admin, credential.id).get_secret_value() == TOKEN
     assert admin.get_credential(credential.id) == credential
     # A ciphertext copied into another row does not decrypt there.
     other = admin.add_credential(alice.id, "tabpfn-token-bbbb-0002", "second")
     store.update_credential_ciphertexts({other.id: credential.encrypted_token})
     with pytest.raises(TokenDecryptionFailed):
-        admin.upstream_token(other.id)
+        decrypted_token(admin, other.id)
     event = store.list_audit(action="credential.add", target_id=credential.id).items[0]
     assert event.actor == "admin:bob"
     assert event.details["verification"] == "skipped"
@@ -162,7 +163,7 @@ def test_credential_bad_input(admin: Admin) -> None:
     with pytest.raises(PrincipalNotFound):
         admin.add_credential("bob", TOKEN, "main")
     with pytest.raises(CredentialNotFound):
-        admin.upstream_token("missing")
+        decrypted_token(admin, "missing")
     with pytest.raises(CredentialNotFound):
         admin.remove_credential("missing")
     assert list(admin.list_credentials().items) == []
@@ -210,7 +211,7 @@ def test_rotate_secrets_reencrypts_every_row_under_the_new_secret(store: Store) 
     assert report == RotationReport(rows=6, reencrypted=5, already_current=1)
     after = admin_for(store, NEW)  # the old secret is gone for good
     for credential_id, token in originals.items():
-        assert after.upstream_token(credential_id).get_secret_value() == token
+        assert decrypted_token(after, credential_id).get_secret_value() == token
     assert after.rotate_secrets() == RotationReport(rows=6, reencrypted=0, already_current=6)
     event = store.list_audit(action="secrets.rotate", actor="cli:root").items[0]
     assert event.details == {"rows": 6, "reencrypted": 5, "already_current": 1}
@@ -229,7 +230,7 @@ def test_rotate_secrets_is_all_or_nothing(store: Store) -> None:
     assert "TABPFN_GATEWAY_SECRET_KEY" in str(info.value)
     assert {c.id: c.encrypted_token for c in store.iter_credentials()} == before
     assert store.list_audit(action="secrets.rotate").items == []
-    assert old_admin.upstream_token(readable.id).get_secret_value() == TOKEN
+    assert decrypted_token(old_admin, readable.id).get_secret_value() == TOKEN
 
 
 def test_from_settings_on_a_fresh_sqlite_install(tmp_path: Path) -> None:
@@ -243,7 +244,7 @@ def test_from_settings_on_a_fresh_sqlite_install(tmp_path: Path) -> None:
         credential = admin.add_credential("alice", TOKEN, "main")
         created = admin.keys.create(credential.owner_id, credential.id, "k")
     with Admin.from_settings(settings) as again:
-        assert again.upstream_token(credential.id).get_secret_value() == TOKEN
+        assert decrypted_token(again, credential.id).get_secret_value() == TOKEN
         assert again.keys.verify(created.plaintext).key_id == created.record.key_id
     secret = (tmp_path / "data" / "secret_key").read_text().strip()
     assert secret not in repr(again)

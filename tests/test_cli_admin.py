@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway_support import decrypted_token
 from tabpfn_gateway.cli import main
 from tabpfn_gateway.config import Settings
 from tabpfn_gateway.keys import KeyManager
@@ -102,7 +103,7 @@ def test_credentials_from_stdin_are_stored_encrypted(
     from tabpfn_gateway.admin import Admin
 
     with Admin.from_settings(Settings()) as admin:
-        assert admin.upstream_token(credential_id).get_secret_value() == TOKEN
+        assert decrypted_token(admin, credential_id).get_secret_value() == TOKEN
         credential = admin.get_credential(credential_id)
         assert TOKEN.encode() not in credential.encrypted_token
     removed = shell.json("credentials", "remove", credential_id)

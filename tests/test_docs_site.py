@@ -95,7 +95,7 @@ def test_getting_started_pages_run(
     tmp_path: Path,
 ) -> None:
     import keyring
-    from tests.test_credentials import MemoryKeyring
+    from tests.test_api_key import MemoryKeyring
 
     url, key = served_gateway
     blocks = python_blocks((ROOT / document).read_text(encoding="utf-8"))

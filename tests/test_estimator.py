@@ -31,7 +31,7 @@ from tabpfn_gateway.errors import (
     GatewayError,
     InvalidData,
     KeyRevoked,
-    MissingCredentials,
+    MissingApiKey,
 )
 from tabpfn_gateway.estimators import DetachedInProcessBackend, HTTPBackend
 from tabpfn_gateway.protocol.messages import GetSettingsResponse, ModelLimit
@@ -337,7 +337,7 @@ def test_http_backend_without_any_key_says_what_to_do(
     keyring.set_keyring(fail.Keyring())
     try:
         clf = GatewayClassifier(base_url="http://127.0.0.1:9")
-        with pytest.raises(MissingCredentials, match="TABPFN_GATEWAY_API_KEY"):
+        with pytest.raises(MissingApiKey, match="TABPFN_GATEWAY_API_KEY"):
             clf.fit(*iris)
         with pytest.raises(ConfigurationError, match="TABPFN_GATEWAY_URL"):
             GatewayClassifier(api_key="tpg_x").fit(*iris)

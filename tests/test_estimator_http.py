@@ -111,11 +111,11 @@ def test_a_key_from_the_environment_never_enters_the_pickle(
     script = f"""
         import pickle
         from sklearn.datasets import load_iris
-        from tabpfn_gateway.errors import MissingCredentials
+        from tabpfn_gateway.errors import MissingApiKey
         clf = pickle.loads(open({str(path)!r}, "rb").read())
         try:
             print("predicted", clf.predict(load_iris(return_X_y=True)[0]).shape[0])
-        except MissingCredentials as exc:
+        except MissingApiKey as exc:
             print("missing:", exc.error_code)
         """
     with_key = _run(script, env={"TABPFN_GATEWAY_API_KEY": served.key})

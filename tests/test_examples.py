@@ -134,7 +134,7 @@ def test_python_blocks_of_the_docs_run(
     import keyring
     from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
-    from tests.test_credentials import MemoryKeyring
+    from tests.test_api_key import MemoryKeyring
 
     url, key = served_gateway
     blocks = python_blocks((ROOT / document).read_text(encoding="utf-8"))

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from gateway_support import decrypted_token
 from tabpfn_gateway import logs, migrate
 from tabpfn_gateway.admin import Admin
 from tabpfn_gateway.cli import main
@@ -102,7 +103,7 @@ def test_no_secret_leaks(
         alice = admin.add_principal("alice")
         credential = admin.add_credential("alice", SecretStr(TOKENS[0]), "main")
         other = admin.add_credential(alice.id, TOKENS[1], "second")
-        token = admin.upstream_token(credential.id)
+        token = decrypted_token(admin, credential.id)
         seen.keep(alice, credential, other, token, admin, admin.vault, keys)
 
         created = keys.create(alice.id, credential.id, "laptop")
@@ -135,7 +136,7 @@ def test_no_secret_leaks(
 
         # A ciphertext moved to another row, a vault without the right secret.
         admin.store.update_credential_ciphertexts({other.id: credential.encrypted_token})
-        seen.expect_error(GatewayError, admin.upstream_token, other.id)
+        seen.expect_error(GatewayError, decrypted_token, admin, other.id)
         stranger = TokenVault(["some-other-secret-0123456789abcdef"])
         seen.expect_error(
             GatewayError, stranger.decrypt, credential.encrypted_token, credential_id=credential.id

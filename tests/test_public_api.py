@@ -77,3 +77,43 @@ def test_import_is_light() -> None:
     bare, with_estimator = done.stdout.splitlines()
     assert bare == "", f"import tabpfn_gateway loaded {bare}"
     assert with_estimator == "", f"importing GatewayClassifier loaded {with_estimator}"
+
+
+def test_renamed_names_still_import_with_a_warning() -> None:
+    import importlib
+    import sys
+
+    import tabpfn_gateway.api_key as api_key
+    import tabpfn_gateway.errors as errors
+    import tabpfn_gateway.gateway as gateway
+
+    with pytest.warns(DeprecationWarning, match="MissingApiKey"):
+        assert errors.MissingCredentials is errors.MissingApiKey  # type: ignore[attr-defined]
+    assert errors.MissingApiKey.error_code == "MISSING_CREDENTIALS"  # stable codes stay
+    with pytest.warns(DeprecationWarning, match="SyncGatewaySession"):
+        assert gateway.GatewaySession is gateway.SyncGatewaySession  # type: ignore[attr-defined]
+    with pytest.warns(DeprecationWarning, match="AsyncGatewayProxy"):
+        assert gateway.GatewayProxy is gateway.AsyncGatewayProxy  # type: ignore[attr-defined]
+    sys.modules.pop("tabpfn_gateway.credentials", None)
+    with pytest.warns(DeprecationWarning, match="tabpfn_gateway.api_key"):
+        credentials = importlib.import_module("tabpfn_gateway.credentials")
+    assert credentials.resolve_api_key is api_key.resolve_api_key
+    assert credentials.login is tabpfn_gateway.login
+    with pytest.raises(AttributeError):
+        errors.NoSuchError  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_admin_no_longer_decrypts_for_calls() -> None:
+    from tabpfn_gateway.admin import Admin
+    from tabpfn_gateway.keys import KeyManager
+    from tabpfn_gateway.store import open_store
+    from tabpfn_gateway.vault import TokenVault
+
+    store = open_store(url="memory://")
+    admin = Admin(
+        store, TokenVault(["a-secret-0123456789abcdef"]), KeyManager(store, pepper=b"p" * 32)
+    )
+    admin.add_principal("alice")
+    credential = admin.add_credential("alice", "tok-api-0001", "main")
+    with pytest.warns(DeprecationWarning, match="Authoriser"):
+        assert admin.upstream_token(credential.id).get_secret_value() == "tok-api-0001"

@@ -20,8 +20,8 @@ _LAZY: dict[str, str] = {
     "GatewayRegressor": "tabpfn_gateway.estimators",
     "HTTPBackend": "tabpfn_gateway.estimators",
     "InProcessBackend": "tabpfn_gateway.estimators",
-    "login": "tabpfn_gateway.credentials",
-    "logout": "tabpfn_gateway.credentials",
+    "login": "tabpfn_gateway.api_key",
+    "logout": "tabpfn_gateway.api_key",
     "Admin": "tabpfn_gateway.admin",
     "Gateway": "tabpfn_gateway.gateway",
     "KeyManager": "tabpfn_gateway.keys",
@@ -53,10 +53,10 @@ __all__ = [
 if TYPE_CHECKING:
     __version__: str
     from tabpfn_gateway.admin import Admin as Admin
+    from tabpfn_gateway.api_key import login as login
+    from tabpfn_gateway.api_key import logout as logout
     from tabpfn_gateway.config import Settings as Settings
     from tabpfn_gateway.config import get_settings as get_settings
-    from tabpfn_gateway.credentials import login as login
-    from tabpfn_gateway.credentials import logout as logout
     from tabpfn_gateway.errors import GatewayError as GatewayError
     from tabpfn_gateway.estimators import GatewayClassifier as GatewayClassifier
     from tabpfn_gateway.estimators import GatewayRegressor as GatewayRegressor

@@ -435,7 +435,20 @@ class Admin:
         self._publish(credential_changed(credential_id))
 
     def upstream_token(self, credential_id: str) -> SecretStr:
-        """The decrypted TabPFN token of a credential, for one upstream call; never logged."""
+        """Deprecated: the decrypted TabPFN token of a credential.
+
+        Decrypting tokens for calls is the gateway's hot path, not administration: the
+        gateway's ``Authoriser`` does it (``gateway.authoriser.upstream_token(caller)``), and
+        ``TokenVault.decrypt`` is the primitive.
+        """
+        import warnings
+
+        warnings.warn(
+            "Admin.upstream_token is deprecated; the gateway's Authoriser decrypts tokens for "
+            "calls (TokenVault.decrypt is the primitive).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         vault = self._require_vault()
         credential = self.get_credential(credential_id)
         if credential.kind != "cloud":

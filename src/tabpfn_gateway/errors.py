@@ -22,7 +22,7 @@
     │   ├── KeyRevoked                KEY_REVOKED
     │   ├── KeyExpired                KEY_EXPIRED
     │   ├── KeyDisabled               KEY_DISABLED
-    │   └── MissingCredentials        MISSING_CREDENTIALS   no key given anywhere (SDK)
+    │   └── MissingApiKey             MISSING_CREDENTIALS   no key given anywhere (SDK)
     ├── InsufficientScope             INSUFFICIENT_SCOPE    the key is fine but may not do this
     ├── SetupDisabled                 SETUP_DISABLED        self-service setup is turned off
     ├── TooManyAttempts               TOO_MANY_ATTEMPTS     a client is rate limited (retryable)
@@ -78,7 +78,7 @@ __all__ = [
     "KeyNotFound",
     "KeyRevoked",
     "MalformedResponse",
-    "MissingCredentials",
+    "MissingApiKey",
     "NotFound",
     "PayloadTooLarge",
     "PolicyRefused",
@@ -236,7 +236,10 @@ class KeyDisabled(AuthenticationError):
     default_message = "The gateway key is disabled."
 
 
-class MissingCredentials(AuthenticationError):
+class MissingApiKey(AuthenticationError):
+    """No gateway key was given anywhere. (Was ``MissingCredentials``; its stable code keeps
+    the old spelling, since clients switch on it.)"""
+
     error_code = "MISSING_CREDENTIALS"
     default_message = (
         "No gateway key found. Pass api_key=..., set TABPFN_GATEWAY_API_KEY, "
@@ -407,6 +410,24 @@ class UpstreamKindMismatch(InvalidRequest):
 
     error_code = "UPSTREAM_KIND_MISMATCH"
     default_message = "This key's credential speaks the other upstream protocol."
+
+
+_RENAMED = {"MissingCredentials": "MissingApiKey"}
+
+
+def __getattr__(name: str) -> Any:
+    # Old names keep working for one minor release, with a warning naming the new one.
+    if name in _RENAMED:
+        import warnings
+
+        new = _RENAMED[name]
+        warnings.warn(
+            f"tabpfn_gateway.errors.{name} is deprecated; use {new} instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def error_codes() -> dict[str, type[GatewayError]]:

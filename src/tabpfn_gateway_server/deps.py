@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from tabpfn_gateway.errors import MissingCredentials
+from tabpfn_gateway.errors import MissingApiKey
 from tabpfn_gateway.gateway import Caller, Gateway
 
 __all__ = ["AdminCaller", "BearerKey", "GatewayDep", "client_address", "public_base_url"]
@@ -33,7 +33,7 @@ async def bearer_key(
 ) -> SecretStr:
     """The gateway key from ``Authorization: Bearer ...`` (kept secret), or 401."""
     if credentials is None or not credentials.credentials.strip():
-        raise MissingCredentials("Send a gateway key as 'Authorization: Bearer <key>'.")
+        raise MissingApiKey("Send a gateway key as 'Authorization: Bearer <key>'.")
     return SecretStr(credentials.credentials.strip())
 
 

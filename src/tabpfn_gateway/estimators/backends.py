@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from tabpfn_gateway.gateway import Gateway, GatewaySession
+    from tabpfn_gateway.gateway import Gateway, SyncGatewaySession
     from tabpfn_gateway.hosted.client import HostedProtocolClient
     from tabpfn_gateway.protocol import FitOptions, FitResult, PredictionResult, ProtocolClient
     from tabpfn_gateway.protocol.messages import (
@@ -103,7 +103,7 @@ class _DelegatingBackend:
     """The Backend calls forwarded to a target with ProtocolClient's high-level shape (a
     protocol client, or an in-process gateway session); subclasses say what the target is."""
 
-    def _target(self) -> ProtocolClient | GatewaySession:
+    def _target(self) -> ProtocolClient | SyncGatewaySession:
         raise NotImplementedError
 
     def get_settings(self) -> GetSettingsResponse:
@@ -199,7 +199,7 @@ class HTTPBackend(_DelegatingBackend):
         """The protocol client, made on first use (URL and key resolved then)."""
         with self._lock:
             if self._client is None:
-                from tabpfn_gateway.credentials import resolve_api_key, resolve_base_url
+                from tabpfn_gateway.api_key import resolve_api_key, resolve_base_url
                 from tabpfn_gateway.protocol import ProtocolClient
 
                 url = resolve_base_url(self.base_url)
@@ -304,7 +304,7 @@ def shared_http_backend(
     keyring), so a key looked up from the environment or keyring is never part of a pickle
     of the estimator (estimators drop their backend when pickled).
     """
-    from tabpfn_gateway.credentials import resolve_api_key, resolve_base_url
+    from tabpfn_gateway.api_key import resolve_api_key, resolve_base_url
 
     url = resolve_base_url(base_url)
     key = resolve_api_key(url, api_key)
@@ -352,7 +352,7 @@ class InProcessBackend(_DelegatingBackend):
         self.gateway = gateway
         self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self._lock = threading.Lock()
-        self._session: GatewaySession | None = None
+        self._session: SyncGatewaySession | None = None
         self._registry_id = uuid.uuid4().hex
         _IN_PROCESS[self._registry_id] = self
 
@@ -365,14 +365,14 @@ class InProcessBackend(_DelegatingBackend):
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return (_restore_in_process_backend, (self._registry_id,))
 
-    def session(self) -> GatewaySession:
+    def session(self) -> SyncGatewaySession:
         """The gateway session for this key, made on first use."""
         with self._lock:
             if self._session is None:
                 self._session = self.gateway.session(self._api_key)
             return self._session
 
-    def _target(self) -> GatewaySession:
+    def _target(self) -> SyncGatewaySession:
         return self.session()
 
     def close(self) -> None:

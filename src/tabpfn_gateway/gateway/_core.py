@@ -39,8 +39,8 @@ from tabpfn_gateway.store import Store, open_store
 
 if TYPE_CHECKING:
     from tabpfn_gateway.admin import Admin
-    from tabpfn_gateway.gateway._proxy import GatewayProxy
-    from tabpfn_gateway.gateway._session import GatewaySession
+    from tabpfn_gateway.gateway._proxy import AsyncGatewayProxy
+    from tabpfn_gateway.gateway._session import SyncGatewaySession
     from tabpfn_gateway.keys import KeyManager
     from tabpfn_gateway.protocol import AsyncProtocolClient, ProtocolClient, TokenStatus
     from tabpfn_gateway.vault import TokenVault
@@ -123,7 +123,7 @@ class Gateway:
         )
         self._closed = False
         self.bus.start(self.authoriser.invalidate)
-        self._proxy: GatewayProxy | None = None
+        self._proxy: AsyncGatewayProxy | None = None
 
     def __repr__(self) -> str:
         return f"Gateway(upstream_url={self.settings.upstream_url!r})"
@@ -216,19 +216,19 @@ class Gateway:
                     self._async_upstream = self._async_upstream_factory()
         return self._async_upstream
 
-    def session(self, api_key: str | SecretStr) -> GatewaySession:
+    def session(self, api_key: str | SecretStr) -> SyncGatewaySession:
         """An in-process client acting as the holder of ``api_key`` (no server involved)."""
-        from tabpfn_gateway.gateway._session import GatewaySession
+        from tabpfn_gateway.gateway._session import SyncGatewaySession
 
-        return GatewaySession(self, api_key)
+        return SyncGatewaySession(self, api_key)
 
     @property
-    def proxy(self) -> GatewayProxy:
+    def proxy(self) -> AsyncGatewayProxy:
         """The async, wire-level face (one per gateway)."""
         if self._proxy is None:
-            from tabpfn_gateway.gateway._proxy import GatewayProxy
+            from tabpfn_gateway.gateway._proxy import AsyncGatewayProxy
 
-            self._proxy = GatewayProxy(self)
+            self._proxy = AsyncGatewayProxy(self)
         return self._proxy
 
     def add_observer(self, observer: Callable[[UpstreamCall], None]) -> None:

@@ -44,13 +44,13 @@ from tabpfn_gateway.protocol.messages import (
 if TYPE_CHECKING:
     from tabpfn_gateway.protocol import AsyncProtocolClient
 
-__all__ = ["GatewayProxy"]
+__all__ = ["AsyncGatewayProxy"]
 
 _INFERENCE = "inference"
 _USAGE = "usage"
 
 
-class GatewayProxy:
+class AsyncGatewayProxy:
     """Async protocol steps on behalf of a gateway key (see ``Gateway.proxy``).
 
     Blocking work (key verification, token decryption, ownership lookups: all cached, so

@@ -30,14 +30,14 @@ from tabpfn_gateway.protocol.options import FitKeywords, FitOptions
 if TYPE_CHECKING:
     from tabpfn_gateway.protocol import FitResult, PredictionResult, ProtocolClient
 
-__all__ = ["GatewaySession"]
+__all__ = ["SyncGatewaySession"]
 
 # Scope names, repeated here so importing a session does not import the key machinery.
 _INFERENCE = "inference"
 _USAGE = "usage"
 
 
-class GatewaySession:
+class SyncGatewaySession:
     """Acts as the holder of one gateway key, in this process, against the gateway's upstream.
 
     Offers ``fit``, ``predict``, ``get_settings``, ``get_api_usage``, ``estimate_cost`` and
@@ -57,9 +57,9 @@ class GatewaySession:
         self._settings_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"GatewaySession(gateway={self._gateway!r})"
+        return f"SyncGatewaySession(gateway={self._gateway!r})"
 
-    def __enter__(self) -> GatewaySession:
+    def __enter__(self) -> SyncGatewaySession:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

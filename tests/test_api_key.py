@@ -12,8 +12,8 @@ from keyring.backends import fail
 from keyring.errors import PasswordDeleteError
 from pydantic import SecretStr
 
-from tabpfn_gateway import credentials
-from tabpfn_gateway.credentials import (
+from tabpfn_gateway import api_key as api_key_module
+from tabpfn_gateway.api_key import (
     API_KEY_ENV,
     BASE_URL_ENV,
     KEYRING_SERVICE,
@@ -23,7 +23,7 @@ from tabpfn_gateway.credentials import (
     resolve_api_key,
     resolve_base_url,
 )
-from tabpfn_gateway.errors import ConfigurationError, InvalidKey, MissingCredentials
+from tabpfn_gateway.errors import ConfigurationError, InvalidKey, MissingApiKey
 
 URL = "https://gateway.example.com"
 KEY = "tpg_testkeyid_0123456789abcdefghijklmnopqrstuv"
@@ -107,7 +107,7 @@ def test_keyring_is_per_base_url(memory_keyring: MemoryKeyring) -> None:
 
 
 def test_missing_everywhere_says_what_to_do(memory_keyring: MemoryKeyring) -> None:
-    with pytest.raises(MissingCredentials) as info:
+    with pytest.raises(MissingApiKey) as info:
         resolve_api_key(URL)
     message = str(info.value)
     assert info.value.error_code == "MISSING_CREDENTIALS"
@@ -117,12 +117,12 @@ def test_missing_everywhere_says_what_to_do(memory_keyring: MemoryKeyring) -> No
 
 
 def test_blank_argument_is_not_a_key(memory_keyring: MemoryKeyring) -> None:
-    with pytest.raises(MissingCredentials):
+    with pytest.raises(MissingApiKey):
         resolve_api_key(URL, "   ")
 
 
 def test_no_keyring_backend_gives_a_clear_message(no_keyring: None) -> None:
-    with pytest.raises(MissingCredentials) as info:
+    with pytest.raises(MissingApiKey) as info:
         resolve_api_key(URL)
     message = str(info.value)
     assert "no OS keyring" in message
@@ -162,7 +162,7 @@ def test_login_without_verification_stores_per_url(memory_keyring: MemoryKeyring
     assert logout(URL) is True
     assert memory_keyring.passwords == {}
     assert logout(URL) is False
-    with pytest.raises(MissingCredentials):
+    with pytest.raises(MissingApiKey):
         resolve_api_key(URL)
 
 
@@ -190,7 +190,7 @@ def test_login_asks_with_getpass(
         prompts.append(prompt)
         return f"  {KEY}\n"
 
-    monkeypatch.setattr(credentials.getpass, "getpass", fake_getpass)
+    monkeypatch.setattr(api_key_module.getpass, "getpass", fake_getpass)
     login(URL, verify=False)
     assert prompts == [f"Gateway key for {URL}: "]
     assert memory_keyring.passwords[(KEYRING_SERVICE, URL)] == KEY
@@ -199,7 +199,7 @@ def test_login_asks_with_getpass(
 def test_login_refuses_an_empty_entry(
     memory_keyring: MemoryKeyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(credentials.getpass, "getpass", lambda prompt: "")
+    monkeypatch.setattr(api_key_module.getpass, "getpass", lambda prompt: "")
     with pytest.raises(InvalidKey):
         login(URL, verify=False)
     assert memory_keyring.passwords == {}
