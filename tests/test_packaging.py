@@ -47,8 +47,8 @@ def _name(requirement: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def metadata(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
-    """The built wheel's METADATA: Requires-Dist per extra ("" for the core)."""
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built by the project's own build backend."""
     out = tmp_path_factory.mktemp("wheel")
     built = subprocess.run(
         [
@@ -63,7 +63,12 @@ def metadata(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
         timeout=300,
         check=True,
     )
-    wheel = out / built.stdout.strip().splitlines()[-1]
+    return out / built.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def metadata(wheel: Path) -> dict[str, list[str]]:
+    """The built wheel's METADATA: Requires-Dist per extra ("" for the core)."""
     with zipfile.ZipFile(wheel) as archive:
         name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         message = Parser().parsestr(archive.read(name).decode("utf-8"))
@@ -100,3 +105,31 @@ def test_the_core_never_imports_tabpfn_client() -> None:
         if re.search(r"^\s*(import|from)\s+tabpfn_client\b", path.read_text("utf-8"), re.M)
     ]
     assert offenders == []
+
+
+def test_the_licence_file_matches_the_declared_licence(wheel: Path) -> None:
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["license"]
+    assert declared == "Apache-2.0"
+    text = (ROOT / "LICENSE").read_text("utf-8")
+    assert "Apache License" in text
+    assert "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = [n for n in archive.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+        assert shipped, "the wheel carries no LICENSE"
+        assert archive.read(shipped[0]).decode("utf-8") == text
+        meta = archive.read(next(n for n in archive.namelist() if n.endswith("METADATA")))
+    assert "License-Expression: Apache-2.0" in meta.decode("utf-8")
+
+
+def test_the_dev_extra_has_what_the_notebook_test_and_the_docs_need(
+    metadata: dict[str, list[str]],
+) -> None:
+    dev = {_name(r) for r in metadata["dev"]}
+    # tests/test_examples.py runs the notebook with nbclient on an ipykernel kernel.
+    assert {"nbformat", "nbclient", "ipykernel"} <= dev
+    # The documentation site's tools (the docs extra, folded into dev by the backend).
+    assert {"mkdocs", "mkdocs-material", "mkdocstrings-python"} <= dev
+    assert "fastapi-swagger" in {_name(r) for r in metadata["server"]}

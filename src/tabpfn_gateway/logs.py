@@ -232,4 +232,7 @@ def setup_logging(
     # httpx logs every request URL at INFO; signed upload URLs are credentials of their own.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # alembic announces each of its autogenerate plugins at INFO on every migration run: noise
+    # in a server's first lines (its "Running upgrade ..." lines stay).
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     _configured = True

@@ -13,6 +13,7 @@ from tabpfn_gateway import __version__
 from tabpfn_gateway.config import Settings, get_settings
 from tabpfn_gateway.gateway import UPLOAD_PATH_PREFIX, Gateway
 from tabpfn_gateway.gateway._hosted import HostedGateway
+from tabpfn_gateway_server.apidocs import install_api_docs
 from tabpfn_gateway_server.errors import install_error_handlers
 from tabpfn_gateway_server.metrics import GatewayMetrics
 from tabpfn_gateway_server.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -85,10 +86,12 @@ def create_app(
         version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        # /docs is added by install_api_docs: Swagger UI from the package, works offline.
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
     )
+    install_api_docs(app)
     app.state.gateway = gateway
     app.state.settings = settings
     app.state.metrics = metrics

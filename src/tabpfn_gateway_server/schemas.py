@@ -179,6 +179,9 @@ class KeyOut(BaseModel):
     key_id: str
     name: str
     owner_id: str
+    owner_name: str | None = Field(
+        default=None, description="The owner's name, beside its id (None if it was removed)."
+    )
     credential_id: str | None
     scopes: list[str]
     display_prefix: str
@@ -193,9 +196,13 @@ class KeyOut(BaseModel):
     previous_valid_until: datetime | None = None
 
     @classmethod
-    def of(cls, record: ApiKey) -> KeyOut:
-        fields = {name: getattr(record, name) for name in KeyOut.model_fields if name != "state"}
-        return KeyOut(**fields, state=record.state())
+    def of(cls, record: ApiKey, owner_name: str | None = None) -> KeyOut:
+        fields = {
+            name: getattr(record, name)
+            for name in KeyOut.model_fields
+            if name not in {"state", "owner_name"}
+        }
+        return KeyOut(**fields, state=record.state(), owner_name=owner_name)
 
 
 class CreatedKeyOut(KeyOut):
@@ -205,8 +212,10 @@ class CreatedKeyOut(KeyOut):
     message: str = SHOWN_ONCE
 
     @classmethod
-    def created(cls, record: ApiKey, plaintext: str) -> CreatedKeyOut:
-        return cls(**KeyOut.of(record).model_dump(), api_key=plaintext)
+    def created(
+        cls, record: ApiKey, plaintext: str, owner_name: str | None = None
+    ) -> CreatedKeyOut:
+        return cls(**KeyOut.of(record, owner_name).model_dump(), api_key=plaintext)
 
 
 # -- usage and audit -----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 from typing import Any
 
 from tabpfn_gateway.errors import ConfigurationError
@@ -103,13 +105,14 @@ def _serve(args: argparse.Namespace) -> int:
         latency=args.latency,
         error_rate=args.error_rate,
     )
+    sock = _bind(args.host, args.port)
     # Tokens are not printed: they may be real-looking strings someone pasted.
     print(
         f"FakeTabPFN serving on http://{args.host}:{args.port} ({len(tokens)} token(s)); "
         "Ctrl-C stops it.",
         flush=True,
     )
-    uvicorn.run(fake.app, host=args.host, port=args.port, log_level=args.log_level)
+    _run(uvicorn, fake.app, sock, args)
     return 0
 
 
@@ -124,10 +127,41 @@ def _serve_hosted(args: argparse.Namespace, uvicorn: Any) -> int:
         error_rate=args.error_rate,
     )
     auth = "no authentication" if tokens is None else f"{len(tokens)} token(s)"
+    sock = _bind(args.host, args.port)
     print(
         f"FakeHostedTabPFN serving on http://{args.host}:{args.port}/predict ({auth}); "
         "Ctrl-C stops it.",
         flush=True,
     )
-    uvicorn.run(fake.app, host=args.host, port=args.port, log_level=args.log_level)
+    _run(uvicorn, fake.app, sock, args)
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything says "serving": a busy port is one clear
+    error instead of a claim followed by uvicorn's traceback."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigurationError(
+                f"Port {port} on {host} is in use: stop what runs there, or pick another "
+                "with --port."
+            ) from None
+        raise ConfigurationError(
+            f"Cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}."
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run(uvicorn: Any, app: Any, sock: socket.socket, args: argparse.Namespace) -> None:
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from tabpfn_gateway.config import Settings
+
+__all__ = ["register", "startup_line"]
 
 _SERVER_EXTRA = "The server needs its extra: pip install 'tabpfn-gateway[server]'"
 
@@ -37,6 +41,19 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=_serve)
 
 
+def startup_line(settings: Settings, host: str, port: int) -> str:
+    """What ``serve`` says first: where it listens, its store (no password), its upstream,
+    and whether self-service setup is open."""
+    from tabpfn_gateway.store.sql import describe_url
+
+    setup = "open" if settings.allow_self_service_setup else "closed"
+    store = describe_url(settings.database_url)
+    return (
+        f"tabpfn-gateway starting on http://{host}:{port}: store {store}, "
+        f"upstream {settings.upstream_url}, self-service setup {setup}"
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -57,6 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     setup_logging(settings.log_level, log_format=settings.log_format)
     install_access_log_filter()
+    logging.getLogger(__name__).info("%s", startup_line(settings, args.host, args.port))
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,

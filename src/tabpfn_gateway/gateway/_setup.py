@@ -52,7 +52,9 @@ def self_service_setup(
 
     token = check_token_text(tabpfn_token, "tabpfn_token")
     principal_name = _check_principal_name(name) if name is not None else None
-    if verify(token) is TokenStatus.INVALID:
+    # Asked once, before the transaction (no network call while it holds the database).
+    status = verify(token)
+    if status is TokenStatus.INVALID:
         raise UpstreamAuthenticationFailed("The upstream rejected this TabPFN token.")
     with store.atomic() as tx:
         tx_keys = KeyManager.from_settings(settings, store=tx)
@@ -60,7 +62,10 @@ def self_service_setup(
         principal = tx_admin.add_principal(
             principal_name or f"user-{secrets.token_hex(4)}", "user", actor=actor
         )
-        credential = tx_admin.add_credential(principal.id, token, "setup", verify=None, actor=actor)
+        # Recorded as verified (verified_at, and the audit's verification) with that answer.
+        credential = tx_admin.add_credential(
+            principal.id, token, "setup", verify=lambda _token: status, actor=actor
+        )
         created = tx_keys.create(principal.id, credential.id, "setup", DEFAULT_SCOPES, actor=actor)
     return SetupResult(principal=principal, credential=credential, key=created)
 

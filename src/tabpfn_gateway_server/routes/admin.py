@@ -179,12 +179,15 @@ async def list_keys(
     cursor: Cursor = None,
 ) -> PageOut[KeyOut]:
     page = await _run(gateway.admin.list_keys, owner=owner, limit=limit, cursor=cursor)
-    return page_of(page.items, page.next_cursor, KeyOut.of)
+    names = await _run(gateway.admin.owner_names, [k.owner_id for k in page.items])
+    return page_of(page.items, page.next_cursor, lambda k: KeyOut.of(k, names.get(k.owner_id)))
 
 
 @admin_router.get("/keys/{key_id}", response_model=KeyOut)
 async def show_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> KeyOut:
-    return KeyOut.of(await _run(gateway.admin.get_key, key_id))
+    key = await _run(gateway.admin.get_key, key_id)
+    names = await _run(gateway.admin.owner_names, [key.owner_id])
+    return KeyOut.of(key, names.get(key.owner_id))
 
 
 @admin_router.post("/keys/{key_id}/rotate", response_model=CreatedKeyOut)
