@@ -22,6 +22,7 @@ def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
     paths = ["src", "tests", "benchmarks", "examples", "migrations", "tools", "noxfile.py"]
     session.run(PY, "-m", "ruff", "check", *paths)
+    session.run(PY, "-m", "ruff", "format", "--check", *paths)
 
 
 @nox.session

@@ -124,3 +124,26 @@ def test_fake_upstream_on_a_busy_port_says_so_without_claiming_to_serve() -> Non
         f"error: [CONFIGURATION_ERROR] Port {port} on 127.0.0.1 is in use: stop what runs "
         "there, or pick another with --port."
     )
+
+
+def test_nox_lint_also_checks_formatting() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "project_noxfile", Path(__file__).resolve().parents[1] / "noxfile.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    noxfile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(noxfile)
+
+    class Recorder:
+        commands: list[tuple[str, ...]] = []
+
+        def run(self, *args: str, **kwargs: object) -> None:
+            self.commands.append(args[1:])
+
+    recorder = Recorder()
+    noxfile.lint.func(recorder)
+    assert recorder.commands[0][:3] == ("-m", "ruff", "check")
+    assert any(c[:4] == ("-m", "ruff", "format", "--check") for c in recorder.commands)
