@@ -32,6 +32,7 @@ from tabpfn_gateway.gateway._invalidation import (
 from tabpfn_gateway.gateway._metering import Meter, Metering, UpstreamCall
 from tabpfn_gateway.gateway._policy import SpendPolicy
 from tabpfn_gateway.gateway._setup import SetupResult, self_service_setup
+from tabpfn_gateway.gateway._upload_owners import UploadOwnership
 from tabpfn_gateway.gateway._uploads import UploadSigner
 from tabpfn_gateway.gateway._usage import UsageRecorder
 from tabpfn_gateway.netpolicy import EgressPolicy
@@ -110,6 +111,7 @@ class Gateway:
         )
         self.authoriser = Authoriser(keys, store, vault, ttl=settings.key_cache_ttl_seconds)
         self.fits = FitOwnership(store)
+        self.upload_owners = UploadOwnership(store)
         self.meter = Metering(self.usage, policy=policy)
         self.readiness = Readiness(store, settings)
         self.admin = admin or Admin(

@@ -117,7 +117,9 @@ class AsyncGatewayProxy:
             answer = await client.prepare_train_set_upload(req)
             if isinstance(answer, DuplicateTrainSetErrorResponse):
                 meter.trace_id = _str_or_none(answer.trace_id)
+                await self._claim_upload(caller, answer.train_set_upload_id, "train")
                 return answer
+            await self._claim_upload(caller, answer.train_set_upload_id, "train")
             return PrepareTrainSetUploadResponse(
                 train_set_upload_id=answer.train_set_upload_id,
                 x_train_info=self._rewrite(caller, answer.x_train_info, "x_train", base_url),
@@ -127,6 +129,7 @@ class AsyncGatewayProxy:
     async def fit(self, api_key: str | SecretStr, req: FitRequest) -> FitResponse:
         """``/tabpfn/fit``; the new fit is recorded as the caller's principal's."""
         caller, client, _ = await self._client(api_key, _INFERENCE)
+        await self._check_upload(caller, req.train_set_upload_id)
         with self._gateway.metered(caller, "fit"):
             answer = await client.fit_step(req)
             await self._claim(caller, answer.fitted_train_set_id, req.task_config)
@@ -137,6 +140,7 @@ class AsyncGatewayProxy:
     ) -> SubmitFitJobResponse:
         """``/tabpfn/submit_fit_job``; the pending fit is the caller's principal's."""
         caller, client, _ = await self._client(api_key, _INFERENCE)
+        await self._check_upload(caller, req.train_set_upload_id)
         with self._gateway.metered(caller, "submit_fit_job"):
             answer = await client.submit_fit_job(req)
             await self._claim(caller, answer.fitted_train_set_id, req.task_config)
@@ -155,12 +159,14 @@ class AsyncGatewayProxy:
     ) -> PrepareTestSetUploadResponse | DuplicateTestSetErrorResponse:
         """Upload URL for a test set of an owned fit, rewritten; or the upstream's 409."""
         caller, client, _ = await self._client(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
-        meter = Meter(nbytes=req.x_test_info.size_bytes)
+        meter = Meter(nbytes=metered_count(req.x_test_info.size_bytes, "x_test_info.size_bytes"))
         with self._gateway.metered(caller, "prepare_test_set_upload", meter):
             answer = await client.prepare_test_set_upload(req)
             if isinstance(answer, DuplicateTestSetErrorResponse):
                 meter.trace_id = _str_or_none(answer.trace_id)
+                await self._claim_upload(caller, answer.test_set_upload_id, "test")
                 return answer
+            await self._claim_upload(caller, answer.test_set_upload_id, "test")
             return PrepareTestSetUploadResponse(
                 test_set_upload_id=answer.test_set_upload_id,
                 x_test_info=self._rewrite(caller, answer.x_test_info, "x_test", base_url),
@@ -170,6 +176,7 @@ class AsyncGatewayProxy:
         """``/tabpfn/predict`` with an owned fit; a download-URI answer is fetched here and
         answered inline, so clients never need to reach the upstream's storage."""
         caller, client, _ = await self._client(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
+        await self._check_upload(caller, req.test_set_upload_id)
         meter = Meter()
         with self._gateway.metered(caller, "predict", meter):
             answer = await client.predict_step(req)
@@ -282,6 +289,15 @@ class AsyncGatewayProxy:
         return FileUploadInfo(
             signed_urls=urls, expires_at=expires_at, required_headers=client_headers
         )
+
+    async def _claim_upload(self, caller: Caller, upload_id: UUID, kind: str) -> None:
+        owners = self._gateway.upload_owners
+        await anyio.to_thread.run_sync(lambda: owners.claim(caller, upload_id, kind))
+
+    async def _check_upload(self, caller: Caller, upload_id: UUID) -> None:
+        owners = self._gateway.upload_owners
+        if not owners.from_memory(caller, upload_id):
+            await anyio.to_thread.run_sync(lambda: owners.check(caller, upload_id))
 
     async def _claim(self, caller: Caller, fit_id: UUID, task_config: Any) -> None:
         task = getattr(getattr(task_config, "task", None), "value", "unknown")

@@ -321,6 +321,36 @@ class Store(Protocol):
         """Audit events matching every filter given, newest first, paginated."""
         ...
 
+    # -- deployment state (secret fingerprint, change counter) ---------------------------
+
+    def claim_state(self, name: str, value: str) -> str:
+        """Store ``value`` under ``name`` unless a value is there already; return the stored
+        value either way (the first writer wins, also under concurrency)."""
+        ...
+
+    def get_state(self, name: str) -> str | None:
+        """The value stored under ``name``, or None."""
+        ...
+
+    def bump_counter(self, name: str) -> int:
+        """Add one to the counter ``name`` (created at 0) in one atomic write; return it."""
+        ...
+
+    def read_counter(self, name: str) -> int:
+        """The counter ``name`` (0 if it was never bumped). Cheap: replicas poll it."""
+        ...
+
+    # -- upload ids --------------------------------------------------------------------
+
+    def add_upload_owner(self, upload_id: str, owner_id: str, kind: str) -> str:
+        """Record that ``owner_id`` prepared ``upload_id``; return the recorded owner (the
+        first one: an id the upstream reuses is never handed to another principal)."""
+        ...
+
+    def get_upload_owner(self, upload_id: str) -> str | None:
+        """The principal that prepared ``upload_id``, or None."""
+        ...
+
     # -- admin console sessions --------------------------------------------------------
 
     def add_admin_session(self, session: AdminSession) -> AdminSession:

@@ -69,6 +69,9 @@ class _Tables:
     budget_expiry: dict[tuple[str, str], datetime | None] = dataclasses.field(default_factory=dict)
     counters: dict[str, tuple[int, datetime]] = dataclasses.field(default_factory=dict)
     admin_sessions: dict[str, AdminSession] = dataclasses.field(default_factory=dict)
+    state: dict[str, str] = dataclasses.field(default_factory=dict)
+    state_counters: dict[str, int] = dataclasses.field(default_factory=dict)
+    upload_owners: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> _Tables:
         # Records are frozen, so shallow copies of the dicts are a full snapshot.
@@ -680,6 +683,42 @@ class MemoryStore:
             )
 
         return _paginate(records, matches, limit, cursor)
+
+    # -- deployment state --------------------------------------------------------------
+
+    def claim_state(self, name: str, value: str) -> str:
+        with self._lock:
+            self._check_open()
+            return self._tables.state.setdefault(name, value)
+
+    def get_state(self, name: str) -> str | None:
+        with self._lock:
+            self._check_open()
+            return self._tables.state.get(name)
+
+    def bump_counter(self, name: str) -> int:
+        with self._lock:
+            self._check_open()
+            value = self._tables.state_counters.get(name, 0) + 1
+            self._tables.state_counters[name] = value
+            return value
+
+    def read_counter(self, name: str) -> int:
+        with self._lock:
+            self._check_open()
+            return self._tables.state_counters.get(name, 0)
+
+    # -- upload ids --------------------------------------------------------------------
+
+    def add_upload_owner(self, upload_id: str, owner_id: str, kind: str) -> str:
+        with self._lock:
+            self._check_open()
+            return self._tables.upload_owners.setdefault(upload_id, owner_id)
+
+    def get_upload_owner(self, upload_id: str) -> str | None:
+        with self._lock:
+            self._check_open()
+            return self._tables.upload_owners.get(upload_id)
 
     # -- admin console sessions --------------------------------------------------------
 

@@ -17,11 +17,13 @@ __all__ = [
     "audit_events",
     "budget_counters",
     "fitted_models",
+    "gateway_state",
     "metadata",
     "policies",
     "principals",
     "rate_counters",
     "team_memberships",
+    "upload_owners",
     "upstream_credentials",
     "usage_daily",
     "usage_events",
@@ -292,4 +294,26 @@ admin_sessions = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=False),
     sa.Index(None, "key_id"),
     sa.Index(None, "expires_at"),
+)
+
+
+# Named values the whole deployment shares: the fingerprint of the active secret (and pepper),
+# and the change counter every replica polls to drop cached authorisations within a second.
+gateway_state = sa.Table(
+    "gateway_state",
+    metadata,
+    sa.Column("name", _text(), primary_key=True),
+    sa.Column("value", _text(), nullable=True),
+    sa.Column("counter", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Which principal asked for each upload id (prepare_*_upload): only it may fit or predict on it.
+upload_owners = sa.Table(
+    "upload_owners",
+    metadata,
+    sa.Column("upload_id", _text(), primary_key=True),
+    sa.Column("owner_id", _text(), nullable=False),
+    sa.Column("kind", _text(), nullable=False),
+    _created_at(),
 )

@@ -60,6 +60,7 @@ from tabpfn_gateway.store.records import (
     UsageEvent,
     UsageRollup,
     UsageSummary,
+    utcnow,
 )
 
 if TYPE_CHECKING:
@@ -1063,6 +1064,74 @@ class SqlStore:
         return self._page(table, table.c.id, filters, AuditEvent, limit, cursor)
 
     # -- admin console sessions --------------------------------------------------------
+
+    # -- deployment state --------------------------------------------------------------
+
+    def claim_state(self, name: str, value: str) -> str:
+        table = schema.gateway_state
+        insert = self._dialect_insert(table).values(
+            name=name, value=value, counter=0, updated_at=utcnow()
+        )
+        with self._transaction("claim state", write=True) as connection:
+            connection.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
+            stored = connection.execute(
+                sa.select(table.c.value).where(table.c.name == name)
+            ).scalar_one()
+        return str(stored) if stored is not None else value
+
+    def get_state(self, name: str) -> str | None:
+        table = schema.gateway_state
+        with self._transaction("read state") as connection:
+            value = connection.execute(
+                sa.select(table.c.value).where(table.c.name == name)
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    def bump_counter(self, name: str) -> int:
+        table = schema.gateway_state
+        insert = self._dialect_insert(table).values(
+            name=name, value=None, counter=1, updated_at=utcnow()
+        )
+        statement = insert.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"counter": table.c.counter + 1, "updated_at": insert.excluded.updated_at},
+        )
+        with self._transaction("bump counter", write=True) as connection:
+            connection.execute(statement)
+            value = connection.execute(
+                sa.select(table.c.counter).where(table.c.name == name)
+            ).scalar_one()
+        return int(value)
+
+    def read_counter(self, name: str) -> int:
+        table = schema.gateway_state
+        with self._transaction("read counter") as connection:
+            value = connection.execute(
+                sa.select(table.c.counter).where(table.c.name == name)
+            ).scalar_one_or_none()
+        return int(value or 0)
+
+    # -- upload ids --------------------------------------------------------------------
+
+    def add_upload_owner(self, upload_id: str, owner_id: str, kind: str) -> str:
+        table = schema.upload_owners
+        insert = self._dialect_insert(table).values(
+            upload_id=upload_id, owner_id=owner_id, kind=kind, created_at=utcnow()
+        )
+        with self._transaction("record upload owner", write=True) as connection:
+            connection.execute(insert.on_conflict_do_nothing(index_elements=["upload_id"]))
+            stored = connection.execute(
+                sa.select(table.c.owner_id).where(table.c.upload_id == upload_id)
+            ).scalar_one()
+        return str(stored)
+
+    def get_upload_owner(self, upload_id: str) -> str | None:
+        table = schema.upload_owners
+        with self._transaction("read upload owner") as connection:
+            value = connection.execute(
+                sa.select(table.c.owner_id).where(table.c.upload_id == upload_id)
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
 
     def add_admin_session(self, session: AdminSession) -> AdminSession:
         session = normalize_record(session)

@@ -1146,3 +1146,32 @@ class StoreContractTests:
         with pytest.raises(InvalidRequest):
             store.delete_admin_sessions()
         assert store.get_admin_session(session.id) == session
+
+    # -- deployment state and upload ids -----------------------------------------------------
+
+    def test_claim_state_keeps_the_first_value(self, store: Store) -> None:
+        assert store.get_state("secret") is None
+        assert store.claim_state("secret", "fp-1") == "fp-1"
+        assert store.claim_state("secret", "fp-2") == "fp-1"
+        assert store.get_state("secret") == "fp-1"
+
+    def test_counters_count_from_zero_exactly_across_threads(self, store: Store) -> None:
+        import threading
+
+        assert store.read_counter("changes") == 0
+        threads = [
+            threading.Thread(target=lambda: [store.bump_counter("changes") for _ in range(5)])
+            for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert store.read_counter("changes") == 20
+        assert store.read_counter("other") == 0
+
+    def test_upload_ids_keep_their_first_owner(self, store: Store) -> None:
+        assert store.get_upload_owner("up-1") is None
+        assert store.add_upload_owner("up-1", "alice", "train") == "alice"
+        assert store.add_upload_owner("up-1", "bob", "train") == "alice"
+        assert store.get_upload_owner("up-1") == "alice"
