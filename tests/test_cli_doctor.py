@@ -114,6 +114,7 @@ def test_a_healthy_sqlite_deployment_passes(
         "redis": "skip",
         "upstream": "ok",
         "token": "skip",
+        "hosted": "skip",
     }
     assert "decrypt the 1 stored token(s)" in checks["secret"]["detail"]
     assert "HTTP 200" in checks["upstream"]["detail"]

@@ -323,3 +323,31 @@ def test_token_status_of_a_valid_container(container: tuple[FakeHostedTabPFN, st
     _, url = container
     endpoint = HostedEndpoint(url, token=None, headers={"X-Api-Key": HEADER_SECRET})
     assert verify_hosted_endpoint(endpoint) is TokenStatus.INVALID  # no bearer token: 401
+
+
+def test_doctor_asks_each_hosted_container_for_a_tiny_prediction(
+    admin: Admin, settings: Settings, container: tuple[FakeHostedTabPFN, str]
+) -> None:
+    from tabpfn_gateway.diagnostics import Doctor
+
+    fake, url = container
+    assert Doctor(settings).run()[-1].status == "skip"  # no hosted credential yet
+    admin.add_hosted_credential(
+        "team-a", "good", endpoint_url=url, token=BEARER, extra_headers={"X-Api-Key": HEADER_SECRET}
+    )
+    seen = len(fake.requests)
+    ok = {c.name: c for c in Doctor(settings).run()}["hosted"]
+    assert ok.status == "ok", ok.detail
+    assert fake.requests[seen].token == BEARER
+    assert fake.requests[seen].status == 200
+    admin.add_hosted_credential("team-a", "stale", endpoint_url=url, token="old-token-000")
+    admin.add_hosted_credential(
+        "team-a", "gone", endpoint_url="http://127.0.0.1:1/predict", token=BEARER
+    )
+    failed = {c.name: c for c in Doctor(settings).run()}["hosted"]
+    assert failed.status == "fail"
+    assert "2 of 3" in failed.detail
+    assert "'stale'" in failed.detail
+    assert "'gone'" in failed.detail
+    assert "old-token-000" not in failed.detail
+    assert failed.fix is not None

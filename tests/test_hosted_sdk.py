@@ -5,6 +5,7 @@ answers what tabpfn_client.hosted answers against the container directly."""
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,3 +96,23 @@ def test_regressor_outputs_and_an_evicted_model(world: World) -> None:
     again = GatewayRegressor(base_url=world.url, api_key=world.hosted_key).fit(X[:120], y[:120])
     clone = pickle.loads(pickle.dumps(again))
     np.testing.assert_allclose(clone.predict(X[120:]), mean)
+
+
+def test_the_python_block_of_docs_upstreams_runs(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "upstreams.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    monkeypatch.setenv("TABPFN_GATEWAY_URL", world.url)
+    monkeypatch.setenv("TABPFN_GATEWAY_API_KEY", world.hosted_key)
+    namespace: dict[str, object] = {}
+    exec(compile(block, "docs/upstreams.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "(100, 2)"
+    assert float(printed[2]) > 0.7
+    # The vendor's client reused the container's cached model on its second call.
+    assert world.container.requests[-3].model_id_in is not None
+    for name in ("clf", "sdk"):
+        client = getattr(namespace[name], "_cached_client", None)
+        if client is not None:
+            client.close()

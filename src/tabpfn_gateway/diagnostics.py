@@ -33,6 +33,8 @@ SKEW_WARN_SECONDS = 2.0
 SKEW_FAIL_SECONDS = 30.0
 # Stored credentials tried with the configured secrets (enough to catch a wrong secret).
 CREDENTIALS_SAMPLED = 20
+# Self-hosted containers asked for a tiny prediction (each one a request: keep it bounded).
+HOSTED_CHECKED = 20
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Doctor:
                 self.check_redis,
                 self.check_upstream,
                 self.check_token,
+                self.check_hosted,
             ):
                 results.append(check())
         finally:
@@ -396,6 +399,65 @@ class Doctor:
             "Use a valid TabPFN token (the provider's account page issues them).",
         )
 
+    def check_hosted(self) -> Check:
+        """Each stored self-hosted container answers one tiny prediction with its token."""
+        from tabpfn_gateway.hosted import open_secrets, verify_hosted_endpoint
+        from tabpfn_gateway.hosted._endpoint import HostedEndpoint
+        from tabpfn_gateway.protocol.verify import TokenStatus
+        from tabpfn_gateway.store import open_store
+        from tabpfn_gateway.vault import TokenVault
+
+        if not (self._database_ok and self._schema_ok):
+            return Check("hosted", "skip", "the database or its schema is not usable")
+        settings = self._settings
+        try:
+            store = open_store(settings)
+            try:
+                hosted = [
+                    c
+                    for c in store.list_credentials(limit=1000).items
+                    if c.kind == "hosted" and c.endpoint_url
+                ][:HOSTED_CHECKED]
+            finally:
+                store.close()
+        except GatewayError as exc:
+            return Check("hosted", "fail", f"cannot list credentials: {exc.message}", None)
+        if not hosted:
+            return Check("hosted", "skip", "no self-hosted container credentials")
+        try:
+            vault = TokenVault.from_settings(settings)
+        except GatewayError:
+            return Check("hosted", "skip", "no secret to open the containers' tokens with")
+        problems: list[str] = []
+        for credential in hosted:
+            where = f"{credential.label!r} ({credential.endpoint_url})"
+            try:
+                plain = vault.decrypt(credential.encrypted_token, credential_id=credential.id)
+                token, headers = open_secrets(plain, credential_id=credential.id)
+                endpoint = HostedEndpoint(
+                    credential.endpoint_url or "",
+                    token=token,
+                    headers=headers,
+                    timeout=self.timeout_seconds,
+                    connect_timeout=self.timeout_seconds,
+                )
+                status = verify_hosted_endpoint(endpoint, timeout=self.timeout_seconds)
+            except GatewayError as exc:
+                problems.append(f"{where}: {exc.message}")
+                continue
+            if status is not TokenStatus.VALID:
+                problems.append(f"{where} refuses its stored token or headers (401/403)")
+        if problems:
+            return Check(
+                "hosted",
+                "fail",
+                f"{len(problems)} of {len(hosted)} container(s) failed: " + "; ".join(problems),
+                "Check the container is running and reachable from here, and that its stored "
+                "token and headers are current (tabpfn-gateway credentials add --kind hosted "
+                "stores new ones).",
+            )
+        return Check("hosted", "ok", f"{len(hosted)} container(s) answered a tiny prediction")
+
     # -- helpers -----------------------------------------------------------------------------
 
     @property
@@ -423,7 +485,17 @@ class Doctor:
             raise map_database_error(exc, "doctor", describe_url(settings.database_url)) from None
 
 
-_AFTER_SETTINGS = ("database", "schema", "secret", "clock", "files", "redis", "upstream", "token")
+_AFTER_SETTINGS = (
+    "database",
+    "schema",
+    "secret",
+    "clock",
+    "files",
+    "redis",
+    "upstream",
+    "token",
+    "hosted",
+)
 
 
 def _private_file_problem(path: Path) -> str | None:

@@ -257,7 +257,9 @@ class HostedGateway:
         if content_length is not None and content_length > limit:
             raise PayloadTooLarge(f"Prediction bodies are limited to {limit} bytes.")
         scan = scanner_for(content_type)
-        meter = Meter(nbytes=0)
+        # The announced size is what the spend policy can see when it admits the call; the
+        # meter holds the counted rows, columns and bytes when it settles.
+        meter = Meter(nbytes=content_length)
         with gateway.metered(caller, HOSTED_OPERATION, meter):
             streamed = _ScannedBody(self, caller, scan, body, limit)
             headers = endpoint.request_headers()
