@@ -128,30 +128,32 @@ class JsonBodyScan(BodyScan):
 
     def _fast(self, chunk: bytes, pos: int) -> int:
         """Count a stretch of a dataset without quotes or braces in bulk; return where the
-        byte-by-byte scan must resume."""
-        found = _SLOW.search(chunk, pos)
-        stop = found.start() if found else len(chunk)
+        byte-by-byte scan must resume. (``find``/``count`` with bounds: memchr speed, no
+        copies; this is what keeps the gateway's added time small on large bodies.)"""
+        stop = len(chunk)
+        for special in (b'"', b"{", b"}"):
+            found = chunk.find(special, pos, stop)
+            if found != -1:
+                stop = found
         if stop <= pos:
             return pos
-        segment = chunk[pos:stop]
-        opens = segment.count(b"[")
-        closes = segment.count(b"]")
+        opens = chunk.count(b"[", pos, stop)
+        closes = chunk.count(b"]", pos, stop)
         if self._depth + opens - closes < 2:
             # The dataset ends inside: count in bulk up to its closing bracket, which the
             # exact scan then reads.
-            cut = self._closing_bracket(segment)
+            cut = self._closing_bracket(chunk[pos:stop])
             if cut <= 0:
                 return pos
-            segment = segment[:cut]
             stop = pos + cut
-            opens = segment.count(b"[")
-            closes = segment.count(b"]")
+            opens = chunk.count(b"[", pos, stop)
+            closes = chunk.count(b"]", pos, stop)
         assert self._dataset is not None
         if self._two_d:
             self._dataset.rows += opens
         else:
-            self._commas += segment.count(b",")
-            if segment.strip(_WS + b","):
+            self._commas += chunk.count(b",", pos, stop)
+            if chunk[pos:stop].strip(_WS + b","):
                 self._seen_value = True
         self._depth += opens - closes
         return stop
