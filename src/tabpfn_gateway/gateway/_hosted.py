@@ -335,14 +335,19 @@ class HostedGateway:
         return model_id
 
     def _async_client(self) -> httpx.AsyncClient:
+        from tabpfn_gateway.gateway._core import default_async_transport
+
         with self._lock:
             if self._client is None:
                 limits = httpx.Limits(
                     max_connections=_POOL_SIZE, max_keepalive_connections=_POOL_SIZE
                 )
+                # aiohttp's pool when installed (the server's upstream hop: a large body
+                # passes through it faster than through httpx's own).
+                transport = self._transport or default_async_transport(_POOL_SIZE)
                 # No redirects: a redirect would carry the credential's token elsewhere.
                 self._client = httpx.AsyncClient(
-                    transport=self._transport, limits=limits, follow_redirects=False
+                    transport=transport, limits=limits, follow_redirects=False
                 )
             return self._client
 
