@@ -330,6 +330,7 @@ def test_every_page_renders_with_a_strict_content_security_policy(signed_in: Con
         "/console/principals?kind=team",
         f"/console/principals/{signed_in.tenant.principal_id}",
         "/console/keys",
+        f"/console/keys/{signed_in.tenant.key_id}",
         "/console/usage",
         "/console/audit",
     ]
@@ -458,8 +459,9 @@ def test_every_value_is_escaped(signed_in: Console) -> None:
     # it must still render as text.
     team = gateway.store.add_principal(Principal(id=new_id(), name=XSS, kind="team"))
     credential = gateway.admin.add_credential(team.id, TOKEN, "<img src=x onerror=alert(2)>")
-    gateway.keys.create(team.id, credential.id, XSS, actor="test")
+    xss_key = gateway.keys.create(team.id, credential.id, XSS, actor="test").record
     for path in (
+        f"/console/keys/{xss_key.key_id}",
         "/console/principals",
         f"/console/principals/{team.id}",
         "/console/keys",
@@ -534,3 +536,36 @@ def test_audit_log_filters_and_pages(signed_in: Console) -> None:
     only = signed_in.client.get("/console/audit?action=console.sign_in").text
     assert "console.sign_in" in only
     assert "principal.add" not in only
+
+
+def test_a_keys_page_sets_and_clears_its_expiry(signed_in: Console) -> None:
+    key_id = signed_in.tenant.key_id
+    page = f"/console/keys/{key_id}"
+    html = signed_in.client.get(page).text
+    assert "ann-key" in html
+    assert "Not used yet." in html
+    answer = signed_in.client.post(
+        f"{page}/expiry", data={"expires_on": "2098-06-30", "csrf_token": signed_in.csrf(page)}
+    )
+    assert answer.status_code == 303
+    assert answer.headers["location"] == f"{page}?notice=key-expiry"
+    expires_at = signed_in.gateway.admin.get_key(key_id).expires_at
+    assert expires_at is not None
+    assert expires_at.isoformat() == "2098-06-30T00:00:00+00:00"
+    assert 'value="2098-06-30"' in signed_in.client.get(page).text
+    past = signed_in.client.post(
+        f"{page}/expiry", data={"expires_on": "2001-01-01", "csrf_token": signed_in.csrf(page)}
+    )
+    assert past.status_code == 400
+    assert "in the future" in past.text
+    cleared = signed_in.client.post(
+        f"{page}/expiry", data={"clear": "on", "csrf_token": signed_in.csrf(page)}
+    )
+    assert cleared.status_code == 303
+    assert signed_in.gateway.admin.get_key(key_id).expires_at is None
+    admin_actor = "key:" + signed_in.admin_key.split("_")[1]
+    changes = signed_in.gateway.admin.list_audit(target_id=key_id, action="key.expiry").items
+    assert [e.actor for e in changes] == [admin_actor, admin_actor]
+    assert changes[1].details["expires_at"] == "2098-06-30T00:00:00+00:00"
+    forged = signed_in.client.post(f"{page}/expiry", data={"clear": "on"})
+    assert forged.status_code == 403

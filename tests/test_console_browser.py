@@ -247,7 +247,16 @@ def test_keyboard_alone_signs_in_and_reaches_every_page(
 
 def console_paths(served: ServedConsole) -> list[str]:
     team = served.gateway.admin.get_principal("data-science")
-    return ["/", "/principals", f"/principals/{team.id}", "/keys", "/usage", "/audit"]
+    key = served.gateway.admin.list_keys(owner=team.id).items[0]
+    return [
+        "/",
+        "/principals",
+        f"/principals/{team.id}",
+        "/keys",
+        f"/keys/{key.key_id}",
+        "/usage",
+        "/audit",
+    ]
 
 
 def test_axe_finds_no_serious_violations_and_phones_need_no_sideways_scroll(
@@ -287,7 +296,7 @@ def test_screenshots_of_every_page_at_desktop_and_phone_widths(
     target = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path / "screenshots")
     target.mkdir(parents=True, exist_ok=True)
     seed_usage(served.gateway, days=30)
-    names = ["overview", "principals", "principal", "keys", "usage", "audit"]
+    names = ["overview", "principals", "principal", "keys", "key", "usage", "audit"]
     saved = []
     for label, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         context = browser.new_context(viewport=viewport)

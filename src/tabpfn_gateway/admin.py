@@ -570,6 +570,12 @@ class Admin:
         """Accept a disabled key again (a revoked key stays revoked)."""
         return self.keys.enable(key_id_of(key), actor=actor)
 
+    def set_key_expiry(
+        self, key: str, expires_at: datetime | None, *, actor: str = "system"
+    ) -> ApiKey:
+        """Move the key's expiry (aware, in the future) or remove it (None); audited."""
+        return self.keys.set_expiry(key_id_of(key), _aware(expires_at, "expires_at"), actor=actor)
+
     def rotate_key(
         self,
         key: str,

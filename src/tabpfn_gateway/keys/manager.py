@@ -391,6 +391,32 @@ class KeyManager:
             return record
         return self._change(record, {"disabled_at": None}, actor, "key.enable", self._clock())
 
+    def set_expiry(
+        self, key_id: str, expires_at: datetime | None, *, actor: str = "system"
+    ) -> ApiKey:
+        """Move the key's expiry to ``expires_at`` (aware, in the future) or remove it (None).
+
+        A revoked key stays revoked (``KeyRevoked``); a past expiry is ``InvalidRequest``
+        (disable or revoke the key to stop it now).
+        """
+        record = self.get(key_id)
+        if record.revoked_at is not None:
+            raise KeyRevoked("A revoked key cannot be changed; create a new key.")
+        now = self._clock()
+        if expires_at is not None:
+            expires_at = _check_future(expires_at, now, "expires_at")
+        if record.expires_at == expires_at:
+            return record
+        return self._change(
+            record,
+            {"expires_at": expires_at},
+            actor,
+            "key.expiry",
+            now,
+            expires_at=expires_at.isoformat() if expires_at else None,
+            previous=record.expires_at.isoformat() if record.expires_at else None,
+        )
+
     def rotate(
         self,
         key_id: str,
@@ -507,9 +533,15 @@ class KeyManager:
         return CreatedKey(record=record, plaintext=plaintext)
 
     def _change(
-        self, record: ApiKey, changes: KeyChanges, actor: str, action: str, now: datetime
+        self,
+        record: ApiKey,
+        changes: KeyChanges,
+        actor: str,
+        action: str,
+        now: datetime,
+        **details: Any,
     ) -> ApiKey:
-        audit = self._audit(actor, action, record.key_id, now)
+        audit = self._audit(actor, action, record.key_id, now, **details)
         with self._store.atomic() as tx:
             updated = tx.update_key(record.key_id, changes)
             if updated is not None:

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from tabpfn_gateway.errors import (
     AuthenticationError,
+    CredentialNotFound,
     GatewayError,
     InsufficientScope,
     InvalidRequest,
@@ -60,6 +61,7 @@ NOTICES = {
     "key-revoked": "The key is revoked. Every replica refuses it from its next request.",
     "key-disabled": "The key is disabled until you enable it again.",
     "key-enabled": "The key is enabled again.",
+    "key-expiry": "The key's expiry is changed.",
 }
 SESSION_ENDED = {
     "idle": "Your session ended after a while without use. Sign in again.",
@@ -428,6 +430,53 @@ class Console:
             rotated=False,
         )
 
+    async def key(self, request: Request, key_id: str, *, error: str | None = None) -> Response:
+        context = await self.context(request)
+
+        def load() -> dict[str, Any]:
+            admin = self.gateway.admin
+            key = admin.get_key(key_id)
+            owner = admin.get_principal(key.owner_id)
+            credential = None
+            if key.credential_id is not None:
+                try:
+                    credential = admin.get_credential(key.credential_id)
+                except CredentialNotFound:
+                    credential = None  # removed: the page says so
+            return {
+                "view": _reports.KeyView(key, owner.name, _reports.key_state(key)),
+                "owner": owner,
+                "credential": credential,
+                "usage": admin.summarize_usage(key_id=key.key_id),
+                "audit": admin.list_audit(target_id=key.key_id, limit=10).items,
+            }
+
+        values = await _run(load)
+        return self.render(
+            request,
+            "key.html",
+            context,
+            status=400 if error else 200,
+            error=error,
+            grace_choices=GRACE_CHOICES,
+            **values,
+        )
+
+    async def set_key_expiry(self, request: Request, key_id: str) -> Response:
+        context, form = await self.change(request)
+        try:
+            expires = (
+                None
+                if form.get("clear") == "on"
+                else _start_of(_day(form.get("expires_on"), "The expiry date"))
+            )
+            if expires is None and form.get("clear") != "on":
+                raise InvalidRequest("Choose a date, or tick 'no expiry'.")
+            await _run(self.gateway.admin.set_key_expiry, key_id, expires, actor=context.actor)
+        except InvalidRequest as exc:
+            return await self.key(request, key_id, error=exc.message)
+        return RedirectResponse(f"{CONSOLE_PREFIX}/keys/{key_id}?notice=key-expiry", 303)
+
     async def change_key(self, request: Request, key_id: str, action: str) -> Response:
         context, form = await self.change(request)
         operations: dict[str, Callable[..., Any]] = {
@@ -617,7 +666,9 @@ def build_console_router(console: Console) -> APIRouter:
     )
     router.add_api_route("/keys", c.keys, methods=["GET"])
     router.add_api_route("/keys", c.create_key, methods=["POST"])
+    router.add_api_route("/keys/{key_id}", c.key, methods=["GET"])
     router.add_api_route("/keys/{key_id}/rotate", c.rotate_key, methods=["POST"])
+    router.add_api_route("/keys/{key_id}/expiry", c.set_key_expiry, methods=["POST"])
     router.add_api_route("/keys/{key_id}/{action}", c.change_key, methods=["POST"])
     router.add_api_route("/usage", c.usage, methods=["GET"])
     router.add_api_route("/usage.csv", c.usage_csv, methods=["GET"])
