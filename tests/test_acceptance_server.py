@@ -1,5 +1,8 @@
 """Acceptance: the real server on loopback (uvicorn), FakeTabPFN upstream, on SQLite and PostgreSQL.
 
+FakeTabPFN is served on a port too, and the gateway reaches it the way it reaches TabPFN in
+production: its default upstream stack (aiohttp's pool), not an in-process transport.
+
 The unmodified ``tabpfn-client`` runs against it in a subprocess; our protocol client runs 32
 concurrent fits and predictions for two principals bound to two TabPFN tokens.
 """
@@ -27,13 +30,12 @@ from gateway_support import (
     Tenant,
     add_admin_key,
     add_tenant,
-    build_gateway,
     make_settings,
     serve_in_thread,
 )
 from tabpfn_gateway import migrate
 from tabpfn_gateway.errors import FittedModelNotFound
-from tabpfn_gateway.gateway import Gateway
+from tabpfn_gateway.gateway import Gateway, LocalBus
 from tabpfn_gateway.protocol import ProtocolClient
 from tabpfn_gateway.protocol.messages import (
     ClassifierConfig,
@@ -77,18 +79,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def start(tmp_path: Path, database_url: str, **overrides: Any) -> Iterator[Stack]:
     fake = FakeTabPFN(tokens=TOKENS)
-    settings = make_settings(tmp_path, database_url, **overrides)
-    migrate.upgrade(settings)
-    gateway = build_gateway(settings, fake.app, store=open_store(settings))
-    try:
-        admin_key = add_admin_key(gateway)
-        alice = add_tenant(gateway, "alice", TOKENS[0])
-        bob = add_tenant(gateway, "bob", TOKENS[1])
-        with serve_in_thread(create_app(settings, gateway=gateway)) as url:
-            yield Stack(url, gateway, fake, admin_key, alice, bob)
-    finally:
-        gateway.close()
-        gateway.store.close()
+    with serve_in_thread(fake.app) as upstream_url:
+        settings = make_settings(tmp_path, database_url, upstream_url=upstream_url, **overrides)
+        migrate.upgrade(settings)
+        gateway = Gateway.from_settings(settings, store=open_store(settings), bus=LocalBus())
+        try:
+            admin_key = add_admin_key(gateway)
+            alice = add_tenant(gateway, "alice", TOKENS[0])
+            bob = add_tenant(gateway, "bob", TOKENS[1])
+            with serve_in_thread(create_app(settings, gateway=gateway)) as url:
+                yield Stack(url, gateway, fake, admin_key, alice, bob)
+        finally:
+            gateway.close()
+            gateway.store.close()
 
 
 @pytest.fixture

@@ -108,13 +108,14 @@ def create_app(
         ],
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    # The hot paths first: a request is matched against the routes in this order.
+    app.include_router(tabpfn.router)
+    app.include_router(uploads.build_upload_router(settings))
+    app.include_router(hosted.router)
     app.include_router(health.build_health_router(metrics_enabled=settings.metrics_enabled))
     app.include_router(setup.router)
     app.include_router(admin.admin_router)
     app.include_router(admin.usage_router)
-    app.include_router(tabpfn.router)
-    app.include_router(uploads.build_upload_router(settings))
-    app.include_router(hosted.router)
     if settings.console_enabled:
         from tabpfn_gateway_server.console import mount_console
 

@@ -40,6 +40,7 @@ from tabpfn_gateway.store import Store, open_store
 
 if TYPE_CHECKING:
     from tabpfn_gateway.admin import Admin
+    from tabpfn_gateway.gateway._forward import Forwarder
     from tabpfn_gateway.gateway._proxy import AsyncGatewayProxy
     from tabpfn_gateway.gateway._session import SyncGatewaySession
     from tabpfn_gateway.keys import KeyManager
@@ -81,6 +82,7 @@ class Gateway:
         admin: Admin | None = None,
         async_upstream: AsyncProtocolClient | None = None,
         async_upstream_factory: Callable[[], AsyncProtocolClient] | None = None,
+        forwarder_factory: Callable[[], Forwarder] | None = None,
         usage: UsageRecorder | None = None,
         bus: InvalidationBus | None = None,
         policy: SpendPolicy | None = None,
@@ -97,6 +99,8 @@ class Gateway:
         # Made on first use: in-process sessions never need the async client.
         self._async_upstream = async_upstream
         self._async_upstream_factory = async_upstream_factory
+        self._forwarder: Forwarder | None = None
+        self._forwarder_factory = forwarder_factory
         self._async_lock = threading.Lock()
         self.uploads = uploads
         self.usage = usage or UsageRecorder(store, flush_interval=settings.usage_flush_seconds)
@@ -187,6 +191,15 @@ class Gateway:
                     transport = default_async_transport(_UPSTREAM_POOL_SIZE)
                 return AsyncProtocolClient(settings.upstream_url, transport=transport, **timeouts)
 
+            def make_forwarder() -> Forwarder:
+                from tabpfn_gateway.gateway._forward import Forwarder
+
+                # Its own pool: API calls go here, signed URLs through the protocol client.
+                transport = async_upstream_transport
+                if transport is None:
+                    transport = default_async_transport(_UPSTREAM_POOL_SIZE)
+                return Forwarder(settings.upstream_url, transport=transport, **timeouts)
+
             return cls(
                 settings=settings,
                 store=store,
@@ -194,6 +207,7 @@ class Gateway:
                 vault=vault,
                 upstream=upstream,
                 async_upstream_factory=make_async_upstream,
+                forwarder_factory=make_forwarder,
                 uploads=signer,
                 bus=bus if bus is not None else bus_from_settings(settings),
                 policy=policy,
@@ -217,6 +231,17 @@ class Gateway:
                         raise ConfigurationError("This gateway has no async upstream client.")
                     self._async_upstream = self._async_upstream_factory()
         return self._async_upstream
+
+    @property
+    def forwarder(self) -> Forwarder:
+        """The proxy's upstream API calls, answers kept as bytes (made on first use)."""
+        if self._forwarder is None:
+            with self._async_lock:
+                if self._forwarder is None:
+                    if self._forwarder_factory is None:
+                        raise ConfigurationError("This gateway has no upstream forwarder.")
+                    self._forwarder = self._forwarder_factory()
+        return self._forwarder
 
     def session(self, api_key: str | SecretStr) -> SyncGatewaySession:
         """An in-process client acting as the holder of ``api_key`` (no server involved)."""
@@ -330,6 +355,9 @@ class Gateway:
         its loop ends, also when the gateway is not the server's to close; a client made
         by the factory is made again on next use (e.g. by another server's loop).
         """
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is not None:
+            await forwarder.aclose()
         client = self._async_upstream
         if client is None:
             return

@@ -7,19 +7,23 @@ answers are the upstream's own message models, so the routes send them back unch
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import anyio.to_thread
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 
 from tabpfn_gateway.errors import GatewayError, InvalidRequest, InvalidUpload, PayloadTooLarge
 from tabpfn_gateway.gateway._authoriser import Caller, Decision
 from tabpfn_gateway.gateway._core import Gateway
+from tabpfn_gateway.gateway._forward import Answer
 from tabpfn_gateway.gateway._metering import Meter
 from tabpfn_gateway.gateway._uploads import UPLOAD_PATH_PREFIX
 from tabpfn_gateway.netpolicy import filter_upload_headers
+from tabpfn_gateway.protocol import _base
+from tabpfn_gateway.protocol._base import Endpoint
+from tabpfn_gateway.protocol._errors import malformed
 from tabpfn_gateway.protocol.messages import (
     DuplicateTestSetErrorResponse,
     DuplicateTrainSetErrorResponse,
@@ -28,6 +32,7 @@ from tabpfn_gateway.protocol.messages import (
     FileUploadInfo,
     FitRequest,
     FitResponse,
+    GetFitStatusRequest,
     GetFitStatusResponse,
     GetSettingsResponse,
     PredictRequest,
@@ -89,22 +94,46 @@ class AsyncGatewayProxy:
             decision, owned = await anyio.to_thread.run_sync(resolve)
         return decision.caller, gateway.async_upstream.with_token(decision.token), owned
 
+    async def _resolve(
+        self, api_key: str | SecretStr, scope: str, *, fit_id: str | UUID | None = None
+    ) -> tuple[Caller, SecretStr, str | None]:
+        """The caller, its TabPFN token and the owned fit id: from memory when all of it is
+        known there (no worker thread: the common case), else from the store."""
+        authoriser, fits = self._gateway.authoriser, self._gateway.fits
+        fast = authoriser.authorise_from_memory(api_key, scope=scope)
+        if fast is not None and (fit_id is None or fits.owner_from_memory(fit_id)):
+            owned = None if fit_id is None else fits.check(fast.caller, fit_id)
+            return fast.caller, fast.token, owned
+
+        def resolve() -> tuple[Caller, SecretStr, str | None]:
+            decision = authoriser.authorise(api_key, scope=scope)
+            owned = None if fit_id is None else fits.check(decision.caller, fit_id)
+            return decision.caller, decision.token, owned
+
+        return await anyio.to_thread.run_sync(resolve)
+
     # -- steps -------------------------------------------------------------------------------
+    #
+    # Each step answers with the upstream's own bytes (checked against its message model,
+    # never re-encoded), except where the gateway changes the answer (upload URLs, a
+    # prediction fetched from a download URI).
 
     async def check_token(self, api_key: str | SecretStr) -> bool:
         """``/protected/``: the key is accepted here and its token upstream."""
-        caller, client, _ = await self._client(api_key, _INFERENCE)
+        caller, token, _ = await self._resolve(api_key, _INFERENCE)
         with self._gateway.metered(caller, "protected"):
-            return await client.check_token()
+            await self._gateway.forwarder.call("check_token", "GET", Endpoint.PROTECTED, token)
+            return True
 
     async def get_settings(self, api_key: str | SecretStr) -> GetSettingsResponse:
+        """The upstream's limits (cached by the protocol client: the same for every token)."""
         caller, client, _ = await self._client(api_key, _INFERENCE)
         with self._gateway.metered(caller, "get_settings"):
             return await client.get_settings()
 
     async def prepare_train_set_upload(
         self, api_key: str | SecretStr, req: PrepareTrainSetUploadRequest, *, base_url: str
-    ) -> PrepareTrainSetUploadResponse | DuplicateTrainSetErrorResponse:
+    ) -> Answer:
         """Upload URLs for a train set, rewritten to the gateway; or the upstream's 409."""
         meter = Meter(
             nbytes=_sum_sizes(
@@ -112,99 +141,180 @@ class AsyncGatewayProxy:
                 metered_count(req.y_train_info.size_bytes, "y_train_info.size_bytes"),
             )
         )
-        caller, client, _ = await self._client(api_key, _INFERENCE)
-        with self._gateway.metered(caller, "prepare_train_set_upload", meter):
-            answer = await client.prepare_train_set_upload(req)
-            if isinstance(answer, DuplicateTrainSetErrorResponse):
-                meter.trace_id = _str_or_none(answer.trace_id)
-                await self._claim_upload(caller, answer.train_set_upload_id, "train")
+        operation = "prepare_train_set_upload"
+        caller, token, _ = await self._resolve(api_key, _INFERENCE)
+        with self._gateway.metered(caller, operation, meter):
+            answer = await self._gateway.forwarder.call(
+                operation,
+                "POST",
+                Endpoint.PREPARE_TRAIN,
+                token,
+                body=_encode(req),
+                retry=_base.retry_connect_only,
+                allowed=(409,),
+            )
+            if answer.status == 409:
+                duplicate = _parse(
+                    answer, DuplicateTrainSetErrorResponse.model_validate_json, operation, token
+                )
+                meter.trace_id = _str_or_none(duplicate.trace_id)
+                await self._claim_upload(caller, duplicate.train_set_upload_id, "train")
                 return answer
-            await self._claim_upload(caller, answer.train_set_upload_id, "train")
-            return PrepareTrainSetUploadResponse(
-                train_set_upload_id=answer.train_set_upload_id,
-                x_train_info=self._rewrite(caller, answer.x_train_info, "x_train", base_url),
-                y_train_info=self._rewrite(caller, answer.y_train_info, "y_train", base_url),
+            upload = _parse(
+                answer, PrepareTrainSetUploadResponse.model_validate_json, operation, token
+            )
+            await self._claim_upload(caller, upload.train_set_upload_id, "train")
+            return _encoded(
+                PrepareTrainSetUploadResponse(
+                    train_set_upload_id=upload.train_set_upload_id,
+                    x_train_info=self._rewrite(caller, upload.x_train_info, "x_train", base_url),
+                    y_train_info=self._rewrite(caller, upload.y_train_info, "y_train", base_url),
+                )
             )
 
-    async def fit(self, api_key: str | SecretStr, req: FitRequest) -> FitResponse:
+    async def fit(self, api_key: str | SecretStr, req: FitRequest) -> Answer:
         """``/tabpfn/fit``; the new fit is recorded as the caller's principal's."""
-        caller, client, _ = await self._client(api_key, _INFERENCE)
+        caller, token, _ = await self._resolve(api_key, _INFERENCE)
         await self._check_upload(caller, req.train_set_upload_id)
         with self._gateway.metered(caller, "fit"):
-            answer = await client.fit_step(req)
-            await self._claim(caller, answer.fitted_train_set_id, req.task_config)
+            # Retried on connect errors only: every call starts a new (paid) job upstream.
+            answer = await self._gateway.forwarder.call(
+                "fit",
+                "POST",
+                Endpoint.FIT,
+                token,
+                body=_encode(req),
+                retry=_base.retry_connect_only,
+            )
+            fitted = _parse(answer, FitResponse.model_validate_json, "fit", token)
+            await self._claim(caller, fitted.fitted_train_set_id, req.task_config)
             return answer
 
-    async def submit_fit_job(
-        self, api_key: str | SecretStr, req: SubmitFitJobRequest
-    ) -> SubmitFitJobResponse:
+    async def submit_fit_job(self, api_key: str | SecretStr, req: SubmitFitJobRequest) -> Answer:
         """``/tabpfn/submit_fit_job``; the pending fit is the caller's principal's."""
-        caller, client, _ = await self._client(api_key, _INFERENCE)
+        caller, token, _ = await self._resolve(api_key, _INFERENCE)
         await self._check_upload(caller, req.train_set_upload_id)
         with self._gateway.metered(caller, "submit_fit_job"):
-            answer = await client.submit_fit_job(req)
-            await self._claim(caller, answer.fitted_train_set_id, req.task_config)
+            answer = await self._gateway.forwarder.call(
+                "submit_fit_job",
+                "POST",
+                Endpoint.SUBMIT_FIT,
+                token,
+                body=_encode(req),
+                retry=_base.retry_connect_only,
+            )
+            submitted = _parse(
+                answer, SubmitFitJobResponse.model_validate_json, "submit_fit_job", token
+            )
+            await self._claim(caller, submitted.fitted_train_set_id, req.task_config)
             return answer
 
     async def get_fit_status(
         self, api_key: str | SecretStr, fitted_train_set_id: str | UUID
-    ) -> GetFitStatusResponse:
+    ) -> Answer:
         """Status of a fit the caller's principal owns (else ``FittedModelNotFound``)."""
-        caller, client, fit_id = await self._client(api_key, _INFERENCE, fit_id=fitted_train_set_id)
+        caller, token, fit_id = await self._resolve(api_key, _INFERENCE, fit_id=fitted_train_set_id)
+        forwarder = self._gateway.forwarder
+        req = GetFitStatusRequest(
+            fitted_train_set_id=_base.as_uuid(fit_id or str(fitted_train_set_id))
+        )
         with self._gateway.metered(caller, "get_fit_status"):
-            return await client.get_fit_status(fit_id or str(fitted_train_set_id))
+            # One attempt: the caller polls again (the protocol client's rule).
+            answer = await forwarder.call(
+                "get_fit_status",
+                "POST",
+                Endpoint.FIT_STATUS,
+                token,
+                body=_encode(req),
+                retry=_base.retry_never,
+                fitted_model=True,
+                timeout=min(_base.POLL_REQUEST_TIMEOUT, forwarder.options.timeout),
+            )
+            _parse(answer, GetFitStatusResponse.model_validate_json, "get_fit_status", token)
+            return answer
 
     async def prepare_test_set_upload(
         self, api_key: str | SecretStr, req: PrepareTestSetUploadRequest, *, base_url: str
-    ) -> PrepareTestSetUploadResponse | DuplicateTestSetErrorResponse:
+    ) -> Answer:
         """Upload URL for a test set of an owned fit, rewritten; or the upstream's 409."""
-        caller, client, _ = await self._client(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
+        operation = "prepare_test_set_upload"
+        caller, token, _ = await self._resolve(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
         meter = Meter(nbytes=metered_count(req.x_test_info.size_bytes, "x_test_info.size_bytes"))
-        with self._gateway.metered(caller, "prepare_test_set_upload", meter):
-            answer = await client.prepare_test_set_upload(req)
-            if isinstance(answer, DuplicateTestSetErrorResponse):
-                meter.trace_id = _str_or_none(answer.trace_id)
-                await self._claim_upload(caller, answer.test_set_upload_id, "test")
+        with self._gateway.metered(caller, operation, meter):
+            answer = await self._gateway.forwarder.call(
+                operation,
+                "POST",
+                Endpoint.PREPARE_TEST,
+                token,
+                body=_encode(req),
+                retry=_base.retry_connect_only,
+                allowed=(409,),
+                fitted_model=True,
+            )
+            if answer.status == 409:
+                duplicate = _parse(
+                    answer, DuplicateTestSetErrorResponse.model_validate_json, operation, token
+                )
+                meter.trace_id = _str_or_none(duplicate.trace_id)
+                await self._claim_upload(caller, duplicate.test_set_upload_id, "test")
                 return answer
-            await self._claim_upload(caller, answer.test_set_upload_id, "test")
-            return PrepareTestSetUploadResponse(
-                test_set_upload_id=answer.test_set_upload_id,
-                x_test_info=self._rewrite(caller, answer.x_test_info, "x_test", base_url),
+            upload = _parse(
+                answer, PrepareTestSetUploadResponse.model_validate_json, operation, token
+            )
+            await self._claim_upload(caller, upload.test_set_upload_id, "test")
+            return _encoded(
+                PrepareTestSetUploadResponse(
+                    test_set_upload_id=upload.test_set_upload_id,
+                    x_test_info=self._rewrite(caller, upload.x_test_info, "x_test", base_url),
+                )
             )
 
-    async def predict(self, api_key: str | SecretStr, req: PredictRequest) -> PredictResponse:
+    async def predict(self, api_key: str | SecretStr, req: PredictRequest) -> Answer:
         """``/tabpfn/predict`` with an owned fit; a download-URI answer is fetched here and
         answered inline, so clients never need to reach the upstream's storage."""
-        caller, client, _ = await self._client(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
+        caller, token, _ = await self._resolve(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
         await self._check_upload(caller, req.test_set_upload_id)
         meter = Meter()
         with self._gateway.metered(caller, "predict", meter):
-            answer = await client.predict_step(req)
-            if isinstance(answer, PredictResponseWithDownloadURI):
-                await self._gateway.egress.acheck(answer.prediction_uri)
-                prediction = await client.download_prediction(answer.prediction_uri)
-                answer = PredictResponse(
-                    prediction=prediction, metadata=answer.metadata, timings=answer.timings
+            answer = await self._gateway.forwarder.call(
+                "predict", "POST", Endpoint.PREDICT, token, body=_encode(req), fitted_model=True
+            )
+            parsed = _parse(answer, _PREDICT_ANSWER.validate_json, "predict", token)
+            meter.rows = parsed.metadata.test_set_num_rows
+            meter.columns = parsed.metadata.test_set_num_cols
+            if isinstance(parsed, PredictResponse):
+                return answer
+            await self._gateway.egress.acheck(parsed.prediction_uri)
+            client = self._gateway.async_upstream
+            prediction = await client.download_prediction(parsed.prediction_uri)
+            return _encoded(
+                PredictResponse(
+                    prediction=prediction, metadata=parsed.metadata, timings=parsed.timings
                 )
-            meter.rows = answer.metadata.test_set_num_rows
-            meter.columns = answer.metadata.test_set_num_cols
+            )
+
+    async def get_api_usage(self, api_key: str | SecretStr) -> Answer:
+        """The upstream account's usage, for the credential the key is bound to."""
+        caller, token, _ = await self._resolve(api_key, _USAGE)
+        with self._gateway.metered(caller, "get_api_usage"):
+            answer = await self._gateway.forwarder.call(
+                "get_api_usage", "POST", Endpoint.USAGE, token
+            )
+            _parse(answer, _JSON_OBJECT.validate_json, "get_api_usage", token)
             return answer
 
-    async def get_api_usage(self, api_key: str | SecretStr) -> dict[str, Any]:
-        """The upstream account's usage, for the credential the key is bound to."""
-        caller, client, _ = await self._client(api_key, _USAGE)
-        with self._gateway.metered(caller, "get_api_usage"):
-            return await client.get_api_usage()
-
-    async def estimate_cost(
-        self, api_key: str | SecretStr, req: EstimateCostRequest
-    ) -> EstimateCostResponse:
+    async def estimate_cost(self, api_key: str | SecretStr, req: EstimateCostRequest) -> Answer:
+        """A quote from dimensions only (the counts are bounded before they are metered)."""
         rows = metered_count(req.train_rows, "train_rows")
         metered_count(req.raw_columns, "raw_columns")
         metered_count(req.test_rows, "test_rows")
-        caller, client, _ = await self._client(api_key, _INFERENCE)
+        caller, token, _ = await self._resolve(api_key, _INFERENCE)
         with self._gateway.metered(caller, "estimate_cost", Meter(rows=rows)):
-            return await client.estimate_cost(req)
+            answer = await self._gateway.forwarder.call(
+                "estimate_cost", "POST", Endpoint.ESTIMATE_COST, token, body=_encode(req)
+            )
+            _parse(answer, EstimateCostResponse.model_validate_json, "estimate_cost", token)
+            return answer
 
     # -- uploads -----------------------------------------------------------------------------
 
@@ -341,6 +451,41 @@ def metered_count(value: int | None, name: str) -> int | None:
     if not 0 <= value <= MAX_METERED_COUNT:
         raise InvalidRequest(f"{name} must be an integer from 0 to {MAX_METERED_COUNT}.")
     return value
+
+
+_PREDICT_ANSWER: TypeAdapter[PredictResponse | PredictResponseWithDownloadURI] = TypeAdapter(
+    PredictResponse | PredictResponseWithDownloadURI
+)
+_JSON_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+M = TypeVar("M")
+
+
+def _encode(request: BaseModel) -> bytes:
+    # The vendor's field conventions (no nulls), straight to bytes in pydantic-core.
+    return request.model_dump_json(exclude_none=True).encode()
+
+
+def _encoded(answer: BaseModel) -> Answer:
+    return Answer(200, {}, answer.model_dump_json(exclude_unset=True).encode())
+
+
+def _parse(answer: Answer, validate: Callable[[bytes], M], operation: str, token: SecretStr) -> M:
+    """``answer``'s body checked against the protocol (``validate``: a message model's
+    ``model_validate_json``); a misfit is ``MalformedResponse``."""
+    try:
+        return validate(answer.content)
+    except ValidationError as exc:
+        raise malformed(
+            answer.as_httpx(), operation, _describe(exc), secret=token.get_secret_value()
+        ) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    # Field locations and messages only: input values could be large or sensitive.
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<body>'}: {err['msg']}"
+        for err in exc.errors()[:5]
+    )
 
 
 def _sum_sizes(*sizes: int | None) -> int | None:

@@ -18,6 +18,7 @@ import asyncio
 import ssl
 import urllib.request
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -101,12 +102,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
         wanted = request.extensions.get("timeout") or {}
-        key = (wanted.get("connect"), wanted.get("read"), wanted.get("pool"))
+        return self._timeout_for(wanted.get("connect"), wanted.get("read"), wanted.get("pool"))
+
+    def _timeout_for(
+        self, connect: float | None, read: float | None, pool: float | None
+    ) -> aiohttp.ClientTimeout:
+        key = (connect, read, pool)
         timeout = self._timeouts.get(key)
         if timeout is None:
             # `connect` in aiohttp covers waiting for a pooled connection too (httpx: pool).
             timeout = aiohttp.ClientTimeout(
-                total=None, connect=key[2], sock_connect=key[0], sock_read=key[1]
+                total=None, connect=pool, sock_connect=connect, sock_read=read
             )
             if len(self._timeouts) < 64:
                 self._timeouts[key] = timeout
@@ -151,6 +157,47 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status, headers=raw_headers, content=content, request=request, extensions=extensions
         )
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        timeout: float,
+        connect_timeout: float,
+        follow_redirects: bool = False,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One request with a body in memory, without httpx's request and response objects:
+        ``(status, headers, body)``. The gateway's forwarder uses it on every small call.
+
+        Failures are the same ``httpx`` exceptions ``handle_async_request`` raises. With
+        ``follow_redirects`` aiohttp follows them as httpx would (dropping ``Authorization``
+        on a cross-origin hop).
+        """
+        if self._closed:
+            raise httpx.TransportError("The aiohttp transport is closed.")
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is None or self._loop is not loop:
+            session = self._open(loop)
+        try:
+            async with session.request(
+                method,
+                URL(url, encoded=True),
+                headers=headers,
+                data=content,
+                allow_redirects=follow_redirects,
+                timeout=self._timeout_for(connect_timeout, timeout, timeout),
+            ) as answer:
+                return answer.status, answer.headers, await answer.read()
+        except aiohttp.ClientError as exc:
+            raise _mapped(exc, httpx.Request(method, url)) from exc
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(
+                str(exc) or "timed out", request=httpx.Request(method, url)
+            ) from exc
 
     async def aclose(self) -> None:
         self._closed = True

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from tabpfn_gateway import __version__
 from tabpfn_gateway.errors import InsufficientScope
+from tabpfn_gateway.gateway._forward import Answer
 from tabpfn_gateway.protocol.messages import (
     DuplicateTestSetErrorResponse,
     DuplicateTrainSetErrorResponse,
@@ -35,12 +36,19 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["TabPFN-compatible"])
 
+_JSON = "application/json"
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "The request is malformed or out of bounds (INVALID_REQUEST)."},
     401: {"description": "The gateway key is missing, invalid, revoked, disabled or expired."},
     403: {"description": "The key lacks the scope, or the upstream refused the account."},
     503: {"description": "The database or the upstream cannot be reached (Retry-After)."},
 }
+
+
+def _relay(answer: Answer) -> Response:
+    # The upstream's own bytes (checked by the proxy), not parsed and encoded again.
+    return Response(content=answer.content, status_code=answer.status, media_type=_JSON)
 
 
 def _json(model: BaseModel, status_code: int = 200) -> Response:
@@ -104,9 +112,7 @@ async def prepare_train_set_upload(
     answer = await gateway.proxy.prepare_train_set_upload(
         key, body, base_url=public_base_url(request)
     )
-    if isinstance(answer, DuplicateTrainSetErrorResponse):
-        return _json(answer, 409)
-    return _json(answer)
+    return _relay(answer)
 
 
 @router.post(
@@ -115,7 +121,7 @@ async def prepare_train_set_upload(
     responses={200: {"model": FitResponse}, **_ERRORS},
 )
 async def fit(body: FitRequest, gateway: GatewayDep, key: BearerKey) -> Response:
-    return _json(await gateway.proxy.fit(key, body))
+    return _relay(await gateway.proxy.fit(key, body))
 
 
 @router.post(
@@ -126,7 +132,7 @@ async def fit(body: FitRequest, gateway: GatewayDep, key: BearerKey) -> Response
 async def submit_fit_job(
     body: SubmitFitJobRequest, gateway: GatewayDep, key: BearerKey
 ) -> Response:
-    return _json(await gateway.proxy.submit_fit_job(key, body))
+    return _relay(await gateway.proxy.submit_fit_job(key, body))
 
 
 @router.post(
@@ -141,7 +147,7 @@ async def submit_fit_job(
 async def get_fit_status(
     body: GetFitStatusRequest, gateway: GatewayDep, key: BearerKey
 ) -> Response:
-    return _json(await gateway.proxy.get_fit_status(key, body.fitted_train_set_id))
+    return _relay(await gateway.proxy.get_fit_status(key, body.fitted_train_set_id))
 
 
 @router.post(
@@ -160,9 +166,7 @@ async def prepare_test_set_upload(
     answer = await gateway.proxy.prepare_test_set_upload(
         key, body, base_url=public_base_url(request)
     )
-    if isinstance(answer, DuplicateTestSetErrorResponse):
-        return _json(answer, 409)
-    return _json(answer)
+    return _relay(answer)
 
 
 @router.post(
@@ -175,12 +179,12 @@ async def prepare_test_set_upload(
     },
 )
 async def predict(body: PredictRequest, gateway: GatewayDep, key: BearerKey) -> Response:
-    return _json(await gateway.proxy.predict(key, body))
+    return _relay(await gateway.proxy.predict(key, body))
 
 
 @router.post("/get_api_usage/", summary="The upstream account's usage", responses=_ERRORS)
-async def get_api_usage(gateway: GatewayDep, key: BearerKey) -> dict[str, Any]:
-    return await gateway.proxy.get_api_usage(key)
+async def get_api_usage(gateway: GatewayDep, key: BearerKey) -> Response:
+    return _relay(await gateway.proxy.get_api_usage(key))
 
 
 @router.post(
@@ -189,4 +193,4 @@ async def get_api_usage(gateway: GatewayDep, key: BearerKey) -> dict[str, Any]:
     responses={200: {"model": EstimateCostResponse}, **_ERRORS},
 )
 async def estimate_cost(body: EstimateCostRequest, gateway: GatewayDep, key: BearerKey) -> Response:
-    return _json(await gateway.proxy.estimate_cost(key, body))
+    return _relay(await gateway.proxy.estimate_cost(key, body))

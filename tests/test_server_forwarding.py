@@ -1,0 +1,109 @@
+"""The proxy's forwarding: upstream answers pass through as their own bytes, still checked
+against the protocol, with the protocol client's retry rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway_support import Tenant, add_tenant, asgi_client, build_gateway, make_settings
+from tabpfn_gateway.testing import FakeTabPFN
+from tabpfn_gateway_server import create_app
+
+TOKEN = "tok-forward-000001"
+
+
+def _bearer(tenant: Tenant) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tenant.key}"}
+
+
+@pytest.fixture
+def fake() -> FakeTabPFN:
+    return FakeTabPFN(tokens=[TOKEN])
+
+
+@pytest.fixture
+def served(tmp_path: Path, fake: FakeTabPFN) -> Iterator[tuple[httpx.Client, Tenant]]:
+    settings = make_settings(tmp_path, "memory://")
+    gateway = build_gateway(settings, fake.app)
+    try:
+        tenant = add_tenant(gateway, "ann", TOKEN)
+        with asgi_client(create_app(settings, gateway=gateway)) as http:
+            yield http, tenant
+    finally:
+        gateway.close()
+
+
+def test_answers_are_the_upstreams_own_bytes(
+    served: tuple[httpx.Client, Tenant], fake: FakeTabPFN
+) -> None:
+    http, tenant = served
+    estimate = {"train_rows": 100, "raw_columns": 5, "test_rows": 10}
+    through = [
+        http.post("/get_api_usage/", headers=_bearer(tenant)),
+        http.post("/tabpfn/estimate_cost", json=estimate, headers=_bearer(tenant)),
+    ]
+    with asgi_client(fake.app, "http://upstream.test") as upstream:
+        direct = [
+            upstream.post("/get_api_usage/", headers={"Authorization": f"Bearer {TOKEN}"}),
+            upstream.post(
+                "/tabpfn/estimate_cost", json=estimate, headers={"Authorization": f"Bearer {TOKEN}"}
+            ),
+        ]
+    for ours, theirs in zip(through, direct, strict=True):
+        assert ours.status_code == theirs.status_code == 200
+        assert ours.headers["content-type"] == "application/json"
+        assert ours.content == theirs.content
+
+
+def _garbage_upstream(seen: list[str]) -> Starlette:
+    async def garbage(request: Request) -> Response:
+        seen.append(request.url.path)
+        # Echoes the credential, as a broken upstream might: it must not reach the caller.
+        token = request.headers.get("authorization", "")
+        return Response(f'["not", "an object", "{token}"]', media_type="application/json")
+
+    async def flaky(request: Request) -> Response:
+        seen.append(request.url.path)
+        if seen.count(request.url.path) == 1:
+            return Response("busy", status_code=503)
+        return Response(b'{"usage": 1}', media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/tabpfn/estimate_cost", garbage, methods=["POST"]),
+            Route("/get_api_usage/", flaky, methods=["POST"]),
+        ]
+    )
+
+
+def test_a_misfit_answer_is_502_and_a_transient_one_is_retried(tmp_path: Path) -> None:
+    seen: list[str] = []
+    settings = make_settings(tmp_path, "memory://")
+    gateway = build_gateway(settings, _garbage_upstream(seen))
+    try:
+        tenant = add_tenant(gateway, "bo", TOKEN)
+        with asgi_client(create_app(settings, gateway=gateway)) as http:
+            bad = http.post(
+                "/tabpfn/estimate_cost",
+                json={"train_rows": 1, "raw_columns": 1},
+                headers=_bearer(tenant),
+            )
+            usage = http.post("/get_api_usage/", headers=_bearer(tenant))
+    finally:
+        gateway.close()
+    assert bad.status_code == 502
+    assert bad.json()["error_code"] == "MALFORMED_RESPONSE"
+    assert TOKEN not in bad.text
+    assert tenant.key not in bad.text
+    # get_api_usage is idempotent: the 503 was retried, and the second answer passed through.
+    assert usage.status_code == 200
+    assert usage.content == b'{"usage": 1}'
+    assert seen.count("/get_api_usage/") == 2
