@@ -13,6 +13,7 @@ from uuid import UUID
 
 import anyio.to_thread
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from tabpfn_gateway.errors import GatewayError, InvalidRequest, InvalidUpload, PayloadTooLarge
 from tabpfn_gateway.gateway._authoriser import Caller, Decision
@@ -462,7 +463,10 @@ M = TypeVar("M")
 
 def _encode(request: BaseModel) -> bytes:
     # The vendor's field conventions (no nulls), straight to bytes in pydantic-core.
-    return request.model_dump_json(exclude_none=True).encode()
+    try:
+        return request.model_dump_json(exclude_none=True).encode()
+    except PydanticSerializationError:  # e.g. a lone surrogate: not valid text on the wire
+        raise InvalidRequest("A value in the request is not valid text.") from None
 
 
 def _encoded(answer: BaseModel) -> Answer:
