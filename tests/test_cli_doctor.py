@@ -109,6 +109,7 @@ def test_a_healthy_sqlite_deployment_passes(
         "database": "ok",
         "schema": "ok",
         "secret": "ok",
+        "pepper": "ok",
         "clock": "ok",
         "files": "ok",
         "redis": "skip",
@@ -297,7 +298,13 @@ def test_postgresql_healthy_then_without_a_secret(
     migrate.upgrade(get_settings())
     store_a_credential(pg_url, tmp_path)
     code, checks = doctor_json(capsys)
+    assert code == 0, checks  # a warning does not fail the run
+    assert checks["pepper"]["status"] == "warn"
+    assert "same long random value on every replica" in checks["pepper"]["fix"]
+    set_env(monkeypatch, key_pepper="a-shared-pepper-0123456789abcdef")
+    code, checks = doctor_json(capsys)
     assert code == 0, checks
+    assert checks["pepper"]["status"] == "ok"
     assert checks["database"]["detail"].startswith("postgresql")
     assert checks["clock"]["status"] == "ok"
     assert "against the database" in checks["clock"]["detail"]

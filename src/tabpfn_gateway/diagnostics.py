@@ -79,6 +79,7 @@ class Doctor:
                 self.check_database,
                 self.check_schema,
                 self.check_secret,
+                self.check_pepper,
                 self.check_clock,
                 self.check_files,
                 self.check_redis,
@@ -228,6 +229,21 @@ class Doctor:
             else "; no tokens stored yet"
         )
         return Check("secret", "ok", detail)
+
+    def check_pepper(self) -> Check:
+        settings = self._settings
+        if settings.key_pepper is not None:
+            return Check("pepper", "ok", "TABPFN_GATEWAY_KEY_PEPPER is set")
+        if settings.is_sqlite or settings.database_url.startswith("memory://"):
+            return Check("pepper", "ok", "derived from the secret and kept in the data dir")
+        return Check(
+            "pepper",
+            "warn",
+            "no TABPFN_GATEWAY_KEY_PEPPER on a shared database: each replica derives its own "
+            "from the secret and keeps it in its data dir",
+            "Set TABPFN_GATEWAY_KEY_PEPPER to the same long random value on every replica "
+            "(docs/keys.md#hashing-and-the-pepper).",
+        )
 
     def check_clock(self) -> Check:
         from sqlalchemy import text
@@ -489,6 +505,7 @@ _AFTER_SETTINGS = (
     "database",
     "schema",
     "secret",
+    "pepper",
     "clock",
     "files",
     "redis",
