@@ -104,7 +104,9 @@ def test_positional_args_survive_redaction_for_formatters_that_read_them() -> No
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
 
-    access = logging.getLogger("uvicorn.access")
+    # A logger of its own: other tests' logging configs may disable uvicorn's (alembic does).
+    access = logging.getLogger("tests.uvicorn_like.access")
+    access.setLevel(logging.INFO)
     keep = Keep()
     access.addHandler(keep)
     try:
