@@ -16,6 +16,7 @@ from starlette.routing import Route
 from gateway_support import Tenant, add_tenant, asgi_client, build_gateway, make_settings
 from tabpfn_gateway.testing import FakeTabPFN
 from tabpfn_gateway_server import create_app
+from tabpfn_gateway_server.direct import DirectRoutes
 
 TOKEN = "tok-forward-000001"
 
@@ -107,3 +108,49 @@ def test_a_misfit_answer_is_502_and_a_transient_one_is_retried(tmp_path: Path) -
     assert usage.status_code == 200
     assert usage.content == b'{"usage": 1}'
     assert seen.count("/get_api_usage/") == 2
+
+
+def test_hot_routes_are_answered_directly_with_fastapis_answers(
+    served: tuple[httpx.Client, Tenant],
+) -> None:
+    http, tenant = served
+    app = http._transport.app  # type: ignore[attr-defined]
+    path = "/tabpfn/estimate_cost"
+    cases = [
+        ({}, b'{"train_rows": 1, "raw_columns": 1}', 401, "MISSING_CREDENTIALS"),
+        (_bearer(tenant), b'{"train_rows": 1', 422, "INVALID_REQUEST"),
+        (_bearer(tenant), b"", 422, "INVALID_REQUEST"),
+        (_bearer(tenant), b'{"train_rows": "many"}', 422, "INVALID_REQUEST"),
+    ]
+    for headers, body, status, code in cases:
+        answer = http.post(
+            path, content=body, headers={**headers, "Content-Type": "application/json"}
+        )
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error_code"] == code
+        assert answer.headers["x-trace-id"]
+    malformed = http.post(path, content=b'{"train_rows": "many"}', headers=_bearer(tenant))
+    assert "body.train_rows" in malformed.json()["message"]
+    assert "body.raw_columns" in malformed.json()["message"]
+    plain = http.post(
+        path, content=b"{}", headers={**_bearer(tenant), "Content-Type": "text/plain"}
+    )
+    assert plain.status_code == 422
+    direct = _direct_routes(app)
+    assert {
+        ("POST", "/get_api_usage/"),
+        ("POST", "/tabpfn/get_fit_status"),
+        ("POST", "/tabpfn/fit"),
+        ("POST", "/tabpfn/predict"),
+        ("GET", "/tabpfn/get_settings"),
+    } <= direct.paths
+    # Metrics label direct answers by route template, as FastAPI's router does.
+    metrics = app.state.metrics.render().decode()
+    assert 'route="/tabpfn/estimate_cost"' in metrics
+
+
+def _direct_routes(app: object) -> DirectRoutes:
+    layer = app.middleware_stack  # type: ignore[attr-defined]
+    while not isinstance(layer, DirectRoutes):
+        layer = layer.app
+    return layer

@@ -14,6 +14,7 @@ from tabpfn_gateway.config import Settings, get_settings
 from tabpfn_gateway.gateway import UPLOAD_PATH_PREFIX, Gateway
 from tabpfn_gateway.gateway._hosted import HostedGateway
 from tabpfn_gateway_server.apidocs import install_api_docs
+from tabpfn_gateway_server.direct import DirectRoutes
 from tabpfn_gateway_server.errors import install_error_handlers
 from tabpfn_gateway_server.metrics import GatewayMetrics
 from tabpfn_gateway_server.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -98,6 +99,9 @@ def create_app(
     app.state.limiter = limiter
     app.state.hosted = hosted_gateway
     install_error_handlers(app)
+    # Innermost: the TabPFN-compatible calls are answered without FastAPI's routing and
+    # dependency solving, after the trace id, the metrics and the body limit have seen them.
+    app.add_middleware(DirectRoutes, routes=tabpfn.router.routes)
     # Added last = runs first: the trace id exists before a body is refused.
     app.add_middleware(
         BodyLimitMiddleware,

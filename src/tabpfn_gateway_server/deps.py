@@ -41,6 +41,11 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 BearerKey = Annotated[SecretStr, Depends(bearer_key)]
 
 
+async def bearer_key_of(request: Request) -> SecretStr:
+    """``BearerKey`` resolved by hand, by the same rules (``tabpfn_gateway_server.direct``)."""
+    return await bearer_key(await _bearer(request))
+
+
 async def admin_caller(gateway: GatewayDep, key: BearerKey) -> Caller:
     """The caller, if the key has the admin scope (else 401/403)."""
     from tabpfn_gateway.keys import SCOPE_ADMIN
