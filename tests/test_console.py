@@ -435,7 +435,15 @@ def test_bad_input_answers_with_a_page_never_a_500(signed_in: Console) -> None:
     )
     assert answer.status_code == 400
     assert "principal name" in answer.text
-    assert client.get("/console/principals/no-such-team").status_code == 404
+    typed = client.post(
+        "/console/principals",
+        data={"name": "bad name!", "kind": "user", "csrf_token": signed_in.csrf()},
+    )
+    assert typed.status_code == 400
+    assert 'value="bad name!"' in typed.text  # what was typed stays in the form
+    missing = client.get("/console/principals/no-such-team")
+    assert missing.status_code == 404
+    assert 'aria-label="Console"' in missing.text  # the error page keeps the navigation
     answer = client.post("/console/keys/nokey/revoke", data={"csrf_token": signed_in.csrf()})
     assert answer.status_code == 404
     assert "KEY_NOT_FOUND" in answer.text

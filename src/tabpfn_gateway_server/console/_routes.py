@@ -281,7 +281,16 @@ class Console:
 
     # -- teams and users ---------------------------------------------------------------
 
-    async def principals(self, request: Request, *, error: str | None = None) -> Response:
+    async def optional_context(self, request: Request) -> Context | None:
+        """The signed-in admin if there is one (error pages keep their navigation)."""
+        try:
+            return await self.context(request)
+        except (SignInRequired, GatewayError):
+            return None
+
+    async def principals(
+        self, request: Request, *, error: str | None = None, typed: dict[str, str] | None = None
+    ) -> Response:
         context = await self.context(request)
         kind = request.query_params.get("kind")
         kind = kind if kind in ("team", "user") else None
@@ -296,6 +305,7 @@ class Console:
             principals=principals,
             kind=kind,
             error=error,
+            typed=typed or {},
         )
 
     async def add_principal(self, request: Request) -> Response:
@@ -309,7 +319,7 @@ class Console:
                 actor=context.actor,
             )
         except GatewayError as exc:
-            return await self.principals(request, error=exc.message)
+            return await self.principals(request, error=exc.message, typed=form)
         return RedirectResponse(
             f"{CONSOLE_PREFIX}/principals/{principal.id}?notice=principal-added", 303
         )
@@ -713,7 +723,7 @@ def install_console_handlers(app: FastAPI, console: Console) -> None:
         return console.render(
             request,
             "error.html",
-            None,
+            await console.optional_context(request),
             status=http_status(exc),
             code=exc.error_code,
             message=exc.message,
