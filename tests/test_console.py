@@ -577,3 +577,13 @@ def test_a_keys_page_sets_and_clears_its_expiry(signed_in: Console) -> None:
     assert changes[1].details["expires_at"] == "2098-06-30T00:00:00+00:00"
     forged = signed_in.client.post(f"{page}/expiry", data={"clear": "on"})
     assert forged.status_code == 403
+
+
+def test_signing_in_again_ends_the_previous_session(signed_in: Console) -> None:
+    first = signed_in.client.cookies["tpg_console"]
+    assert signed_in.sign_in().status_code == 303
+    second = signed_in.client.cookies["tpg_console"]
+    assert second != first
+    store = signed_in.gateway.store
+    assert store.get_admin_session(session_id_for(first)) is None
+    assert store.get_admin_session(session_id_for(second)) is not None

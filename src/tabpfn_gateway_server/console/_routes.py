@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hmac
 import inspect
 import io
 import logging
@@ -223,7 +224,11 @@ class Console:
         form = await _form(request)
         expected = request.cookies.get(PRE_SESSION_COOKIE)
         submitted = form.get("csrf_token", "")
-        if not same_origin(request) or not expected or submitted != expected:
+        if (
+            not same_origin(request)
+            or not expected
+            or not hmac.compare_digest(submitted.encode(), expected.encode())
+        ):
             raise ForgedRequest()
         address = client_address(request)
         if self.limiter is not None:
@@ -244,6 +249,10 @@ class Console:
                 else exc.message
             )
             return self._sign_in_form(request, error=message, status=http_status(exc))
+        previous = request.cookies.get(SESSION_COOKIE)
+        if previous:
+            # A new sign-in ends the browser's previous session rather than leaving it live.
+            await _run(self.sessions.close, previous)
         response = RedirectResponse(f"{CONSOLE_PREFIX}/", status_code=303)
         lifetime = opened.session.expires_at - opened.session.created_at
         set_cookie(
