@@ -90,8 +90,9 @@ def test_end_to_end_sign_in_team_key_sdk_chart_revoke(browser: Any, served: Serv
     page.get_by_label("Label").fill("ds TabPFN account")
     page.get_by_label("TabPFN token").fill(TOKEN)
     page.get_by_role("button", name="Store token").click()
+    page.wait_for_url(re.compile(r".*notice=credential-added"))
+    expect(page.locator("#credentials").get_by_text("ds TabPFN account")).to_be_visible()
     assert TOKEN not in page.content()
-    assert page.locator("#credentials").get_by_text("ds TabPFN account").is_visible()
     page.locator("#key-name").fill("notebook of ada")
     page.get_by_role("button", name="Create key").click()
     key = page.locator("#new-key").input_value()
@@ -164,8 +165,8 @@ def test_a_form_on_another_site_cannot_change_anything(browser: Any, served: Ser
         '<input name="name" value="forged-team"><input name="kind" value="team">'
         '<button type="submit">go</button></form>'
     )
-    page.get_by_role("button", name="go").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.get_by_role("button", name="go").click()
     assert served.gateway.store.get_principal_by_name("forged-team") is None
     # Either the cookie stayed home (SameSite=Strict: sign-in page) or the token was missing.
     text = page.content()
@@ -228,8 +229,8 @@ def test_keyboard_alone_signs_in_and_reaches_every_page(
     visited = []
     for name in ("Teams & users", "Keys", "Usage", "Audit log", "Overview"):
         page.get_by_role("link", name=name, exact=True).focus()
-        page.keyboard.press("Enter")
-        page.wait_for_load_state()
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
         visited.append(page.get_by_role("heading", level=1).inner_text())
     assert visited == ["Teams & users", "Keys", "Usage", "Audit log", "Overview"]
     # Every control has a label an assistive technology can read.
