@@ -127,6 +127,11 @@ class Settings(BaseSettings):
         default="text",
         description="Log line format: text, or json (one object a line, with the trace id).",
     )
+    otel_enabled: bool = Field(
+        default=False,
+        description="Trace requests, upstream calls and SQL with OpenTelemetry (the otel "
+        "extra; exported as the standard OTEL_* variables say).",
+    )
 
     # -- upstream ------------------------------------------------------------------------
     upstream_url: str = Field(

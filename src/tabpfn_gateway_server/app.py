@@ -73,6 +73,9 @@ def create_app(
         try:
             yield
         finally:
+            stop_tracing = getattr(app.state, "stop_tracing", None)
+            if stop_tracing is not None:
+                stop_tracing()
             limiter.close()
             await hosted_gateway.aclose()
             if owns_gateway:
@@ -124,6 +127,10 @@ def create_app(
         from tabpfn_gateway_server.console import mount_console
 
         mount_console(app, gateway, limiter)
+    if settings.otel_enabled:
+        from tabpfn_gateway_server.otel import instrument_app
+
+        app.state.stop_tracing = instrument_app(app, gateway)
     return app
 
 
