@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from gateway_support import (
     SECRET,
@@ -110,6 +111,7 @@ def test_a_healthy_sqlite_deployment_passes(
         "schema": "ok",
         "secret": "ok",
         "pepper": "ok",
+        "fingerprint": checks["fingerprint"]["status"],  # see the fingerprint test
         "clock": "ok",
         "files": "ok",
         "redis": "skip",
@@ -334,3 +336,35 @@ def test_postgresql_clock_skew_warns_then_fails(
     checks = {c.name: c for c in Doctor(settings, clock=skewed(-120)).run()}
     assert checks["clock"].status == "fail"
     assert "NTP" in (checks["clock"].fix or "")
+
+
+def test_the_secret_is_checked_against_the_recorded_fingerprint(
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import importlib
+
+    healthy_sqlite(env, tmp_path)
+    try:
+        recorder = importlib.import_module("tabpfn_gateway.secret_fingerprint")
+    except ImportError:
+        # A version that records no fingerprint: the check says so instead of guessing.
+        code, checks = doctor_json(capsys)
+        assert checks["fingerprint"]["status"] == "skip"
+        assert code == 0
+        return
+    store = open_store(get_settings())
+    try:
+        store.claim_state(recorder.SECRET_STATE, recorder.secret_fingerprint(SecretStr(SECRET)))
+    finally:
+        store.close()
+    code, checks = doctor_json(capsys)
+    assert checks["fingerprint"]["status"] == "ok"
+    assert "set up with" in checks["fingerprint"]["detail"]
+    set_env(monkeypatch, secret_key=OTHER_SECRET)
+    code, checks = doctor_json(capsys)
+    assert code == 1
+    assert checks["fingerprint"]["status"] == "fail"
+    assert OTHER_SECRET not in json.dumps(checks)

@@ -80,6 +80,7 @@ class Doctor:
                 self.check_schema,
                 self.check_secret,
                 self.check_pepper,
+                self.check_fingerprint,
                 self.check_clock,
                 self.check_files,
                 self.check_redis,
@@ -243,6 +244,46 @@ class Doctor:
             "from the secret and keeps it in its data dir",
             "Set TABPFN_GATEWAY_KEY_PEPPER to the same long random value on every replica "
             "(docs/keys.md#hashing-and-the-pepper).",
+        )
+
+    def check_fingerprint(self) -> Check:
+        """The secret against the fingerprint the database recorded on first use (versions
+        that record one: ``tabpfn_gateway.secret_fingerprint``)."""
+        import importlib
+
+        from tabpfn_gateway.store import open_store
+        from tabpfn_gateway.vault import configured_secrets
+
+        try:
+            recorder: Any = importlib.import_module("tabpfn_gateway.secret_fingerprint")
+        except ImportError:
+            return Check("fingerprint", "skip", "this version records no secret fingerprint")
+        if not self._schema_ok:
+            return Check("fingerprint", "skip", "the schema is not current")
+        settings = self._settings
+        try:
+            mine = {recorder.secret_fingerprint(s) for s in configured_secrets(settings)}
+        except GatewayError as exc:
+            return Check("fingerprint", "fail", exc.message, "Set TABPFN_GATEWAY_SECRET_KEY.")
+        store = open_store(settings)
+        try:
+            recorded = store.get_state(recorder.SECRET_STATE)  # read only: doctor never claims
+        except GatewayError as exc:
+            return Check("fingerprint", "fail", exc.message, "Check the database (see above).")
+        finally:
+            store.close()
+        if recorded is None:
+            return Check("fingerprint", "ok", "none recorded yet (the first server start does)")
+        if recorded in mine:
+            return Check(
+                "fingerprint", "ok", "the configured secret is the one the database was set up with"
+            )
+        return Check(
+            "fingerprint",
+            "fail",
+            "the configured secrets are not the one this database was set up with",
+            "Use the database's TABPFN_GATEWAY_SECRET_KEY on every replica and CLI (a process "
+            "with another one refuses to write).",
         )
 
     def check_clock(self) -> Check:
@@ -506,6 +547,7 @@ _AFTER_SETTINGS = (
     "schema",
     "secret",
     "pepper",
+    "fingerprint",
     "clock",
     "files",
     "redis",
