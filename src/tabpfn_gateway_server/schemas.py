@@ -150,7 +150,9 @@ class CredentialOut(_RecordOut):
 class KeyIn(BaseModel):
     owner: str = Field(description="Principal id or name.")
     credential_id: str | None = Field(
-        default=None, description="The TabPFN credential calls go out with (admin keys: none)."
+        default=None,
+        description="The TabPFN credential calls go out with (default: the owner's only one; "
+        "admin keys: none).",
     )
     name: str = Field(max_length=200)
     scopes: list[str] | None = Field(default=None, description="Default: inference, usage.")
