@@ -269,6 +269,7 @@ class Settings(BaseSettings):
 
     @property
     def is_sqlite(self) -> bool:
+        """Whether the database is the embedded SQLite kind (a file, or the default)."""
         return self.database_url.startswith("sqlite")
 
 

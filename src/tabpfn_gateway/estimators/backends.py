@@ -249,6 +249,7 @@ class HTTPBackend(_DelegatingBackend):
         return hosted
 
     def close(self) -> None:
+        """Close the HTTP connection pools this backend opened (it reopens them on next use)."""
         with self._lock:
             client, self._client = self._client, None
             hosted, self._hosted, self._kind = self._hosted, None, None
@@ -376,6 +377,7 @@ class InProcessBackend(_DelegatingBackend):
         return self.session()
 
     def close(self) -> None:
+        """Forget the session; the gateway itself stays open (it belongs to its builder)."""
         # The gateway belongs to whoever built it; a session holds nothing to release.
         with self._lock:
             self._session = None
@@ -403,11 +405,19 @@ class DetachedInProcessBackend:
         return (_restore_in_process_backend, (self._registry_id,))
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: an in-process gateway cannot be reached from another process.
+
+        Raises
+        ------
+        ConfigurationError
+            Always, saying to run a gateway server and use the HTTP backend instead.
+        """
         raise ConfigurationError(_DETACHED_MESSAGE)
 
     get_settings = fit = predict = get_api_usage = _refuse
 
     def close(self) -> None:
+        """Nothing to release."""
         return None
 
 

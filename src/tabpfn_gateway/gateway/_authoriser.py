@@ -41,14 +41,17 @@ class Caller:
 
     @property
     def key_id(self) -> str:
+        """The public id of the caller's gateway key."""
         return self.key.key_id
 
     @property
     def owner_id(self) -> str:
+        """The principal (user or team) the key belongs to."""
         return self.key.owner_id
 
     @property
     def credential_id(self) -> str | None:
+        """The stored TabPFN credential the key's calls use, if one is bound."""
         return self.key.credential_id
 
     @property

@@ -84,13 +84,16 @@ class LocalBus:
         self._listener: Listener | None = None
 
     def publish(self, message: str) -> None:
+        """Deliver ``message`` to this process's listener at once."""
         if self._listener is not None:
             self._listener(message)
 
     def start(self, listener: Listener) -> None:
+        """Send every published message to ``listener``."""
         self._listener = listener
 
     def close(self) -> None:
+        """Stop delivering messages."""
         self._listener = None
 
 
@@ -194,6 +197,7 @@ class PostgresNotifyBus(_ThreadedBus):
         return cls(conninfo)
 
     def publish(self, message: str) -> None:
+        """Announce ``message`` to every replica with ``pg_notify`` on the channel."""
         psycopg = _import_psycopg()
         try:
             with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
@@ -233,6 +237,7 @@ class RedisBus(_ThreadedBus):
         self._poll = poll_seconds
 
     def publish(self, message: str) -> None:
+        """Announce ``message`` to every replica on the Redis channel."""
         redis = _import_redis()
         try:
             self._client.publish(CHANNEL, message)
@@ -259,6 +264,7 @@ class RedisBus(_ThreadedBus):
             pubsub.close()
 
     def close(self) -> None:
+        """Stop listening and close the Redis connection."""
         super().close()
         self._client.close()
 

@@ -66,6 +66,7 @@ class AllowAll:
     """The default policy: every authorised caller may spend; nothing is reserved."""
 
     def admit(self, caller: Caller, operation: str, meter: Meter) -> Admission:
+        """Admit every call, reserving nothing."""
         return _NOTHING_RESERVED
 
     def __repr__(self) -> str:

@@ -172,6 +172,7 @@ class KeyManager:
 
     @property
     def store(self) -> Store:
+        """The store the keys are kept in."""
         return self._store
 
     # -- creating --------------------------------------------------------------------------

@@ -165,6 +165,7 @@ class AsyncProtocolClient:
 
     @property
     def base_url(self) -> str:
+        """The URL of the service this client speaks to (TabPFN cloud or a gateway)."""
         return self._shared.options.base_url
 
     def __repr__(self) -> str:

@@ -225,6 +225,7 @@ class FakeTabPFN:
         return [r for r in self.requests if r.path.startswith(path)]
 
     def clear_log(self) -> None:
+        """Forget the requests recorded so far."""
         with self._lock:
             self._log.clear()
 

@@ -171,6 +171,7 @@ class FakeHostedTabPFN:
             return list(self._log)
 
     def clear_log(self) -> None:
+        """Forget the requests recorded so far."""
         with self._lock:
             self._log.clear()
 

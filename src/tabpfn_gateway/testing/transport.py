@@ -75,6 +75,7 @@ class ASGIBridgeTransport(httpx.BaseTransport):
         return response.status_code, response.headers.raw, content
 
     def close(self) -> None:
+        """Stop the event loop thread that serves the app (idempotent)."""
         with self._lock:
             stop, self._stop, self._portal = self._stop, None, None
         if stop is not None:
