@@ -305,8 +305,9 @@ def test_upload_streams_to_the_upstream_and_is_metered(setup: Setup) -> None:
     assert len(puts) == 1
     assert puts[0].token is None  # no bearer credential on a signed URL
     setup.gateway.usage.flush()
-    uploads = setup.gateway.store.list_usage(key_id=setup.alice.key_id).items
-    assert [e.bytes for e in uploads if e.operation == "upload"] == [4000]
+    # An upload is a step of a fit, not a user action: metrics see it, usage does not.
+    events = setup.gateway.store.list_usage(key_id=setup.alice.key_id).items
+    assert [e.operation for e in events if e.operation == "upload"] == []
 
 
 def test_an_upload_url_dies_with_its_key(setup: Setup) -> None:
@@ -357,3 +358,57 @@ def test_no_key_or_token_in_logs_or_answers(setup: Setup, caplog: pytest.LogCapt
         assert secret not in logged
         for answer in answers:
             assert secret not in answer
+
+
+def test_one_user_action_is_one_usage_record_on_both_paths(setup: Setup) -> None:
+    X, y = data()
+
+    def actions(tenant: Tenant) -> list[tuple[str, int, int | None, int | None, int | None]]:
+        setup.gateway.usage.flush()
+        events = setup.gateway.store.list_usage(key_id=tenant.key_id, limit=100).items
+        return sorted(
+            (e.operation, e.status, e.rows, e.columns, e.bytes)
+            for e in events
+            if e.operation != "get_settings"  # the HTTP client asks once; the session need not
+        )
+
+    with setup.client(setup.alice.key) as client:  # over HTTP, step by step
+        fit = client.fit(X[:200], y[:200], ClassifierFitTaskConfig())
+        client.predict(fit.fitted_train_set_id, X[200:], PROBAS)
+    session = setup.gateway.session(setup.bob.key)  # in process, one call each
+    own = session.fit(X[:200], y[:200], ClassifierFitTaskConfig())
+    session.predict(own.fitted_train_set_id, X[200:], PROBAS)
+
+    over_http, in_process = actions(setup.alice), actions(setup.bob)
+    assert over_http == in_process
+    (fit_record, predict_record) = over_http
+    assert fit_record[:4] == ("fit", 200, 200, 5)
+    assert predict_record[:4] == ("predict", 200, 40, 5)
+    assert fit_record[4] == own.train_set_bytes
+    assert fit_record[4] is not None
+    assert fit_record[4] > 0
+    # No step of the action is a record of its own (uploads, prepares, status polls).
+    assert {e.operation for e in setup.gateway.store.list_usage(limit=100).items} == {
+        "get_settings",
+        "fit",
+        "predict",
+    }
+    owned = setup.gateway.store.get_fitted_model(str(fit.fitted_train_set_id))
+    assert owned is not None
+    assert (owned.n_rows, owned.n_cols) == (200, 5)
+
+
+def test_a_deduplicated_or_async_fit_is_still_one_fit_with_its_size(tmp_path: Path) -> None:
+    fake = FakeTabPFN(tokens=TOKENS, pending_polls=1)
+    for setup in build(tmp_path, fake):
+        X, y = data()
+        with setup.client(setup.alice.key) as client:
+            client.fit(X, y, ClassifierFitTaskConfig())
+            client.fit(X, y, ClassifierFitTaskConfig(), FitOptions(api_mode="async"))  # a 409
+        setup.gateway.usage.flush()
+        events = setup.gateway.store.list_usage(key_id=setup.alice.key_id, limit=100).items
+        fits = [(e.rows, e.columns, e.bytes) for e in events if e.operation == "fit"]
+        assert len(fits) == 2
+        assert fits[0] == fits[1]
+        assert fits[0][:2] == (240, 5)
+        assert not [e for e in events if e.operation in ("submit_fit_job", "get_fit_status")]

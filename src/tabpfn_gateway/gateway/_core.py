@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from tabpfn_gateway.config import Settings, get_settings
 from tabpfn_gateway.errors import ConfigurationError
 from tabpfn_gateway.gateway._authoriser import Authoriser, Caller
+from tabpfn_gateway.gateway._datasets import DatasetSizes
 from tabpfn_gateway.gateway._fits import FitOwnership
 from tabpfn_gateway.gateway._health import Readiness
 from tabpfn_gateway.gateway._invalidation import (
@@ -115,6 +116,7 @@ class Gateway:
         )
         self.authoriser = Authoriser(keys, store, vault, ttl=settings.key_cache_ttl_seconds)
         self.fits = FitOwnership(store)
+        self.datasets = DatasetSizes()
         self.upload_owners = UploadOwnership(store)
         self.meter = Metering(self.usage, policy=policy)
         self.readiness = Readiness(store, settings)
@@ -293,6 +295,10 @@ class Gateway:
     ) -> AbstractContextManager[Meter]:
         """Admit, time and record one operation (see ``Metering.metered``)."""
         return self.meter.metered(caller, operation, meter)
+
+    def step(self, caller: Caller, operation: str) -> AbstractContextManager[None]:
+        """Time one wire-level step of a user action, for metrics only (see ``Metering.step``)."""
+        return self.meter.step(caller, operation)
 
     def setup(
         self, tabpfn_token: str | SecretStr, *, name: str | None = None, actor: str = "setup"

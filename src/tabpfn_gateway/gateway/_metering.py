@@ -1,5 +1,6 @@
-"""The meter: every operation through the gateway is timed, admitted by the spend policy,
-and recorded as one usage event (batched by ``UsageRecorder``), failed or not."""
+"""The meter: every user action through the gateway is timed, admitted by the spend policy,
+and recorded as one usage event (batched by ``UsageRecorder``), failed or not; the wire-level
+steps of an action are timed for the metrics only."""
 
 from __future__ import annotations
 
@@ -85,6 +86,26 @@ class Metering:
         finally:
             self._record(caller, operation, status, time.perf_counter() - started, meter)
 
+    @contextmanager
+    def step(self, caller: Caller, operation: str) -> Iterator[None]:
+        """Time one step of a user action (an upload, a status poll) for the observers only.
+
+        A user action (a fit, a prediction) is one usage record, admitted once by the policy;
+        its wire-level steps are seen by the metrics, never billed or counted on their own.
+        """
+        started = time.perf_counter()
+        status = 200
+        try:
+            yield
+        except GatewayError as exc:
+            status = http_status(exc)
+            raise
+        except BaseException:
+            status = 500
+            raise
+        finally:
+            self._observe(caller, operation, status, time.perf_counter() - started)
+
     def _record(
         self, caller: Caller, operation: str, status: int, seconds: float, meter: Meter
     ) -> None:
@@ -105,6 +126,9 @@ class Metering:
                 upstream_trace_id=meter.trace_id,
             )
         )
+        self._observe(caller, operation, status, seconds)
+
+    def _observe(self, caller: Caller, operation: str, status: int, seconds: float) -> None:
         call = UpstreamCall(
             operation=operation, key_id=caller.key_id, status=status, seconds=seconds
         )

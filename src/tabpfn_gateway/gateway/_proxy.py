@@ -46,6 +46,7 @@ from tabpfn_gateway.protocol.messages import (
     SubmitFitJobRequest,
     SubmitFitJobResponse,
 )
+from tabpfn_gateway.protocol.serialization import parquet_shape
 
 if TYPE_CHECKING:
     from tabpfn_gateway.protocol import AsyncProtocolClient
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = ["AsyncGatewayProxy"]
 
 _INFERENCE = "inference"
+# Enough for the footer of a Parquet file with thousands of columns.
+_TAIL_BYTES = 1 << 20
 _USAGE = "usage"
 
 
@@ -144,7 +147,9 @@ class AsyncGatewayProxy:
         )
         operation = "prepare_train_set_upload"
         caller, token, _ = await self._resolve(api_key, _INFERENCE)
-        with self._gateway.metered(caller, operation, meter):
+        datasets, x_hash = self._gateway.datasets, req.x_train_info.hash
+        # A step of the fit: metrics see it; the fit's one usage record carries its size.
+        with self._gateway.step(caller, operation):
             answer = await self._gateway.forwarder.call(
                 operation,
                 "POST",
@@ -158,26 +163,33 @@ class AsyncGatewayProxy:
                 duplicate = _parse(
                     answer, DuplicateTrainSetErrorResponse.model_validate_json, operation, token
                 )
-                meter.trace_id = _str_or_none(duplicate.trace_id)
-                await self._claim_upload(caller, duplicate.train_set_upload_id, "train")
+                upload_id = duplicate.train_set_upload_id
+                datasets.announce(caller.owner_id, str(upload_id), meter.nbytes, x_hash)
+                await self._claim_upload(caller, upload_id, "train")
                 return answer
             upload = _parse(
                 answer, PrepareTrainSetUploadResponse.model_validate_json, operation, token
             )
-            await self._claim_upload(caller, upload.train_set_upload_id, "train")
+            upload_id = upload.train_set_upload_id
+            datasets.announce(caller.owner_id, str(upload_id), meter.nbytes, x_hash)
+            await self._claim_upload(caller, upload_id, "train")
             return _encoded(
                 PrepareTrainSetUploadResponse(
-                    train_set_upload_id=upload.train_set_upload_id,
-                    x_train_info=self._rewrite(caller, upload.x_train_info, "x_train", base_url),
+                    train_set_upload_id=upload_id,
+                    x_train_info=self._rewrite(
+                        caller, upload.x_train_info, "x_train", base_url, (upload_id, x_hash)
+                    ),
                     y_train_info=self._rewrite(caller, upload.y_train_info, "y_train", base_url),
                 )
             )
 
     async def fit(self, api_key: str | SecretStr, req: FitRequest) -> Answer:
-        """``/tabpfn/fit``; the new fit is recorded as the caller's principal's."""
+        """``/tabpfn/fit``; the new fit is recorded as the caller's principal's, and metered
+        as the one ``fit`` of this user action (with the train set's size)."""
         caller, token, _ = await self._resolve(api_key, _INFERENCE)
         await self._check_upload(caller, req.train_set_upload_id)
-        with self._gateway.metered(caller, "fit"):
+        meter = self._train_set_meter(req.train_set_upload_id)
+        with self._gateway.metered(caller, "fit", meter):
             # Retried on connect errors only: every call starts a new (paid) job upstream.
             answer = await self._gateway.forwarder.call(
                 "fit",
@@ -188,14 +200,16 @@ class AsyncGatewayProxy:
                 retry=_base.retry_connect_only,
             )
             fitted = _parse(answer, FitResponse.model_validate_json, "fit", token)
-            await self._claim(caller, fitted.fitted_train_set_id, req.task_config)
+            await self._claim(caller, fitted.fitted_train_set_id, req.task_config, meter)
             return answer
 
     async def submit_fit_job(self, api_key: str | SecretStr, req: SubmitFitJobRequest) -> Answer:
-        """``/tabpfn/submit_fit_job``; the pending fit is the caller's principal's."""
+        """``/tabpfn/submit_fit_job``; the pending fit is the caller's principal's. Metered as
+        ``fit``, like a sync fit: which endpoint a client chose is not a different action."""
         caller, token, _ = await self._resolve(api_key, _INFERENCE)
         await self._check_upload(caller, req.train_set_upload_id)
-        with self._gateway.metered(caller, "submit_fit_job"):
+        meter = self._train_set_meter(req.train_set_upload_id)
+        with self._gateway.metered(caller, "fit", meter):
             answer = await self._gateway.forwarder.call(
                 "submit_fit_job",
                 "POST",
@@ -207,8 +221,12 @@ class AsyncGatewayProxy:
             submitted = _parse(
                 answer, SubmitFitJobResponse.model_validate_json, "submit_fit_job", token
             )
-            await self._claim(caller, submitted.fitted_train_set_id, req.task_config)
+            await self._claim(caller, submitted.fitted_train_set_id, req.task_config, meter)
             return answer
+
+    def _train_set_meter(self, upload_id: UUID) -> Meter:
+        size = self._gateway.datasets.of(str(upload_id))
+        return Meter(rows=size.rows, columns=size.columns, nbytes=size.nbytes)
 
     async def get_fit_status(
         self, api_key: str | SecretStr, fitted_train_set_id: str | UUID
@@ -219,7 +237,7 @@ class AsyncGatewayProxy:
         req = GetFitStatusRequest(
             fitted_train_set_id=_base.as_uuid(fit_id or str(fitted_train_set_id))
         )
-        with self._gateway.metered(caller, "get_fit_status"):
+        with self._gateway.step(caller, "get_fit_status"):
             # One attempt: the caller polls again (the protocol client's rule).
             answer = await forwarder.call(
                 "get_fit_status",
@@ -240,8 +258,8 @@ class AsyncGatewayProxy:
         """Upload URL for a test set of an owned fit, rewritten; or the upstream's 409."""
         operation = "prepare_test_set_upload"
         caller, token, _ = await self._resolve(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
-        meter = Meter(nbytes=metered_count(req.x_test_info.size_bytes, "x_test_info.size_bytes"))
-        with self._gateway.metered(caller, operation, meter):
+        nbytes = metered_count(req.x_test_info.size_bytes, "x_test_info.size_bytes")
+        with self._gateway.step(caller, operation):
             answer = await self._gateway.forwarder.call(
                 operation,
                 "POST",
@@ -256,13 +274,16 @@ class AsyncGatewayProxy:
                 duplicate = _parse(
                     answer, DuplicateTestSetErrorResponse.model_validate_json, operation, token
                 )
-                meter.trace_id = _str_or_none(duplicate.trace_id)
-                await self._claim_upload(caller, duplicate.test_set_upload_id, "test")
+                test_id = duplicate.test_set_upload_id
+                self._gateway.datasets.announce(caller.owner_id, str(test_id), nbytes, None)
+                await self._claim_upload(caller, test_id, "test")
                 return answer
             upload = _parse(
                 answer, PrepareTestSetUploadResponse.model_validate_json, operation, token
             )
-            await self._claim_upload(caller, upload.test_set_upload_id, "test")
+            test_id = upload.test_set_upload_id
+            self._gateway.datasets.announce(caller.owner_id, str(test_id), nbytes, None)
+            await self._claim_upload(caller, test_id, "test")
             return _encoded(
                 PrepareTestSetUploadResponse(
                     test_set_upload_id=upload.test_set_upload_id,
@@ -275,7 +296,7 @@ class AsyncGatewayProxy:
         answered inline, so clients never need to reach the upstream's storage."""
         caller, token, _ = await self._resolve(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
         await self._check_upload(caller, req.test_set_upload_id)
-        meter = Meter()
+        meter = Meter(nbytes=self._gateway.datasets.of(str(req.test_set_upload_id)).nbytes)
         with self._gateway.metered(caller, "predict", meter):
             answer = await self._gateway.forwarder.call(
                 "predict", "POST", Endpoint.PREDICT, token, body=_encode(req), fitted_model=True
@@ -352,8 +373,8 @@ class AsyncGatewayProxy:
         headers = filter_upload_headers(grant.upstream_headers)
         if content_length is not None:
             headers["Content-Length"] = str(content_length)
-        meter = Meter(nbytes=0)
-        with gateway.metered(caller, "upload", meter):
+        counted.keep_tail = gateway.datasets.wants_shape(token)
+        with gateway.step(caller, "upload"):
             try:
                 await gateway.async_upstream.put_signed_url(
                     grant.upstream_url, counted.iterate(), headers
@@ -363,15 +384,24 @@ class AsyncGatewayProxy:
                 if counted.failure is not None:
                     raise counted.failure from None
                 raise
-            finally:
-                meter.nbytes = counted.count
             if counted.failure is not None:
                 raise counted.failure
+        if counted.keep_tail:
+            # The last chunk of X ends with its Parquet footer: rows and columns for the fit's
+            # one usage record.
+            gateway.datasets.learn_shape(token, *parquet_shape(bytes(counted.tail)))
         return counted.count
 
     def _rewrite(
-        self, caller: Caller, info: FileUploadInfo, dataset: str, base_url: str
+        self,
+        caller: Caller,
+        info: FileUploadInfo,
+        dataset: str,
+        base_url: str,
+        x_of: tuple[UUID, str | None] | None = None,
     ) -> FileUploadInfo:
+        """Upload URLs pointing at this gateway. ``x_of``: (upload id, content hash) when the
+        file is a train set's X, whose shape the fit's usage record wants."""
         base = (self._gateway.settings.public_url or base_url).rstrip("/")
         urls: list[str] = []
         expires_at = info.expires_at
@@ -389,6 +419,8 @@ class AsyncGatewayProxy:
                 upstream_expires_at=info.expires_at,
             )
             urls.append(f"{base}{UPLOAD_PATH_PREFIX}{token}")
+            if x_of is not None:
+                self._gateway.datasets.expect_x(token, caller.owner_id, str(x_of[0]), x_of[1])
             expires_at = min(expires_at, token_expiry)
         # Only the content type is the client's business; the upstream's other required
         # headers are added again on the way out.
@@ -410,22 +442,27 @@ class AsyncGatewayProxy:
         if not owners.from_memory(caller, upload_id):
             await anyio.to_thread.run_sync(lambda: owners.check(caller, upload_id))
 
-    async def _claim(self, caller: Caller, fit_id: UUID, task_config: Any) -> None:
+    async def _claim(self, caller: Caller, fit_id: UUID, task_config: Any, meter: Meter) -> None:
         task = getattr(getattr(task_config, "task", None), "value", "unknown")
         await anyio.to_thread.run_sync(
-            lambda: self._gateway.fits.claim(caller, fit_id, task=str(task))
+            lambda: self._gateway.fits.claim(
+                caller, fit_id, task=str(task), rows=meter.rows, columns=meter.columns
+            )
         )
 
 
 class _CountingBody:
     """Passes chunks through, counting them; stops past ``limit``. Remembers why it stopped,
-    because the upstream client may report the interruption as an upstream failure."""
+    because the upstream client may report the interruption as an upstream failure. With
+    ``keep_tail``, keeps the last ``_TAIL_BYTES`` (where a Parquet file keeps its footer)."""
 
     def __init__(self, body: AsyncIterable[bytes], limit: int) -> None:
         self._body = body
         self._limit = limit
         self.count = 0
         self.failure: GatewayError | None = None
+        self.keep_tail = False
+        self.tail = bytearray()
 
     async def iterate(self) -> AsyncIterator[bytes]:
         try:
@@ -433,6 +470,10 @@ class _CountingBody:
                 self.count += len(chunk)
                 if self.count > self._limit:
                     raise PayloadTooLarge(f"Uploads are limited to {self._limit} bytes.")
+                if chunk and self.keep_tail:
+                    self.tail += chunk
+                    if len(self.tail) > 2 * _TAIL_BYTES:
+                        del self.tail[: len(self.tail) - _TAIL_BYTES]
                 if chunk:
                     yield chunk
         except GatewayError as exc:

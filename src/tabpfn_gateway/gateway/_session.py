@@ -88,8 +88,10 @@ class SyncGatewaySession:
         options = FitOptions.resolve(options, deprecated)
         caller, client = self._client(_INFERENCE)
         rows, columns = _shape(X)
-        with self._gateway.metered(caller, "fit", Meter(rows=rows, columns=columns)):
+        # The same figures the HTTP path records for one fit: X's shape, the Parquet bytes.
+        with self._gateway.metered(caller, "fit", Meter(rows=rows, columns=columns)) as meter:
             result = client.fit(X, y, task_config, options, on_poll=on_poll)
+            meter.nbytes = result.train_set_bytes
             self._gateway.claim_fit(
                 caller,
                 result.fitted_train_set_id,
@@ -109,8 +111,10 @@ class SyncGatewaySession:
         caller, client = self._client(_INFERENCE)
         fit_id = self._gateway.check_fit_owner(caller, fitted_train_set_id)
         rows, columns = _shape(X)
-        with self._gateway.metered(caller, "predict", Meter(rows=rows, columns=columns)):
-            return client.predict(fit_id, X, task_config)
+        with self._gateway.metered(caller, "predict", Meter(rows=rows, columns=columns)) as meter:
+            result = client.predict(fit_id, X, task_config)
+            meter.nbytes = result.test_set_bytes
+            return result
 
     def get_settings(self) -> GetSettingsResponse:
         """The upstream's limits and async settings, kept for ``SETTINGS_TTL_SECONDS`` as a

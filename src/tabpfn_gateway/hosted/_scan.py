@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tabpfn_gateway.errors import InvalidRequest
+from tabpfn_gateway.protocol.serialization import parquet_shape
 
 __all__ = ["BodyScan", "JsonBodyScan", "MultipartBodyScan", "scanner_for"]
 
@@ -468,25 +469,10 @@ class MultipartBodyScan(BodyScan):
             self.request = parsed
             self._fire()
         elif self._part is not None:
-            rows, columns = _parquet_shape(bytes(self._tail))
+            rows, columns = parquet_shape(bytes(self._tail))
             self._part.rows, self._part.columns = rows, columns
             self._tail.clear()
             self._part = None
-
-
-def _parquet_shape(tail: bytes) -> tuple[int, int | None]:
-    """Rows and columns from the footer at the end of a Parquet file (0, None if unreadable:
-    the container will refuse the file, and metering must not fail the call)."""
-    if len(tail) < 12 or tail[-4:] != b"PAR1":
-        return 0, None
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        metadata = pq.read_metadata(pa.BufferReader(b"PAR1" + tail))
-        return int(metadata.num_rows), int(metadata.num_columns)
-    except Exception:  # a truncated or foreign footer
-        return 0, None
 
 
 def scanner_for(

@@ -640,10 +640,13 @@ def decode_prediction(prediction: Prediction) -> np.ndarray | dict[str, np.ndarr
 
 
 def prediction_result(
-    response: PredictResponse | PredictResponseWithDownloadURI, prediction: Prediction
+    response: PredictResponse | PredictResponseWithDownloadURI,
+    prediction: Prediction,
+    test_set_bytes: int | None = None,
 ) -> PredictionResult:
     return PredictionResult(
         y_pred=decode_prediction(prediction),
         metadata=response.metadata.model_dump(mode="json", exclude_none=True),
         timings=timings_dict(response.timings),
+        test_set_bytes=test_set_bytes,
     )

@@ -490,19 +490,26 @@ class ProtocolClient:
             self._upload_all(
                 [(prepared.x_bytes, upload.x_train_info), (prepared.y_bytes, upload.y_train_info)]
             )
+        train_set_bytes = len(prepared.x_bytes) + len(prepared.y_bytes)
         del prepared  # the bytes are uploaded; do not hold them through a long fit
         args = (upload.train_set_upload_id, task_config, opts)
         if use_async:
             submitted = self.submit_fit_job(_base.fit_request(SubmitFitJobRequest, *args))
             done = self.wait_for_fit(submitted.fitted_train_set_id, on_poll=on_poll)
-            return FitResult(str(submitted.fitted_train_set_id), _base.timings_dict(done.timings))
+            return FitResult(
+                str(submitted.fitted_train_set_id),
+                _base.timings_dict(done.timings),
+                train_set_bytes,
+            )
         fitted = self.fit_step(_base.fit_request(FitRequest, *args))
         timings = fitted.timings
         # Anything but COMPLETED (PENDING, or a status a newer upstream added) is waited on.
         if fitted.status != FitStatus.COMPLETED:
             status = self.wait_for_fit(fitted.fitted_train_set_id, on_poll=on_poll)
             timings = status.timings
-        return FitResult(str(fitted.fitted_train_set_id), _base.timings_dict(timings))
+        return FitResult(
+            str(fitted.fitted_train_set_id), _base.timings_dict(timings), train_set_bytes
+        )
 
     def predict(
         self,
@@ -520,6 +527,7 @@ class ProtocolClient:
         upload = self.prepare_test_set_upload(prepared.request)
         if isinstance(upload, PrepareTestSetUploadResponse):
             self.upload(prepared.x_bytes, upload.x_test_info)
+        test_set_bytes = len(prepared.x_bytes)
         del prepared
         answer = self.predict_step(
             PredictRequest(
@@ -532,7 +540,7 @@ class ProtocolClient:
             prediction = self.download_prediction(answer.prediction_uri)
         else:
             prediction = answer.prediction
-        return _base.prediction_result(answer, prediction)
+        return _base.prediction_result(answer, prediction, test_set_bytes)
 
     def get_api_usage(self) -> dict[str, Any]:
         """``POST /get_api_usage/``: the account's usage and limit."""

@@ -9,7 +9,7 @@ import struct
 import google_crc32c
 import pandas as pd
 
-__all__ = ["crc32c_b64", "split_chunks", "to_parquet"]
+__all__ = ["crc32c_b64", "parquet_shape", "split_chunks", "to_parquet"]
 
 
 def crc32c_b64(data: bytes) -> str:
@@ -43,3 +43,18 @@ def split_chunks(data: bytes, parts: int) -> list[bytes | memoryview]:
     view = memoryview(data)
     size = len(data) // parts
     return [view[i * size : (i + 1) * size if i < parts - 1 else len(data)] for i in range(parts)]
+
+
+def parquet_shape(tail: bytes) -> tuple[int, int | None]:
+    """Rows and columns from the footer at the end of a Parquet file (``tail``: its last bytes,
+    footer included); ``(0, None)`` if unreadable, since metering must never fail a call."""
+    if len(tail) < 12 or tail[-4:] != b"PAR1":
+        return 0, None
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_metadata(pa.BufferReader(b"PAR1" + tail))
+        return int(metadata.num_rows), int(metadata.num_columns)
+    except Exception:  # a truncated or foreign footer
+        return 0, None
