@@ -536,7 +536,3 @@ def _describe(exc: ValidationError) -> str:
 def _sum_sizes(*sizes: int | None) -> int | None:
     known = [s for s in sizes if s is not None]
     return sum(known) if known else None
-
-
-def _str_or_none(value: object) -> str | None:
-    return None if value is None else str(value)
