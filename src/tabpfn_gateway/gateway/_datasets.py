@@ -17,10 +17,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = ["DatasetSize", "DatasetSizes"]
 
 _KEPT = 20_000
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass
@@ -84,7 +87,7 @@ class DatasetSizes:
             size = self._by_upload.get(upload_id)
             return DatasetSize(size.nbytes, size.rows, size.columns) if size else DatasetSize()
 
-    def _put(self, table: OrderedDict, key: object, value: object) -> None:  # type: ignore[type-arg]
+    def _put(self, table: OrderedDict[K, V], key: K, value: V) -> None:
         table[key] = value
         table.move_to_end(key)
         while len(table) > self._kept:
