@@ -163,6 +163,9 @@ class Admin:
             store = open_store(settings)
         owned_bus: InvalidationBus | None = None
         try:
+            from tabpfn_gateway.secret_fingerprint import check_shared_secrets
+
+            check_shared_secrets(settings, store)
             keys = KeyManager.from_settings(settings, store=store)
             if bus is None:
                 from tabpfn_gateway.gateway._invalidation import bus_from_settings
@@ -466,6 +469,8 @@ class Admin:
         ``TokenDecryptionFailed`` naming it, and nothing changes); rows made with an older
         secret are re-encrypted.
         """
+        from tabpfn_gateway.secret_fingerprint import SECRET_STATE
+
         vault = self._require_vault()
         with self.store.atomic() as tx:
             rows = 0
@@ -479,6 +484,9 @@ class Admin:
                 else:
                     updates[credential.id] = vault.encrypt(token, credential_id=credential.id)
             reencrypted = tx.update_credential_ciphertexts(updates) if updates else 0
+            # From now on the database belongs to the current secret (and the old one may
+            # leave PREVIOUS_SECRET_KEYS once every replica runs with the new one).
+            tx.put_state(SECRET_STATE, vault.shared_fingerprint)
             report = RotationReport(rows=rows, reencrypted=reencrypted, already_current=current)
             tx.record_audit(
                 _event(

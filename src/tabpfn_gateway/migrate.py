@@ -166,3 +166,26 @@ def current_revision(settings: Settings | None = None) -> str | None:
 def is_current(settings: Settings | None = None) -> bool:
     """Whether the database schema is at the newest revision."""
     return current_revision(settings) == head_revision()
+
+
+def missing_tables(settings: Settings | None = None) -> list[str]:
+    """The tables the store needs that the database lacks (e.g. dropped by hand after the
+    migrations ran: the revision alone would still say "current")."""
+    import sqlalchemy as sa
+
+    from tabpfn_gateway.store import schema
+    from tabpfn_gateway.store.sql import create_engine_for_url, describe_url, map_database_error
+
+    settings = _settings(settings)
+    url = settings.database_url
+    if url.startswith("memory://"):
+        return []
+    engine = create_engine_for_url(url, settings)
+    try:
+        with engine.connect() as connection:
+            present = set(sa.inspect(connection).get_table_names())
+    except sa_exc.SQLAlchemyError as exc:
+        raise map_database_error(exc, "read schema tables", describe_url(url)) from exc
+    finally:
+        engine.dispose()
+    return sorted(set(schema.metadata.tables) - present)

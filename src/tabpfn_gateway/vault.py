@@ -126,6 +126,14 @@ class TokenVault:
             if all(key.fingerprint != k.fingerprint for k in keys):
                 keys.append(key)
         self._keys = keys
+        first = secrets[0]
+        self._shared_fingerprint = derive_key(first, "secret fingerprint", 16).hex()
+
+    @property
+    def shared_fingerprint(self) -> str:
+        """The encrypting secret's fingerprint, as ``secret_fingerprint`` computes it (the
+        database keeps it: tabpfn_gateway.secret_fingerprint)."""
+        return self._shared_fingerprint
 
     def __repr__(self) -> str:
         return f"TokenVault(secrets={len(self._keys)})"
@@ -211,9 +219,15 @@ def configured_secrets(settings: Settings, *, generate: bool = False) -> list[Se
     """The vault's secrets: the configured ones, then a persisted ``secret_key`` file if any.
 
     With nothing configured and no file, ``generate=True`` creates the file (0600) with a
-    fresh secret and logs a warning that says where it is (never the secret itself).
+    fresh secret and logs a warning that says where it is (never the secret itself). Only
+    for the embedded SQLite store: on PostgreSQL only ``TABPFN_GATEWAY_SECRET_KEY`` (and the
+    previous keys) count, so replicas and the CLI cannot silently hold different secrets.
     """
     found = settings.all_secret_keys()
+    if not settings.is_sqlite:
+        # A shared database needs a shared secret: never one from this machine's data dir
+        # (an admin's home directory), never one generated here.
+        return found
     path = Path(settings.data_dir) / SECRET_KEY_FILE
     persisted = _read_secret_file(path)
     if persisted is not None:

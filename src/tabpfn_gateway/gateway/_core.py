@@ -19,7 +19,7 @@ import httpx
 from pydantic import SecretStr
 
 from tabpfn_gateway.config import Settings, get_settings
-from tabpfn_gateway.errors import ConfigurationError
+from tabpfn_gateway.errors import ConfigurationError, StoreUnavailable
 from tabpfn_gateway.gateway._authoriser import Authoriser, Caller
 from tabpfn_gateway.gateway._datasets import DatasetSizes
 from tabpfn_gateway.gateway._fits import FitOwnership
@@ -171,6 +171,15 @@ class Gateway:
         owns_store = store is None
         store = store if store is not None else open_store(settings)
         try:
+            from tabpfn_gateway.secret_fingerprint import check_shared_secrets
+
+            # A replica with another secret than the database's refuses to start (or, when
+            # the database cannot be asked now, to be ready until it has checked).
+            try:
+                check_shared_secrets(settings, store)
+                deferred_secret_check = False
+            except StoreUnavailable:
+                deferred_secret_check = True
             # The authoriser is the one cache on the auth path: the key manager keeps none.
             keys = KeyManager.from_settings(settings, store=store, cache_ttl=0)
             signer = UploadSigner(
@@ -202,7 +211,7 @@ class Gateway:
                     transport = default_async_transport(_UPSTREAM_POOL_SIZE)
                 return Forwarder(settings.upstream_url, transport=transport, **timeouts)
 
-            return cls(
+            gateway = cls(
                 settings=settings,
                 store=store,
                 keys=keys,
@@ -220,6 +229,10 @@ class Gateway:
             if owns_store:
                 store.close()
             raise
+        if deferred_secret_check:
+            checked_store = store
+            gateway.readiness.require(lambda: check_shared_secrets(settings, checked_store))
+        return gateway
 
     # -- faces -------------------------------------------------------------------------------
 

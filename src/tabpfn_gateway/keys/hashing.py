@@ -168,6 +168,21 @@ def peppers_from_settings(settings: Settings) -> tuple[bytes, list[bytes]]:
 
     known_secrets = configured_secrets(settings)
     derived = [derive_key(s, "key pepper").hex().encode() for s in known_secrets]
+    if not settings.is_sqlite:
+        # A shared database: the pepper comes from settings alone (derived from the shared
+        # secret is deterministic), never from a file on this machine.
+        if settings.key_pepper is not None:
+            primary = settings.key_pepper.get_secret_value().encode("utf-8")
+        elif derived:
+            primary = derived[0]
+        else:
+            from tabpfn_gateway.errors import SecretKeyMissing
+
+            raise SecretKeyMissing(
+                "TABPFN_GATEWAY_SECRET_KEY is not set: a shared database needs the same "
+                "secret on every replica and CLI (nothing is generated for it)."
+            )
+        return primary, [p for p in dict.fromkeys(derived) if p != primary]
     path = Path(settings.data_dir) / PEPPER_FILE
     persisted = _read_pepper_file(path)
     if settings.key_pepper is not None:

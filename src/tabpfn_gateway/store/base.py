@@ -332,6 +332,10 @@ class Store(Protocol):
         """The value stored under ``name``, or None."""
         ...
 
+    def put_state(self, name: str, value: str) -> None:
+        """Store ``value`` under ``name``, replacing any value there."""
+        ...
+
     def bump_counter(self, name: str) -> int:
         """Add one to the counter ``name`` (created at 0) in one atomic write; return it."""
         ...

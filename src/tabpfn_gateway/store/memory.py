@@ -696,6 +696,11 @@ class MemoryStore:
             self._check_open()
             return self._tables.state.get(name)
 
+    def put_state(self, name: str, value: str) -> None:
+        with self._lock:
+            self._check_open()
+            self._tables.state[name] = value
+
     def bump_counter(self, name: str) -> int:
         with self._lock:
             self._check_open()

@@ -1087,6 +1087,18 @@ class SqlStore:
             ).scalar_one_or_none()
         return None if value is None else str(value)
 
+    def put_state(self, name: str, value: str) -> None:
+        table = schema.gateway_state
+        insert = self._dialect_insert(table).values(
+            name=name, value=value, counter=0, updated_at=utcnow()
+        )
+        statement = insert.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
+        )
+        with self._transaction("put state", write=True) as connection:
+            connection.execute(statement)
+
     def bump_counter(self, name: str) -> int:
         table = schema.gateway_state
         insert = self._dialect_insert(table).values(

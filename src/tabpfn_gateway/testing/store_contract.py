@@ -1154,6 +1154,9 @@ class StoreContractTests:
         assert store.claim_state("secret", "fp-1") == "fp-1"
         assert store.claim_state("secret", "fp-2") == "fp-1"
         assert store.get_state("secret") == "fp-1"
+        store.put_state("secret", "fp-3")
+        assert store.get_state("secret") == "fp-3"
+        assert store.claim_state("secret", "fp-4") == "fp-3"
 
     def test_counters_count_from_zero_exactly_across_threads(self, store: Store) -> None:
         import threading
