@@ -18,6 +18,7 @@ from tabpfn_client.hosted import TabPFNClassifier
 from gateway_support import add_tenant, build_gateway, make_settings
 from hosted_support import InProcessContainer, Make, hosted
 from tabpfn_gateway import GatewayClassifier, GatewayRegressor
+from tabpfn_gateway.errors import FittedModelNotFound
 from tabpfn_gateway.testing import FakeHostedTabPFN, FakeTabPFN, serve_in_thread
 from tabpfn_gateway_server import create_app
 
@@ -116,3 +117,36 @@ def test_the_python_block_of_docs_upstreams_runs(
         client = getattr(namespace[name], "_cached_client", None)
         if client is not None:
             client.close()
+
+
+def test_an_in_process_gateway_serves_a_hosted_key_too(tmp_path: Path) -> None:
+    from tabpfn_gateway.estimators.backends import InProcessBackend
+
+    container = FakeHostedTabPFN(tokens=[BEARER])
+    gateway = build_gateway(make_settings(tmp_path, "memory://"), FakeTabPFN([CLOUD_TOKEN]).app)
+    try:
+        principal = gateway.admin.add_principal("team-local", "team")
+        with serve_in_thread(container.app) as url:
+            credential = gateway.admin.add_hosted_credential(
+                principal.id, "box", endpoint_url=url + "/predict", token=BEARER
+            )
+            key = gateway.keys.create(principal.id, credential.id, "k").plaintext
+            other = gateway.admin.add_principal("team-other", "team")
+            other_credential = gateway.admin.add_hosted_credential(
+                other.id, "box", endpoint_url=url + "/predict", token=BEARER
+            )
+            other_key = gateway.keys.create(other.id, other_credential.id, "k").plaintext
+            X, y = make_classification(n_samples=150, n_features=5, random_state=10)
+            backend = InProcessBackend(gateway, key)
+            clf = GatewayClassifier(backend=backend).fit(X[:100], y[:100])
+            assert clf.predict_proba(X[100:]).shape == (50, 2)
+            assert {r.token for r in container.requests} == {BEARER}
+            # Ownership holds in process too: another principal's key cannot use the model.
+            stolen = InProcessBackend(gateway, other_key)
+            with pytest.raises(FittedModelNotFound):
+                stolen.predict(clf.model_id_, X[100:], clf._predict_config("preds"))
+            gateway.usage.flush()
+            operations = {e.operation for e in gateway.store.list_usage(limit=100).items}
+            assert "hosted_predict" in operations
+    finally:
+        gateway.close()

@@ -354,6 +354,8 @@ class InProcessBackend(_DelegatingBackend):
         self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self._lock = threading.Lock()
         self._session: SyncGatewaySession | None = None
+        self._kind: str | None = None
+        self._hosted: HostedProtocolClient | None = None
         self._registry_id = uuid.uuid4().hex
         _IN_PROCESS[self._registry_id] = self
 
@@ -374,13 +376,40 @@ class InProcessBackend(_DelegatingBackend):
             return self._session
 
     def _target(self) -> SyncGatewaySession:
+        hosted = self._hosted_client()
+        if hosted is not None:
+            return cast("SyncGatewaySession", hosted)
         return self.session()
+
+    def _hosted_client(self) -> HostedProtocolClient | None:
+        """The container-protocol client (through the in-process gateway) when this key's
+        credential is a self-hosted container, else None (asked once)."""
+        with self._lock:
+            if self._kind is not None:
+                return self._hosted
+        kind = self.gateway.hosted.upstream_kind(self._api_key)
+        hosted: HostedProtocolClient | None = None
+        if kind == "hosted":
+            from tabpfn_gateway.gateway._hosted import InProcessHostedTransport
+            from tabpfn_gateway.hosted.client import HostedProtocolClient
+
+            hosted = HostedProtocolClient(
+                "http://in-process.gateway/predict",
+                self._api_key,
+                transport=InProcessHostedTransport(self.gateway.hosted),
+            )
+        with self._lock:
+            self._kind, self._hosted = kind, hosted
+        return hosted
 
     def close(self) -> None:
         """Forget the session; the gateway itself stays open (it belongs to its builder)."""
         # The gateway belongs to whoever built it; a session holds nothing to release.
         with self._lock:
             self._session = None
+            hosted, self._hosted, self._kind = self._hosted, None, None
+        if hosted is not None:
+            hosted.close()
 
 
 _DETACHED_MESSAGE = (

@@ -42,6 +42,7 @@ from tabpfn_gateway.store import Store, open_store
 if TYPE_CHECKING:
     from tabpfn_gateway.admin import Admin
     from tabpfn_gateway.gateway._forward import Forwarder
+    from tabpfn_gateway.gateway._hosted import HostedGateway
     from tabpfn_gateway.gateway._proxy import AsyncGatewayProxy
     from tabpfn_gateway.gateway._session import SyncGatewaySession
     from tabpfn_gateway.keys import KeyManager
@@ -132,6 +133,7 @@ class Gateway:
         self._closed = False
         self.bus.start(self.authoriser.invalidate)
         self._proxy: AsyncGatewayProxy | None = None
+        self._hosted: HostedGateway | None = None
 
     def __repr__(self) -> str:
         return f"Gateway(upstream_url={self.settings.upstream_url!r})"
@@ -265,6 +267,16 @@ class Gateway:
         return SyncGatewaySession(self, api_key)
 
     @property
+    def hosted(self) -> HostedGateway:
+        """The self-hosted container face (``POST /predict``), one per gateway."""
+        with self._async_lock:
+            if self._hosted is None:
+                from tabpfn_gateway.gateway._hosted import HostedGateway
+
+                self._hosted = HostedGateway(self)
+            return self._hosted
+
+    @property
     def proxy(self) -> AsyncGatewayProxy:
         """The async, wire-level face (one per gateway)."""
         if self._proxy is None:
@@ -360,6 +372,8 @@ class Gateway:
         if self._closed:
             return
         self._closed = True
+        if self._hosted is not None:
+            self._hosted.close()
         self.bus.close()
         self.usage.close()
         self.keys.close()

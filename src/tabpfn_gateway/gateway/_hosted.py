@@ -45,7 +45,13 @@ from tabpfn_gateway.store import FittedModel, UpstreamCredential
 if TYPE_CHECKING:
     from tabpfn_gateway.gateway._core import Gateway
 
-__all__ = ["HOSTED_OPERATION", "HostedAnswer", "HostedGateway", "hosted_model_record_id"]
+__all__ = [
+    "HOSTED_OPERATION",
+    "HostedAnswer",
+    "HostedGateway",
+    "InProcessHostedTransport",
+    "hosted_model_record_id",
+]
 
 HOSTED_OPERATION = "hosted_predict"
 _INFERENCE = "inference"
@@ -512,3 +518,44 @@ def _fill_meter(meter: Meter, scan: BodyScan, nbytes: int) -> None:
 
 def _secret(endpoint: HostedEndpoint) -> str | None:
     return None if endpoint.token is None else endpoint.token.get_secret_value()
+
+
+class InProcessHostedTransport(httpx.BaseTransport):
+    """An httpx transport that answers ``POST /predict`` with ``HostedGateway.predict_sync``:
+    the SDK's container-protocol client reaches an in-process gateway (no server), with the
+    same checks, ownership and metering as behind one. Errors become the server's answers
+    (status and ``error_code`` body), so the client maps them back to the same classes."""
+
+    def __init__(self, hosted: HostedGateway) -> None:
+        self._hosted = hosted
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        import json
+
+        from tabpfn_gateway.gateway._status import http_status
+
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not key.strip():
+                from tabpfn_gateway.errors import MissingCredentials
+
+                raise MissingCredentials("Send a gateway key as 'Authorization: Bearer <key>'.")
+            answer = self._hosted.predict_sync(
+                SecretStr(key.strip()),
+                request.read(),
+                content_type=request.headers.get("content-type", "application/json"),
+            )
+        except GatewayError as exc:
+            return httpx.Response(
+                http_status(exc),
+                content=json.dumps(exc.to_dict()).encode(),
+                headers={"content-type": "application/json"},
+                request=request,
+            )
+        return httpx.Response(
+            answer.status,
+            content=answer.content,
+            headers={"content-type": answer.content_type},
+            request=request,
+        )
