@@ -1,44 +1,44 @@
-"""Gateway overhead: fit + predict_proba through the gateway vs. straight to FakeTabPFN, the
-gateway's memory while a large upload streams through it, and small authenticated calls under
-32 concurrent clients. Everything is served on loopback in separate processes.
+"""Gateway overhead, in one run: small authenticated calls under load with wrk (FakeTabPFN
+directly, a bare Starlette + aiohttp forwarding route, the gateway with 1 and 2 workers, at 1, 8
+and 32 connections), the unmodified tabpfn-client's fit + predict_proba through the gateway
+vs. directly, and the gateway's memory while a large upload streams through it. Every server
+runs in its own process on loopback.
 
 Run: ``python benchmarks/gateway.py`` (``nox -s bench`` runs it); ``--quick`` for a smoke run.
+Needs ``wrk`` (Debian package ``wrk``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import re
+import resource
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 
-from tabpfn_gateway.protocol import ProtocolClient
-from tabpfn_gateway.protocol.messages import (
-    ClassifierConfig,
-    ClassifierFitTaskConfig,
-    ClassifierPredictParams,
-    FileInfo,
-    PrepareTrainSetUploadRequest,
-)
+from tabpfn_gateway.protocol.messages import FileInfo, PrepareTrainSetUploadRequest
 
 TOKEN = "tok-benchmark-000001"
-PROBAS = ClassifierConfig(predict_params=ClassifierPredictParams(output_type="probas"))
 CLI = str(Path(sys.executable).parent / "tabpfn-gateway")
+HERE = Path(__file__).resolve().parent
 MB = 1024 * 1024
+SMALL_CALL = "/get_api_usage/"
 
 
 def free_port() -> int:
@@ -60,11 +60,12 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], path: str) -> None
 
 
 @contextlib.contextmanager
-def serve(args: list[str], env: dict[str, str], path: str) -> Iterator[tuple[str, int]]:
+def serve(command: list[str], env: dict[str, str], path: str) -> Iterator[tuple[str, int]]:
+    """Run a server (``command`` gets ``--port``); yield its URL and pid."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [CLI, *args, "--port", str(port)],
+        [*command, "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -80,44 +81,95 @@ def serve(args: list[str], env: dict[str, str], path: str) -> Iterator[tuple[str
             process.kill()
 
 
-def dataset(rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(rows, cols))
-    y = (X[:, 0] + 0.5 * X[:, 1] + rng.normal(scale=0.5, size=rows) > 0).astype(int)
-    return X, y
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (uvicorn workers)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
-def fit_predict_seconds(client: ProtocolClient, rows: int, cols: int, seed: int) -> float:
-    # Fresh data each repetition: both paths pay for the upload (no dedup shortcut).
-    X, y = dataset(rows + rows // 4, cols, seed)
-    started = time.perf_counter()
-    fit = client.fit(X[:rows], y[:rows], ClassifierFitTaskConfig())
-    client.predict(fit.fitted_train_set_id, X[rows:], PROBAS)
-    return time.perf_counter() - started
+# -- small calls under load (wrk) ------------------------------------------------------------
 
 
-def bench_end_to_end(
-    direct: str, gateway: str, key: str, sizes: list[tuple[int, int]], repeats: int
-) -> list[str]:
-    lines = []
-    with (
-        ProtocolClient(direct, TOKEN, timeout=900) as straight,
-        ProtocolClient(gateway, key, timeout=900) as through,
-    ):
-        fit_predict_seconds(straight, 200, 5, 0)  # warm both paths (imports, pools, caches)
-        fit_predict_seconds(through, 200, 5, 1)
-        for rows, cols in sizes:
-            anchor, ours = [], []
-            for rep in range(repeats):
-                # Interleaved, so drift on a shared machine hits both alike.
-                anchor.append(fit_predict_seconds(straight, rows, cols, 100 + rep))
-                ours.append(fit_predict_seconds(through, rows, cols, 200 + rep))
-            a, g = statistics.median(anchor), statistics.median(ours)
-            lines.append(
-                f"| fit + predict_proba {rows:,} x {cols} | {a:.3f} s | {g:.3f} s | "
-                f"{g / a:.3f} | {(g - a) * 1000:+.0f} ms |"
-            )
-    return lines
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    cpu_us: float  # CPU of the server under test per request
+    upstream_cpu_us: float  # FakeTabPFN's CPU per request (0 when it is the server)
+    wrk_cpu_us: float
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(f"cannot read a wrk latency: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk(
+    url: str,
+    bearer: str,
+    connections: int,
+    seconds: float,
+    script: Path,
+    pid: int,
+    upstream_pid: int | None,
+) -> Load:
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f'wrk.headers["Authorization"] = "Bearer {bearer}"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(script),
+    ]
+    before = cpu_seconds(pid)
+    before_up = cpu_seconds(upstream_pid) if upstream_pid else 0.0
+    before_wrk = _children_cpu()
+    out = subprocess.run(
+        [*command, url + SMALL_CALL], capture_output=True, text=True, check=True
+    ).stdout
+    wrk_cpu = _children_cpu() - before_wrk
+    after = cpu_seconds(pid)
+    after_up = cpu_seconds(upstream_pid) if upstream_pid else 0.0
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors_match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    count = max(requests, 1)
+    return Load(
+        rps=rps,
+        p50_ms=p50,
+        p99_ms=p99,
+        requests=requests,
+        errors=int(errors_match.group(1)) if errors_match else 0,
+        cpu_us=(after - before) * 1e6 / count,
+        upstream_cpu_us=(after_up - before_up) * 1e6 / count,
+        wrk_cpu_us=wrk_cpu * 1e6 / count,
+    )
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class PeakRss:
@@ -193,58 +245,95 @@ def bench_memory(gateway: str, pid: int, key: str, sizes_mb: list[int]) -> list[
     return lines
 
 
-def latencies(
-    base: str, bearer: str, fit_id: str, clients: int, calls: int
-) -> tuple[float, list[float]]:
-    def worker(_: int) -> list[float]:
-        seen = []
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {bearer}"}) as http:
-            for _ in range(calls):
-                started = time.perf_counter()
-                answer = http.post("/tabpfn/get_fit_status", json={"fitted_train_set_id": fit_id})
-                seen.append(time.perf_counter() - started)
-                answer.raise_for_status()
-        return seen
+# -- the unmodified tabpfn-client, end to end -------------------------------------------------
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        results = [t for batch in pool.map(worker, range(clients)) for t in batch]
-    return time.perf_counter() - started, results
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    from tabpfn_client import TabPFNClassifier
+
+    rows, cols, repeats, seed = (int(v) for v in sys.argv[1:5])
+
+    def data(seed):
+        rng = np.random.default_rng(seed)
+        X = rng.normal(size=(rows + rows // 4, cols))
+        y = (X[:, 0] + 0.5 * X[:, 1] + rng.normal(scale=0.5, size=len(X)) > 0).astype(int)
+        return X[:rows], y[:rows], X[rows:]
+
+    def once(seed):
+        # Fresh data every time: both paths upload (no dedup shortcut).
+        X, y, X_test = data(seed)
+        started = time.perf_counter()
+        TabPFNClassifier(n_estimators=1).fit(X, y).predict_proba(X_test)
+        return time.perf_counter() - started
+
+    once(seed)  # warm: imports, connections, the client's own init round trips
+    print(json.dumps([once(seed + 1 + i) for i in range(repeats)]))
+    """
+)
 
 
-def bench_small_calls(direct: str, gateway: str, key: str, clients: int, calls: int) -> list[str]:
-    X, y = dataset(200, 5, 7)
-    with ProtocolClient(gateway, key) as through:
-        fit_id = str(through.fit(X, y, ClassifierFitTaskConfig()).fitted_train_set_id)
-    # The fake keeps fits per token; the gateway's fit was made upstream with TOKEN too.
-    lines = []
-    for label, base, bearer in (
-        ("straight to FakeTabPFN", direct, TOKEN),
-        ("through the gateway", gateway, key),
-    ):
-        latencies(base, bearer, fit_id, clients, 5)  # warm
-        wall, seen = latencies(base, bearer, fit_id, clients, calls)
-        seen.sort()
-        p50 = seen[len(seen) // 2] * 1000
-        p99 = seen[min(len(seen) - 1, int(len(seen) * 0.99))] * 1000
-        lines.append(
-            f"| get_fit_status, {clients} clients, {label} | {len(seen) / wall:.0f} /s | "
-            f"{p50:.1f} ms | {p99:.1f} ms |"
-        )
-    return lines
+def tabpfn_client_seconds(
+    url: str, token: str, rows: int, cols: int, repeats: int, seed: int, home: Path
+) -> list[float]:
+    env = {
+        **os.environ,
+        "TABPFN_CLIENT_API_URL": url,
+        "TABPFN_TOKEN": token,
+        "HOME": str(home),  # nothing of the vendor's lands in the real home
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", CLIENT_SCRIPT, str(rows), str(cols), str(repeats), str(seed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def bench_end_to_end(
+    direct: str, gateway: str, key: str, rows: int, cols: int, rounds: int, home: Path
+) -> str:
+    anchor: list[float] = []
+    ours: list[float] = []
+    for i in range(rounds):
+        # Alternating child processes, so drift on a shared machine hits both alike.
+        anchor += tabpfn_client_seconds(direct, TOKEN, rows, cols, 3, 1000 * i, home)
+        ours += tabpfn_client_seconds(gateway, key, rows, cols, 3, 1000 * i + 500, home)
+    a, g = statistics.median(anchor), statistics.median(ours)
+    return (
+        f"| tabpfn-client fit + predict_proba {rows:,} x {cols} | {a * 1000:.0f} ms | "
+        f"{g * 1000:.0f} ms | **{g / a:.3f}** | {(g - a) * 1000:+.1f} ms | {len(anchor)} |"
+    )
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def setup_key(gateway: str) -> str:
+    setup = httpx.post(f"{gateway}/api/v1/auth/setup", json={"tabpfn_token": TOKEN}, timeout=60)
+    setup.raise_for_status()
+    return str(setup.json()["api_key"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="short runs, one round")
+    parser.add_argument("--seconds", type=float, default=6.0, help="wrk duration per cell")
+    parser.add_argument("--rounds", type=int, default=3, help="tabpfn-client rounds")
     args = parser.parse_args()
-    sizes = [(1_000, 20)] if args.quick else [(1_000, 20), (50_000, 50)]
-    repeats = 1 if args.quick else args.repeats
-    upload_sizes = [20, 50] if args.quick else [20, 200]
-    calls = 20 if args.quick else 100
+    if shutil.which("wrk") is None:
+        raise SystemExit("benchmarks/gateway.py needs wrk (apt-get install wrk)")
+    seconds = 2.0 if args.quick else args.seconds
+    rounds = 1 if args.quick else args.rounds
+    connections = [1, 8, 32]
+    upload_mb = 50 if args.quick else 200
 
     work = Path(tempfile.mkdtemp(prefix="tpg-bench-gateway-"))
+    script = work / "post.lua"
     env = {
         **os.environ,
         "TABPFN_GATEWAY_DATA_DIR": str(work),
@@ -253,37 +342,113 @@ def main() -> int:
         "TABPFN_GATEWAY_LOG_LEVEL": "WARNING",
         "TABPFN_GATEWAY_MAX_UPLOAD_BYTES": str(1024 * MB),
     }
+    fake_cmd = [CLI, "fake-upstream", "--token", TOKEN, "--log-level", "warning"]
+    uvicorn = [sys.executable, "-m", "uvicorn", "bare_proxy:app", "--app-dir", str(HERE)]
+    uvicorn += ["--log-level", "warning", "--no-access-log"]
     try:
-        with serve(["fake-upstream", "--token", TOKEN, "--log-level", "warning"], env, "/") as (
-            direct,
-            _,
-        ):
+        with serve(fake_cmd, env, "/") as (direct, fake_pid):
             env["TABPFN_GATEWAY_UPSTREAM_URL"] = direct
-            with serve(["serve"], env, "/healthz") as (gateway, gateway_pid):
-                setup = httpx.post(
-                    f"{gateway}/api/v1/auth/setup", json={"tabpfn_token": TOKEN}, timeout=60
-                )
-                setup.raise_for_status()
-                key = setup.json()["api_key"]
-                print(
-                    f"# Gateway overhead (FakeTabPFN and the gateway on loopback, separate "
-                    f"processes; medians of {repeats})\n"
-                )
-                print("| Scenario | Straight to FakeTabPFN | Through the gateway | Ratio | Added |")
-                print("|---|---|---|---|---|")
-                for line in bench_end_to_end(direct, gateway, key, sizes, repeats):
-                    print(line, flush=True)
-                print("\n| Upload | Gateway RSS before | Peak RSS | Growth | Throughput |")
-                print("|---|---|---|---|---|")
-                for line in bench_memory(gateway, gateway_pid, key, upload_sizes):
-                    print(line, flush=True)
-                print("\n| Small authenticated calls | Throughput | p50 | p99 |")
-                print("|---|---|---|---|")
-                for line in bench_small_calls(direct, gateway, key, 32, calls):
-                    print(line, flush=True)
+            bare_env = {**env, "BARE_PROXY_UPSTREAM": direct}
+            with (
+                serve(uvicorn, bare_env, "/openapi.json") as (bare, bare_pid),
+                serve([CLI, "serve"], env, "/healthz") as (gateway, gateway_pid),
+            ):
+                key = setup_key(gateway)
+                targets = [
+                    ("FakeTabPFN directly", direct, TOKEN, fake_pid, None),
+                    ("bare Starlette + aiohttp route", bare, TOKEN, bare_pid, fake_pid),
+                    ("gateway, 1 worker", gateway, key, gateway_pid, fake_pid),
+                ]
+                results: dict[tuple[str, int], Load] = {}
+                for _, url, bearer, pid, upstream in targets:
+                    wrk(url, bearer, 8, 1, script, pid, upstream)  # warm: pools, caches
+                for c in connections:
+                    for label, url, bearer, pid, upstream in targets:
+                        results[(label, c)] = wrk(url, bearer, c, seconds, script, pid, upstream)
+                memory = bench_memory(gateway, gateway_pid, key, [upload_mb])
+            with serve([CLI, "serve", "--workers", "2"], env, "/healthz") as (two, two_pid):
+                label = "gateway, 2 workers"
+                wrk(two, key, 8, 2, script, two_pid, fake_pid)  # warm both workers
+                for c in connections:
+                    results[(label, c)] = wrk(two, key, c, seconds, script, two_pid, fake_pid)
+            with serve([CLI, "serve"], env, "/healthz") as (gateway, _):
+                end_to_end = bench_end_to_end(direct, gateway, key, 1_000, 20, rounds, work)
+        print_report(results, connections, seconds, end_to_end, memory)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def print_report(
+    results: dict[tuple[str, int], Load],
+    connections: list[int],
+    seconds: float,
+    end_to_end: str,
+    memory: list[str],
+) -> None:
+    labels = list(dict.fromkeys(label for label, _ in results))
+    print(
+        f"# Small authenticated calls: POST {SMALL_CALL} under wrk (1 thread, {seconds:g} s per "
+        "cell), FakeTabPFN upstream\n"
+    )
+    print(
+        "| what answered | conns | requests/s | p50 | p99 | server CPU/request | "
+        "upstream CPU/request | wrk CPU/request | errors |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in connections:
+        for label in labels:
+            r = results[(label, c)]
+            upstream = f"{r.upstream_cpu_us:.0f} µs" if r.upstream_cpu_us else "-"
+            print(
+                f"| {label} | {c} | {r.rps:,.0f} | {r.p50_ms:.2f} ms | {r.p99_ms:.1f} ms | "
+                f"{r.cpu_us:.0f} µs | {upstream} | {r.wrk_cpu_us:.0f} µs | {r.errors} |"
+            )
+    bare = "bare Starlette + aiohttp route"
+    print("\n| ratio | " + " | ".join(f"{c} conn" for c in connections) + " |")
+    print("|---|" + "---:|" * len(connections))
+    rows = [
+        ("gateway 1 worker ÷ bare route (throughput)", "gateway, 1 worker", bare, "rps"),
+        ("gateway 2 workers ÷ bare route (throughput)", "gateway, 2 workers", bare, "rps"),
+        (
+            "gateway 2 workers ÷ 1 worker (throughput)",
+            "gateway, 2 workers",
+            "gateway, 1 worker",
+            "rps",
+        ),
+        (
+            "gateway 1 worker ÷ bare route (server CPU per request)",
+            "gateway, 1 worker",
+            bare,
+            "cpu_us",
+        ),
+        ("bare route ÷ FakeTabPFN directly (throughput)", bare, "FakeTabPFN directly", "rps"),
+    ]
+    for name, top, bottom, field in rows:
+        cells = [
+            getattr(results[(top, c)], field) / getattr(results[(bottom, c)], field)
+            for c in connections
+        ]
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
+    direct1 = results[("FakeTabPFN directly", 1)].p50_ms
+    added = results[("gateway, 1 worker", 1)].p50_ms - direct1
+    added_bare = results[(bare, 1)].p50_ms - direct1
+    print(
+        f"\nAdded median latency at 1 connection, over FakeTabPFN directly: gateway "
+        f"{added * 1000:+.0f} µs, bare route {added_bare * 1000:+.0f} µs."
+    )
+    print(
+        f"Load generator: wrk reached {results[('FakeTabPFN directly', 32)].rps:,.0f} requests/s "
+        "straight to FakeTabPFN at 32 connections, far above any proxy row: it is not what "
+        "limits them."
+    )
+    print("\n| end to end | directly | through the gateway | ratio | added | runs |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(end_to_end)
+    print("\n| Upload | Gateway RSS before | Peak RSS | Growth | Throughput |")
+    print("|---|---:|---:|---:|---:|")
+    for line in memory:
+        print(line)
 
 
 if __name__ == "__main__":
