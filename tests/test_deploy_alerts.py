@@ -45,7 +45,10 @@ def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 def exported_series() -> dict[str, set[str]]:
     """Every series name the app's registry can export, with its label names."""
-    app = create_app(Settings(database_url="memory://"), migrate=False)
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, database_url="memory://", secret_key="alerts-test-secret-0123456789abcdef"
+    )
+    app = create_app(settings, migrate=False)
     names: dict[str, set[str]] = {}
     for family in app.state.metrics.registry.collect():
         labels: set[str] = set()
