@@ -17,7 +17,7 @@ from tabpfn_gateway.errors import (
     KeyDisabled,
     KeyRevoked,
 )
-from tabpfn_gateway.gateway import Admission, AllowAll, Caller, Gateway, LocalBus, Meter
+from tabpfn_gateway.gateway import Admission, Caller, Gateway, LocalBus, Meter
 from tabpfn_gateway.store import ApiKey, utcnow
 from tabpfn_gateway.testing import FakeTabPFN
 from tabpfn_gateway.testing.transport import ASGIBridgeTransport
@@ -89,9 +89,12 @@ def alice(gateway: Gateway) -> Tenant:
 
 
 def test_the_default_policy_admits_everything(tmp_path: Path, fake: FakeTabPFN) -> None:
+    from tabpfn_gateway.governance import GovernancePolicy
+
     gw = _gateway(tmp_path, fake)
     try:
-        assert isinstance(gw.meter.policy, AllowAll)
+        # The governance policy, which admits everything while no policy is set.
+        assert isinstance(gw.meter.policy, GovernancePolicy)
         tenant = add_tenant(gw, "carol", TOKENS[1])
         for _ in range(5):
             assert gw.session(tenant.key).check_token() is True

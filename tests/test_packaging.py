@@ -26,6 +26,7 @@ CORE_REQUIREMENTS = {
     "httpx",
     "keyring",
     "libpass",
+    "limits",
     "numpy",
     "pandas",
     "platformdirs",

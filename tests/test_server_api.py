@@ -347,7 +347,8 @@ def test_usage_queries(server: Server) -> None:
     assert len(events["items"]) == 2
     assert events["next_cursor"] is not None
     own = c.get("/api/v1/usage/summary", headers=server.user()).json()
-    assert own[0]["calls"] == 3
+    assert own["operations"][0]["calls"] == 3
+    assert own["calls"] == 3
     assert_error(
         c.get("/api/v1/admin/usage", params={"since": "2030-01-01T00:00:00"}, headers=h),
         400,

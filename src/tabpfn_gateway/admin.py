@@ -54,8 +54,11 @@ if TYPE_CHECKING:
 
     from tabpfn_gateway.config import Settings
     from tabpfn_gateway.gateway._usage import UsageRecorder
+    from tabpfn_gateway.governance import BudgetStatus, EffectivePolicy, UsageReport
+    from tabpfn_gateway.governance._admin import GovernanceAdmin, PolicyTarget
     from tabpfn_gateway.hosted import HostedEndpoint
     from tabpfn_gateway.store.base import Store
+    from tabpfn_gateway.store.records import Membership, Policy, PruneReport
 
 __all__ = ["Admin", "HostedVerifier", "RotationReport", "TokenVerifier", "key_id_of"]
 
@@ -664,6 +667,108 @@ class Admin:
         return self.store.list_audit(
             target_id=target_id, actor=actor, action=action, limit=limit, cursor=cursor
         )
+
+    # -- governance: policies, teams, reports, retention (tabpfn_gateway.governance) -------
+
+    @property
+    def governance(self) -> GovernanceAdmin:
+        """The governance service over this Admin's store (policies, teams, reports)."""
+        found: GovernanceAdmin | None = getattr(self, "_governance", None)
+        if found is None:
+            from tabpfn_gateway.governance._admin import GovernanceAdmin
+
+            found = GovernanceAdmin(self.store)
+            self._governance = found
+        return found
+
+    def _policies_changed(self, key_id: str | None = None) -> None:
+        from tabpfn_gateway.gateway._invalidation import policy_changed
+
+        self._publish(policy_changed(key_id))
+
+    def set_policy(
+        self,
+        target: str,
+        changes: Mapping[str, Any],
+        *,
+        kind: PolicyTarget = "principal",
+        actor: str = "system",
+        replace: bool = False,
+    ) -> Policy:
+        """Set fields of a principal's (id or name) or a key's policy: rate limits, fit cap,
+        credit budget, alert thresholds, CIDR allowlist (keys). Omitted fields keep their
+        value, None removes one; every replica applies it at once (docs/governance.md)."""
+        target = key_id_of(target) if kind == "key" else target
+        policy = self.governance.set_policy(
+            target, dict(changes), kind=kind, actor=actor, replace=replace
+        )
+        self._policies_changed(policy.target_id if kind == "key" else None)
+        return policy
+
+    def get_policy(self, target: str, *, kind: PolicyTarget = "principal") -> Policy | None:
+        """The policy of a principal or key, or None."""
+        return self.governance.get_policy(key_id_of(target) if kind == "key" else target, kind=kind)
+
+    def clear_policy(
+        self, target: str, *, kind: PolicyTarget = "principal", actor: str = "system"
+    ) -> bool:
+        """Remove a principal's or key's policy. False if it had none."""
+        target = key_id_of(target) if kind == "key" else target
+        removed = self.governance.clear_policy(target, kind=kind, actor=actor)
+        self._policies_changed()
+        return removed
+
+    def list_policies(self) -> list[Policy]:
+        """Every policy."""
+        return self.governance.list_policies()
+
+    def effective_policy(self, key: str) -> EffectivePolicy:
+        """The tightest-of policy over a key (its own, its owner's, its teams')."""
+        return self.governance.effective_policy(key_id_of(key))
+
+    def budget_status(self, key: str) -> list[BudgetStatus]:
+        """The budgets over a key with spent and remaining credits this period."""
+        return self.governance.budget_status(key_id_of(key))
+
+    def add_member(self, team: str, user: str, *, actor: str = "system") -> Membership:
+        """Add a user to a team (names or ids); the team's limits then cover the user."""
+        membership = self.governance.add_member(team, user, actor=actor)
+        self._policies_changed()
+        return membership
+
+    def remove_member(self, team: str, user: str, *, actor: str = "system") -> None:
+        """Remove a user from a team."""
+        self.governance.remove_member(team, user, actor=actor)
+        self._policies_changed()
+
+    def list_members(self, team: str) -> list[Membership]:
+        """A team's members."""
+        return self.governance.list_members(team)
+
+    def teams_of(self, user: str) -> list[Membership]:
+        """The teams a user belongs to."""
+        return self.governance.teams_of(user)
+
+    def usage_report(
+        self,
+        by: str | list[str] | tuple[str, ...] = (),
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        key_id: str | None = None,
+        principal: str | None = None,
+    ) -> UsageReport:
+        """Usage rolled up by principal/team/key/operation/day/month (``"team,day"``)."""
+        since, until = _aware(since, "since"), _aware(until, "until")
+        self._flush_usage()
+        return self.governance.usage_report(
+            by, since=since, until=until, key_id=key_id, principal=principal
+        )
+
+    def prune(self, older_than: timedelta, *, actor: str = "system") -> PruneReport:
+        """Delete raw usage and audit events older than ``older_than``; daily roll-ups stay."""
+        self._flush_usage()
+        return self.governance.prune(older_than, actor=actor)
 
     def _verifier(self, verify: TokenVerifier | bool | None) -> TokenVerifier | None:
         if verify is None or verify is False:

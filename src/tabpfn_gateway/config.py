@@ -207,6 +207,41 @@ class Settings(BaseSettings):
         default=12.0, gt=0, description="A console session ends this long after sign-in."
     )
 
+    # -- governance (docs/governance.md) ----------------------------------------------
+    rate_limit_backend: Literal["auto", "memory", "database", "redis"] = Field(
+        default="auto",
+        description="Where rate-limit and fit-slot counters live: auto = Redis when "
+        "REDIS_URL is set, else the database (workers and replicas share it), memory for "
+        "the memory store.",
+    )
+    budget_backend: Literal["database", "redis"] = Field(
+        default="database",
+        description="Where budget reservations are counted: the database (default) or Redis.",
+    )
+    redis_failure: Literal["fail_closed", "fall_back"] = Field(
+        default="fail_closed",
+        description="When Redis rate limits cannot be reached: refuse with 503 "
+        "(fail_closed, default) or count in the database instead (fall_back).",
+    )
+    meter_credits: Literal["always", "budgeted"] = Field(
+        default="always",
+        description="Price every prediction with the upstream's estimate_cost (always) or "
+        "only calls under a credit budget (budgeted).",
+    )
+    budget_webhook_url: str | None = Field(
+        default=None, description="POST budget alerts here as signed JSON (optional)."
+    )
+    budget_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC-SHA256 key of the X-TabPFN-Gateway-Signature header of webhooks.",
+    )
+    budget_webhook_attempts: int = Field(
+        default=5, ge=1, le=20, description="Tries per webhook before it is given up."
+    )
+    budget_webhook_backoff_seconds: float = Field(
+        default=1.0, ge=0, description="First wait between webhook tries (doubles each time)."
+    )
+
     @field_validator("previous_secret_keys", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:

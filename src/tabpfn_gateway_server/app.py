@@ -16,10 +16,19 @@ from tabpfn_gateway.gateway._hosted import HostedGateway
 from tabpfn_gateway_server.apidocs import install_api_docs
 from tabpfn_gateway_server.direct import DirectRoutes
 from tabpfn_gateway_server.errors import install_error_handlers
+from tabpfn_gateway_server.governance import GovernanceContextMiddleware
 from tabpfn_gateway_server.metrics import GatewayMetrics
 from tabpfn_gateway_server.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tabpfn_gateway_server.ratelimit import limiter_for
-from tabpfn_gateway_server.routes import admin, health, hosted, setup, tabpfn, uploads
+from tabpfn_gateway_server.routes import (
+    admin,
+    governance,
+    health,
+    hosted,
+    setup,
+    tabpfn,
+    uploads,
+)
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -64,6 +73,14 @@ def create_app(
     gateway.add_observer(metrics.observe_operation)
     gateway.usage.add_flush_listener(metrics.usage_written.inc)
     metrics.watch_usage(gateway.usage)
+    engine = gateway.policy_engine
+    if engine is not None:
+        engine.alerts.add_listener(
+            lambda alert: metrics.budget_alerts.labels(str(alert.threshold)).inc()
+        )
+        engine.add_refusal_listener(
+            lambda refusal: metrics.policy_refusals.labels(refusal.error_code).inc()
+        )
     limiter = limiter_for(settings.redis_url, settings.setup_attempts_per_minute)
     the_gateway = gateway
     hosted_gateway = HostedGateway(gateway, transport=hosted_transport)
@@ -114,6 +131,7 @@ def create_app(
             (hosted.PREDICT_PATH, settings.max_upload_bytes),
         ],
     )
+    app.add_middleware(GovernanceContextMiddleware, trusted=settings.trusted_proxy_networks())
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     # The hot paths first: a request is matched against the routes in this order.
     app.include_router(tabpfn.router)
@@ -121,6 +139,7 @@ def create_app(
     app.include_router(hosted.router)
     app.include_router(health.build_health_router(metrics_enabled=settings.metrics_enabled))
     app.include_router(setup.router)
+    app.include_router(governance.router)
     app.include_router(admin.admin_router)
     app.include_router(admin.usage_router)
     if settings.console_enabled:

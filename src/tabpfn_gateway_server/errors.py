@@ -18,6 +18,7 @@ from tabpfn_gateway.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    PolicyRefused,
     StoreError,
     VaultError,
 )
@@ -65,7 +66,30 @@ def error_response(
         headers["Retry-After"] = str(max(1, math.ceil(wait)))
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, PolicyRefused):
+        headers.update(_rate_limit_headers(error))
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _rate_limit_headers(error: PolicyRefused) -> dict[str, str]:
+    """The IETF RateLimit fields of the limit that refused (see docs/governance.md)."""
+    from tabpfn_gateway.governance import rate_limit_headers
+
+    details = error.details
+    policy, limit = details.get("policy"), details.get("limit")
+    if not isinstance(policy, str) or not isinstance(limit, int):
+        return {}
+    window = details.get("window_seconds")
+    reset = details.get("reset_seconds", error.retry_after or 0)
+    unit = details.get("unit")
+    return rate_limit_headers(
+        policy,
+        limit,
+        int(window) if isinstance(window, int | float) else 0,
+        int(details.get("remaining", 0) or 0),
+        int(reset) if isinstance(reset, int | float) else 0,
+        unit if isinstance(unit, str) else None,
+    )
 
 
 # Errors whose messages describe the gateway's own insides (database host, port, name and

@@ -47,6 +47,19 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Named for the operations guide's alert rules; labels are bounded (no key ids).
+        self.budget_alerts = Counter(
+            "tabpfn_gateway_budget_alerts",
+            "Budget alert thresholds crossed (once per budget, period and threshold).",
+            ("threshold",),
+            registry=self.registry,
+        )
+        self.policy_refusals = Counter(
+            "tabpfn_gateway_policy_refusals",
+            "Calls refused by a governance policy, by error code (429s and 403s).",
+            ("error_code",),
+            registry=self.registry,
+        )
         self.usage_written = Counter(
             "tabpfn_gateway_usage_events_written",
             "Usage events written to the store by the batching recorder.",

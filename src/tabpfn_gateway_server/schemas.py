@@ -236,6 +236,7 @@ class UsageEventOut(_RecordOut):
     bytes: int | None
     upstream_trace_id: str | None
     created_at: datetime
+    credits: int | None = None
 
 
 class UsageSummaryOut(_RecordOut):
@@ -246,6 +247,7 @@ class UsageSummaryOut(_RecordOut):
     rows: int
     bytes: int
     total_latency_ms: float
+    credits: int = 0
 
 
 class AuditEventOut(_RecordOut):

@@ -25,6 +25,7 @@ _COMMAND_MODULES = [
     "tabpfn_gateway.cli.info",
     "tabpfn_gateway.cli.db",
     "tabpfn_gateway.cli.admin",
+    "tabpfn_gateway.cli.governance",
     "tabpfn_gateway.cli.fake",
     "tabpfn_gateway.cli.serve",
     "tabpfn_gateway.cli.demo",

@@ -193,6 +193,12 @@ def _register_reports(subparsers: Any) -> None:
     usage.add_argument("--owner", help="only this principal's keys (name or id)")
     usage.add_argument("--since", help="from (inclusive): a duration ago (7d) or an ISO time")
     usage.add_argument("--until", help="to (exclusive): a duration ago (1h) or an ISO time")
+    usage.add_argument(
+        "--by",
+        help="roll up by principal, team, key, operation, day or month (e.g. team,day); "
+        "with credits, calls, rows and bytes",
+    )
+    usage.add_argument("--csv", action="store_true", help="print the roll-up as CSV")
     usage.set_defaults(handler=_usage)
     audit = subparsers.add_parser(
         "audit", help="who changed what, newest first", description="The audit log."
@@ -473,6 +479,15 @@ def _secrets_rotate(args: argparse.Namespace) -> int:
 def _usage(args: argparse.Namespace) -> int:
     from tabpfn_gateway.admin import key_id_of
 
+    if args.by or args.csv:
+        from tabpfn_gateway.cli.governance import report_usage
+
+        return report_usage(
+            args,
+            _parse_past(args.since, "--since") if args.since else None,
+            _parse_past(args.until, "--until") if args.until else None,
+            key_id_of(args.key) if args.key else None,
+        )
     admin, _ = _open_admin(args)
     with admin:
         rows = admin.summarize_usage(
@@ -484,7 +499,16 @@ def _usage(args: argparse.Namespace) -> int:
     emit(
         [dataclasses.asdict(row) for row in rows],
         as_json=args.json,
-        columns=["key_id", "operation", "calls", "errors", "rows", "bytes", "total_latency_ms"],
+        columns=[
+            "key_id",
+            "operation",
+            "calls",
+            "errors",
+            "credits",
+            "rows",
+            "bytes",
+            "total_latency_ms",
+        ],
     )
     return 0
 

@@ -35,6 +35,10 @@ def register(subparsers: Any) -> None:
     add_json_flag(current)
     current.set_defaults(handler=_current)
 
+    from tabpfn_gateway.cli.governance import add_prune
+
+    add_prune(commands)
+
 
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()

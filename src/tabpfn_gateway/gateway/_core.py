@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -19,12 +19,14 @@ import httpx
 from pydantic import SecretStr
 
 from tabpfn_gateway.config import Settings, get_settings
-from tabpfn_gateway.errors import ConfigurationError, StoreUnavailable
+from tabpfn_gateway.errors import ConfigurationError, GatewayError, StoreUnavailable
 from tabpfn_gateway.gateway._authoriser import Authoriser, Caller
 from tabpfn_gateway.gateway._datasets import DatasetSizes
 from tabpfn_gateway.gateway._fits import FitOwnership
 from tabpfn_gateway.gateway._health import Readiness
 from tabpfn_gateway.gateway._invalidation import (
+    ALL,
+    POLICY,
     InvalidationBus,
     LocalBus,
     LocalFirstBus,
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from tabpfn_gateway.gateway._hosted import HostedGateway
     from tabpfn_gateway.gateway._proxy import AsyncGatewayProxy
     from tabpfn_gateway.gateway._session import SyncGatewaySession
+    from tabpfn_gateway.governance import GovernancePolicy, PolicyEngine
     from tabpfn_gateway.keys import KeyManager
     from tabpfn_gateway.protocol import AsyncProtocolClient, ProtocolClient, TokenStatus
     from tabpfn_gateway.vault import TokenVault
@@ -119,6 +122,13 @@ class Gateway:
         self.fits = FitOwnership(store)
         self.datasets = DatasetSizes()
         self.upload_owners = UploadOwnership(store)
+        if policy is None:
+            from tabpfn_gateway.governance import GovernancePolicy, PolicyEngine
+
+            policy = GovernancePolicy(
+                PolicyEngine(store, cache_ttl=settings.key_cache_ttl_seconds),
+                meter_credits=settings.meter_credits,
+            )
         self.meter = Metering(self.usage, policy=policy)
         self.readiness = Readiness(store, settings)
         self.admin = admin or Admin(
@@ -126,12 +136,12 @@ class Gateway:
             vault,
             keys,
             # Changes made here reach this process's caches before any network hop.
-            bus=LocalFirstBus(self.bus, self.authoriser.invalidate),
+            bus=LocalFirstBus(self.bus, self._invalidate),
             usage=self.usage,
             verifier=self.verify_upstream_token,
         )
         self._closed = False
-        self.bus.start(self.authoriser.invalidate)
+        self.bus.start(self._invalidate)
         self._proxy: AsyncGatewayProxy | None = None
         self._hosted: HostedGateway | None = None
 
@@ -160,7 +170,8 @@ class Gateway:
         in the data dir (what the server does on first start) instead of failing.
         ``bus``: the cross-replica invalidation bus; default from settings (Redis if
         ``redis_url``, PostgreSQL NOTIFY on PostgreSQL, else in-process).
-        ``policy``: the spend policy every operation is admitted by (default: allow all).
+        ``policy``: the spend policy every operation is admitted by (default: the governance
+        policy with the backends the settings choose, see docs/governance.md).
         """
         from tabpfn_gateway.keys import KeyManager
         from tabpfn_gateway.protocol import AsyncProtocolClient, ProtocolClient
@@ -223,7 +234,7 @@ class Gateway:
                 forwarder_factory=make_forwarder,
                 uploads=signer,
                 bus=bus if bus is not None else bus_from_settings(settings),
-                policy=policy,
+                policy=policy if policy is not None else _governance(settings, store),
                 upstream_transport=upstream_transport,
                 owns_store=owns_store,
             )
@@ -285,6 +296,28 @@ class Gateway:
             self._proxy = AsyncGatewayProxy(self)
         return self._proxy
 
+    @property
+    def governance(self) -> GovernancePolicy | None:
+        """The governance policy operations are admitted by (None with a custom policy)."""
+        from tabpfn_gateway.governance import GovernancePolicy
+
+        policy = self.meter.policy
+        return policy if isinstance(policy, GovernancePolicy) else None
+
+    @property
+    def policy_engine(self) -> PolicyEngine | None:
+        """The policy engine behind ``governance`` (budgets, limits, alerts), if any."""
+        governance = self.governance
+        return governance.engine if governance is not None else None
+
+    def _invalidate(self, message: str) -> None:
+        # Keys and credentials are the authoriser's; policies and memberships the engine's.
+        self.authoriser.invalidate(message)
+        engine = self.policy_engine
+        if engine is not None and (message == ALL or message.startswith(POLICY)):
+            target = message[len(POLICY) :] if message.startswith(POLICY) else ALL
+            engine.invalidate(None if target == ALL else target)
+
     def add_observer(self, observer: Callable[[UpstreamCall], None]) -> None:
         """Call ``observer`` after every metered operation (the server's metrics hook)."""
         self.meter.add_observer(observer)
@@ -324,6 +357,26 @@ class Gateway:
     def step(self, caller: Caller, operation: str) -> AbstractContextManager[None]:
         """Time one wire-level step of a user action, for metrics only (see ``Metering.step``)."""
         return self.meter.step(caller, operation)
+
+    @asynccontextmanager
+    async def ametered(
+        self, caller: Caller, operation: str, meter: Meter | None = None
+    ) -> AsyncIterator[Meter]:
+        """``metered`` for async code: a policy decision that needs I/O (shared counters, a
+        budget reservation) is made first in a worker thread, never on the event loop."""
+        meter = meter if meter is not None else Meter()
+        governance = self.governance
+        if governance is not None and not governance.decides_in_memory(caller, operation):
+            import anyio.to_thread
+
+            try:
+                meter.admission = await anyio.to_thread.run_sync(
+                    lambda: governance.decide(caller, operation, meter.credits)
+                )
+            except GatewayError as exc:  # recorded by metered, like a refusal made inline
+                meter.admission = exc
+        with self.meter.metered(caller, operation, meter) as inner:
+            yield inner
 
     def setup(
         self, tabpfn_token: str | SecretStr, *, name: str | None = None, actor: str = "setup"
@@ -376,6 +429,9 @@ class Gateway:
             self._hosted.close()
         self.bus.close()
         self.usage.close()
+        engine = self.policy_engine
+        if engine is not None:
+            engine.close()
         self.keys.close()
         self.upstream.close()
         if self._owns_store:
@@ -402,6 +458,12 @@ class Gateway:
         """``close()`` plus the async upstream client's pool."""
         await self.close_async_upstream()
         self.close()
+
+
+def _governance(settings: Settings, store: Store) -> SpendPolicy:
+    from tabpfn_gateway.governance import GovernancePolicy
+
+    return GovernancePolicy.from_settings(settings, store)
 
 
 def default_async_transport(max_connections: int) -> httpx.AsyncBaseTransport | None:

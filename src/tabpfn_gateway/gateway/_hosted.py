@@ -266,7 +266,7 @@ class HostedGateway:
         # The announced size is what the spend policy can see when it admits the call; the
         # meter holds the counted rows, columns and bytes when it settles.
         meter = Meter(nbytes=content_length)
-        with gateway.metered(caller, HOSTED_OPERATION, meter):
+        async with gateway.ametered(caller, HOSTED_OPERATION, meter):
             streamed = _ScannedBody(self, caller, scan, body, limit)
             headers = endpoint.request_headers()
             headers["Content-Type"] = content_type or "application/json"

@@ -22,6 +22,7 @@ from tabpfn_gateway.errors import ConfigurationError
 __all__ = [
     "ALL",
     "CHANNEL",
+    "POLICY",
     "InvalidationBus",
     "LocalBus",
     "LocalFirstBus",
@@ -31,6 +32,7 @@ __all__ = [
     "bus_from_settings",
     "credential_changed",
     "key_changed",
+    "policy_changed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ CHANNEL = "tabpfn_gateway_invalidate"
 ALL = "*"
 KEY = "key:"
 CREDENTIAL = "credential:"
+POLICY = "policy:"
 
 Listener = Callable[[str], None]
 
@@ -46,6 +49,12 @@ Listener = Callable[[str], None]
 def key_changed(key_id: str) -> str:
     """The message that makes every replica forget what it cached about key ``key_id``."""
     return f"{KEY}{key_id}"
+
+
+def policy_changed(key_id: str | None = None) -> str:
+    """The message that makes every replica forget cached policies: of one key, or (a
+    principal's or team's change, a membership) of every key."""
+    return f"{POLICY}{key_id or ALL}"
 
 
 def credential_changed(credential_id: str) -> str:

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tabpfn_gateway.errors import GatewayError
 from tabpfn_gateway.gateway._authoriser import Caller
@@ -30,6 +30,11 @@ class Meter:
     columns: int | None = None
     nbytes: int | None = None
     trace_id: str | None = None
+    #: TabPFN credits: the estimate a budget reserves before the call, the final figure after.
+    credits: int | None = None
+    #: A spend-policy decision made ahead, off the event loop, by the async face (or the
+    #: refusal it raised); the policy's ``admit`` takes it from here.
+    admission: object | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,11 @@ class Metering:
         except GatewayError as exc:
             status = http_status(exc)
             meter.trace_id = meter.trace_id or exc.trace_id
+            meter.credits = None  # refused or failed: nothing was charged
             raise
         except BaseException:
             status = 500
+            meter.credits = None
             raise
         finally:
             self._record(caller, operation, status, time.perf_counter() - started, meter)
@@ -124,6 +131,7 @@ class Metering:
                 columns=_storable(meter.columns),
                 bytes=_storable(meter.nbytes),
                 upstream_trace_id=meter.trace_id,
+                credits=_storable(meter.credits),
             )
         )
         self._observe(caller, operation, status, seconds)

@@ -125,14 +125,14 @@ class AsyncGatewayProxy:
     async def check_token(self, api_key: str | SecretStr) -> bool:
         """``/protected/``: the key is accepted here and its token upstream."""
         caller, token, _ = await self._resolve(api_key, _INFERENCE)
-        with self._gateway.metered(caller, "protected"):
+        async with self._gateway.ametered(caller, "protected"):
             await self._gateway.forwarder.call("check_token", "GET", Endpoint.PROTECTED, token)
             return True
 
     async def get_settings(self, api_key: str | SecretStr) -> GetSettingsResponse:
         """The upstream's limits (cached by the protocol client: the same for every token)."""
         caller, client, _ = await self._client(api_key, _INFERENCE)
-        with self._gateway.metered(caller, "get_settings"):
+        async with self._gateway.ametered(caller, "get_settings"):
             return await client.get_settings()
 
     async def prepare_train_set_upload(
@@ -189,7 +189,7 @@ class AsyncGatewayProxy:
         caller, token, _ = await self._resolve(api_key, _INFERENCE)
         await self._check_upload(caller, req.train_set_upload_id)
         meter = self._train_set_meter(req.train_set_upload_id)
-        with self._gateway.metered(caller, "fit", meter):
+        async with self._gateway.ametered(caller, "fit", meter):
             # Retried on connect errors only: every call starts a new (paid) job upstream.
             answer = await self._gateway.forwarder.call(
                 "fit",
@@ -209,7 +209,7 @@ class AsyncGatewayProxy:
         caller, token, _ = await self._resolve(api_key, _INFERENCE)
         await self._check_upload(caller, req.train_set_upload_id)
         meter = self._train_set_meter(req.train_set_upload_id)
-        with self._gateway.metered(caller, "fit", meter):
+        async with self._gateway.ametered(caller, "fit", meter):
             answer = await self._gateway.forwarder.call(
                 "submit_fit_job",
                 "POST",
@@ -259,6 +259,9 @@ class AsyncGatewayProxy:
         operation = "prepare_test_set_upload"
         caller, token, _ = await self._resolve(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
         nbytes = metered_count(req.x_test_info.size_bytes, "x_test_info.size_bytes")
+        # Its Parquet footer, read as it streams through, prices the prediction before it is
+        # forwarded (a duplicate test set reuses the shape seen with its hash).
+        x_hash = req.x_test_info.hash
         with self._gateway.step(caller, operation):
             answer = await self._gateway.forwarder.call(
                 operation,
@@ -275,35 +278,56 @@ class AsyncGatewayProxy:
                     answer, DuplicateTestSetErrorResponse.model_validate_json, operation, token
                 )
                 test_id = duplicate.test_set_upload_id
-                self._gateway.datasets.announce(caller.owner_id, str(test_id), nbytes, None)
+                self._gateway.datasets.announce(caller.owner_id, str(test_id), nbytes, x_hash)
                 await self._claim_upload(caller, test_id, "test")
                 return answer
             upload = _parse(
                 answer, PrepareTestSetUploadResponse.model_validate_json, operation, token
             )
             test_id = upload.test_set_upload_id
-            self._gateway.datasets.announce(caller.owner_id, str(test_id), nbytes, None)
+            self._gateway.datasets.announce(caller.owner_id, str(test_id), nbytes, x_hash)
             await self._claim_upload(caller, test_id, "test")
             return _encoded(
                 PrepareTestSetUploadResponse(
                     test_set_upload_id=upload.test_set_upload_id,
-                    x_test_info=self._rewrite(caller, upload.x_test_info, "x_test", base_url),
+                    x_test_info=self._rewrite(
+                        caller, upload.x_test_info, "x_test", base_url, (test_id, x_hash)
+                    ),
                 )
             )
 
     async def predict(self, api_key: str | SecretStr, req: PredictRequest) -> Answer:
         """``/tabpfn/predict`` with an owned fit; a download-URI answer is fetched here and
         answered inline, so clients never need to reach the upstream's storage."""
-        caller, token, _ = await self._resolve(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
+        caller, token, fit_id = await self._resolve(
+            api_key, _INFERENCE, fit_id=req.fitted_train_set_id
+        )
         await self._check_upload(caller, req.test_set_upload_id)
-        meter = Meter(nbytes=self._gateway.datasets.of(str(req.test_set_upload_id)).nbytes)
-        with self._gateway.metered(caller, "predict", meter):
+        test_set = self._gateway.datasets.of(str(req.test_set_upload_id))
+        meter = Meter(nbytes=test_set.nbytes)
+        governance = self._gateway.governance
+        if (
+            governance is not None
+            and test_set.rows is not None
+            and test_set.columns is not None
+            and await anyio.to_thread.run_sync(governance.wants_price, caller)
+        ):
+            # Reserved at the upstream's quote for the test set that streamed through.
+            quoter = self._gateway.async_upstream.with_token(token)
+            meter.credits = await governance.aprice(quoter, fit_id, test_set.rows, test_set.columns)
+        async with self._gateway.ametered(caller, "predict", meter):
             answer = await self._gateway.forwarder.call(
                 "predict", "POST", Endpoint.PREDICT, token, body=_encode(req), fitted_model=True
             )
             parsed = _parse(answer, _PREDICT_ANSWER.validate_json, "predict", token)
             meter.rows = parsed.metadata.test_set_num_rows
             meter.columns = parsed.metadata.test_set_num_cols
+            if governance is not None and (
+                meter.credits is not None or governance.meter_credits == "always"
+            ):
+                # The final figure: the quote for what the upstream says it predicted.
+                quoter = self._gateway.async_upstream.with_token(token)
+                meter.credits = await governance.aprice(quoter, fit_id, meter.rows, meter.columns)
             if isinstance(parsed, PredictResponse):
                 return answer
             await self._gateway.egress.acheck(parsed.prediction_uri)
@@ -318,7 +342,7 @@ class AsyncGatewayProxy:
     async def get_api_usage(self, api_key: str | SecretStr) -> Answer:
         """The upstream account's usage, for the credential the key is bound to."""
         caller, token, _ = await self._resolve(api_key, _USAGE)
-        with self._gateway.metered(caller, "get_api_usage"):
+        async with self._gateway.ametered(caller, "get_api_usage"):
             answer = await self._gateway.forwarder.call(
                 "get_api_usage", "POST", Endpoint.USAGE, token
             )
@@ -331,7 +355,7 @@ class AsyncGatewayProxy:
         metered_count(req.raw_columns, "raw_columns")
         metered_count(req.test_rows, "test_rows")
         caller, token, _ = await self._resolve(api_key, _INFERENCE)
-        with self._gateway.metered(caller, "estimate_cost", Meter(rows=rows)):
+        async with self._gateway.ametered(caller, "estimate_cost", Meter(rows=rows)):
             answer = await self._gateway.forwarder.call(
                 "estimate_cost", "POST", Endpoint.ESTIMATE_COST, token, body=_encode(req)
             )

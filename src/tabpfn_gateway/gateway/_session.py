@@ -111,7 +111,17 @@ class SyncGatewaySession:
         caller, client = self._client(_INFERENCE)
         fit_id = self._gateway.check_fit_owner(caller, fitted_train_set_id)
         rows, columns = _shape(X)
-        with self._gateway.metered(caller, "predict", Meter(rows=rows, columns=columns)) as meter:
+        meter = Meter(rows=rows, columns=columns)
+        governance = self._gateway.governance
+        if (
+            governance is not None
+            and rows is not None
+            and columns is not None
+            and (governance.meter_credits == "always" or governance.wants_price(caller))
+        ):
+            # The shape is known before the call: the quote is also the final figure.
+            meter.credits = governance.price(client, fit_id, rows, columns)
+        with self._gateway.metered(caller, "predict", meter):
             result = client.predict(fit_id, X, task_config)
             meter.nbytes = result.test_set_bytes
             return result

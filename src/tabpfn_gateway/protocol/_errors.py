@@ -17,16 +17,20 @@ from typing import Any
 import httpx
 
 from tabpfn_gateway.errors import (
+    BudgetExhausted,
     ClientTooOld,
+    ConcurrencyLimited,
     GatewayError,
     InsufficientScope,
     InvalidKey,
     InvalidUpload,
+    IpNotAllowed,
     KeyDisabled,
     KeyExpired,
     KeyRevoked,
     MalformedResponse,
     PayloadTooLarge,
+    RateLimited,
     SetupDisabled,
     TooManyAttempts,
     UpstreamAuthenticationFailed,
@@ -75,6 +79,11 @@ _GATEWAY_ERRORS: dict[str, type[GatewayError]] = {
         PayloadTooLarge,
         InvalidUpload,
         UpstreamKindMismatch,
+        # Governance refusals: typed, with ``retry_after`` from the Retry-After header.
+        RateLimited,
+        BudgetExhausted,
+        ConcurrencyLimited,
+        IpNotAllowed,
     )
 }
 

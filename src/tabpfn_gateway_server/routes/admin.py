@@ -309,11 +309,4 @@ async def _usage_caller(gateway: GatewayDep, key: BearerKey) -> Caller:
 
 UsageCaller = Annotated[Caller, Depends(_usage_caller)]
 
-
-@usage_router.get("/usage/summary", response_model=list[UsageSummaryOut])
-async def own_usage_summary(
-    gateway: GatewayDep, caller: UsageCaller, since: Since = None, until: Until = None
-) -> list[UsageSummaryOut]:
-    """Your key's usage per operation (needs the ``usage`` scope)."""
-    rows = await _run(gateway.admin.summarize_usage, key_id=caller.key_id, since=since, until=until)
-    return [UsageSummaryOut.of(row) for row in rows]
+# GET /api/v1/usage/summary (with the budgets over the key) lives in routes/governance.py.

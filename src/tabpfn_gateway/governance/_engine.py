@@ -1,0 +1,602 @@
+"""The policy engine: may this key spend this now? Allowlist, rate limits, fits in flight and
+credit budgets, decided in that order; then settle or refund what was reserved."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from tabpfn_gateway.errors import (
+    BudgetExhausted,
+    ConcurrencyLimited,
+    IpNotAllowed,
+    PolicyRefused,
+    RateLimited,
+    StoreUnavailable,
+)
+from tabpfn_gateway.governance._alerts import AlertDispatcher, BudgetAlert
+from tabpfn_gateway.governance._ledger import BudgetLedger, StoreLedger
+from tabpfn_gateway.governance._limiter import (
+    InProcessLimiter,
+    RateCheck,
+    RateDecision,
+    RateLimiter,
+    StoreLimiter,
+)
+from tabpfn_gateway.governance._periods import budget_span
+from tabpfn_gateway.governance._policy import (
+    EffectivePolicy,
+    PolicySource,
+    address_allowed,
+    effective_policy,
+)
+from tabpfn_gateway.store.base import Store
+from tabpfn_gateway.store.records import ApiKey, BudgetClaim, utcnow
+
+if TYPE_CHECKING:
+    from tabpfn_gateway.config import Settings
+
+__all__ = ["Admission", "BudgetStatus", "PolicyEngine"]
+
+logger = logging.getLogger(__name__)
+
+#: Operations that spend TabPFN credits (reserved before, settled after).
+PRICED_OPERATIONS = frozenset({"predict"})
+#: Operations that hold a fit slot while they run.
+FIT_OPERATIONS = frozenset({"fit", "submit_fit_job"})
+#: Operations that do not count as requests: an upload rides on the prepare call that
+#: handed out its URL (which was counted).
+RATE_EXEMPT = frozenset({"upload"})
+
+_PERIOD_SECONDS = {"day": 86_400, "month": 30 * 86_400}
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """One budget that applies to a key, as it stands now."""
+
+    level: str
+    name: str
+    budget: int
+    period: str
+    window: str
+    mode: str
+    spent: int
+    reserved: int
+    resets_at: datetime
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.budget - self.spent - self.reserved)
+
+
+@dataclass
+class Admission:
+    """A call the policy let through. ``settle(credits)`` after it succeeded, ``refund()``
+    after it failed: exactly one of them, once (later calls do nothing). ``headers`` are the
+    IETF RateLimit fields for the answer."""
+
+    engine: PolicyEngine | None = None
+    claims: tuple[BudgetClaim, ...] = ()
+    sources: tuple[PolicySource, ...] = ()
+    slots: tuple[str, ...] = ()
+    estimate: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    _done: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def priced(self) -> bool:
+        """Whether a budget applies (the caller should price the call)."""
+        return bool(self.claims)
+
+    def _finish(self) -> bool:
+        with self._lock:
+            if self._done:
+                return False
+            self._done = True
+            return True
+
+    def settle(self, credits: int | None) -> None:
+        """Turn the reservation into ``credits`` spent (None: the estimate), free the slot."""
+        if not self._finish() or self.engine is None:
+            return
+        spent = self.estimate if credits is None else max(0, int(credits))
+        self.engine._settle(self, spent)
+
+    def refund(self) -> None:
+        """Give back what was reserved and the slot: the call failed."""
+        if not self._finish() or self.engine is None:
+            return
+        self.engine._settle(self, 0)
+
+
+class _FallbackLimiter:
+    """Redis first; when Redis cannot be reached, the database's counters (logged once)."""
+
+    in_process = False
+
+    def __init__(self, primary: RateLimiter, secondary: RateLimiter) -> None:
+        self._primary = primary
+        self._secondary = secondary
+        self._warned = False
+
+    def _warn(self) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("Redis is unreachable: rate limits fall back to the database")
+
+    def hit(self, checks: Sequence[RateCheck]) -> RateDecision:
+        try:
+            return self._primary.hit(checks)
+        except StoreUnavailable:
+            self._warn()
+            return self._secondary.hit(checks)
+
+    def acquire(self, name: str, cap: int) -> bool:
+        try:
+            return self._primary.acquire(name, cap)
+        except StoreUnavailable:
+            self._warn()
+            return self._secondary.acquire(name, cap)
+
+    def release(self, name: str) -> None:
+        self._primary.release(name)
+        self._secondary.release(name)
+
+    def close(self) -> None:
+        self._primary.close()
+        self._secondary.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    effective: EffectivePolicy
+    until: float
+
+
+class PolicyEngine:
+    """Decides and accounts, per call, for the policies that apply to a key.
+
+    The policies of a key (its own, its owner's, the owner's teams') are cached for
+    ``cache_ttl`` seconds and dropped by ``invalidate``; a key with no policy costs one
+    dictionary lookup. Refusals raise ``PolicyRefused`` subclasses with ``retry_after`` and
+    ``details`` for the RateLimit headers.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        limiter: RateLimiter | None = None,
+        ledger: BudgetLedger | None = None,
+        alerts: AlertDispatcher | None = None,
+        cache_ttl: float = 5.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.limiter: RateLimiter = limiter if limiter is not None else InProcessLimiter()
+        self.ledger: BudgetLedger = ledger if ledger is not None else StoreLedger(store)
+        self.alerts = alerts if alerts is not None else AlertDispatcher(store)
+        self._ttl = cache_ttl
+        self._clock = clock
+        self._cache: dict[str, _Cached] = {}
+        self._cache_lock = threading.Lock()
+        self._refusal_listeners: list[Callable[[PolicyRefused], None]] = []
+
+    def __repr__(self) -> str:
+        return f"PolicyEngine(limiter={type(self.limiter).__name__})"
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, store: Store, *, webhook_transport: object | None = None
+    ) -> PolicyEngine:
+        """An engine with the backends the settings choose (see docs/governance.md)."""
+        from tabpfn_gateway.governance._alerts import WebhookSender
+        from tabpfn_gateway.governance._ledger import RedisLedger
+        from tabpfn_gateway.governance._limiter import RedisLimiter
+
+        backend = settings.rate_limit_backend
+        if backend == "auto":
+            if settings.redis_url:
+                backend = "redis"
+            elif settings.database_url.startswith("memory://"):
+                backend = "memory"
+            else:
+                backend = "database"
+        limiter: RateLimiter
+        if backend == "redis":
+            if not settings.redis_url:
+                from tabpfn_gateway.errors import ConfigurationError
+
+                raise ConfigurationError(
+                    "TABPFN_GATEWAY_RATE_LIMIT_BACKEND=redis needs TABPFN_GATEWAY_REDIS_URL."
+                )
+            limiter = RedisLimiter(settings.redis_url)
+            if settings.redis_failure == "fall_back":
+                limiter = _FallbackLimiter(limiter, StoreLimiter(store))
+        elif backend == "database":
+            limiter = StoreLimiter(store)
+        else:
+            limiter = InProcessLimiter()
+        ledger: BudgetLedger = StoreLedger(store)
+        if settings.budget_backend == "redis":
+            if not settings.redis_url:
+                from tabpfn_gateway.errors import ConfigurationError
+
+                raise ConfigurationError(
+                    "TABPFN_GATEWAY_BUDGET_BACKEND=redis needs TABPFN_GATEWAY_REDIS_URL."
+                )
+            ledger = RedisLedger(settings.redis_url)
+        webhook = None
+        if settings.budget_webhook_url:
+            secret = settings.budget_webhook_secret
+            webhook = WebhookSender(
+                settings.budget_webhook_url,
+                (secret.get_secret_value() if secret is not None else "").encode(),
+                attempts=settings.budget_webhook_attempts,
+                backoff=settings.budget_webhook_backoff_seconds,
+                transport=webhook_transport,  # type: ignore[arg-type]
+            )
+        return cls(
+            store,
+            limiter=limiter,
+            ledger=ledger,
+            alerts=AlertDispatcher(store, webhook),
+            cache_ttl=settings.key_cache_ttl_seconds,
+        )
+
+    def add_refusal_listener(self, listener: Callable[[PolicyRefused], None]) -> None:
+        """Call ``listener`` with every refusal (the server's refusal metric)."""
+        self._refusal_listeners.append(listener)
+
+    # -- which policies apply ------------------------------------------------------------
+
+    def cached(self, key_id: str) -> EffectivePolicy | None:
+        """The policies of a key if cached and fresh (no I/O), else None."""
+        entry = self._cache.get(key_id)
+        if entry is None or time.monotonic() >= entry.until:
+            return None
+        return entry.effective
+
+    def applicable(self, key: ApiKey) -> EffectivePolicy:
+        """The policies that apply to ``key`` (two small queries when not cached)."""
+        cached = self.cached(key.key_id)
+        if cached is not None:
+            return cached
+        teams = [m.team_id for m in self.store.list_memberships(user_id=key.owner_id)]
+        policies = {
+            p.target_id: p
+            for p in self.store.list_policies(target_ids=[key.key_id, key.owner_id, *teams])
+        }
+        sources: list[PolicySource] = []
+        if key.key_id in policies:
+            sources.append(PolicySource("key", key.key_id, policies[key.key_id]))
+        if key.owner_id in policies:
+            sources.append(PolicySource("owner", key.owner_id, policies[key.owner_id]))
+        for team_id in teams:
+            if team_id in policies:
+                sources.append(PolicySource("team", team_id, policies[team_id]))
+        effective = effective_policy(key.key_id, sources)
+        if self._ttl > 0:
+            with self._cache_lock:
+                if len(self._cache) > 50_000:
+                    self._cache.clear()
+                self._cache[key.key_id] = _Cached(effective, time.monotonic() + self._ttl)
+        return effective
+
+    def invalidate(self, key_id: str | None = None) -> None:
+        """Forget cached policies (of one key, or all: a principal's or team's change)."""
+        with self._cache_lock:
+            if key_id is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(key_id, None)
+
+    def decides_in_memory(self, effective: EffectivePolicy, operation: str) -> bool:
+        """Whether ``admit`` for this would do no I/O (no budget to reserve, and no shared
+        counter to count in)."""
+        if effective.empty:
+            return True
+        policies = [s.policy for s in effective.sources]
+        if operation in PRICED_OPERATIONS and any(p.budget_credits is not None for p in policies):
+            return False
+        if self.limiter.in_process:
+            return True
+        rates = operation not in RATE_EXEMPT and any(
+            p.requests_per_minute is not None or p.requests_per_hour is not None for p in policies
+        )
+        slots = operation in FIT_OPERATIONS and any(
+            p.max_concurrent_fits is not None for p in policies
+        )
+        return not (rates or slots)
+
+    def wants_price(self, effective: EffectivePolicy, operation: str) -> bool:
+        """Whether a budget applies to this call, so its credits should be quoted first."""
+        return operation in PRICED_OPERATIONS and any(
+            s.policy.budget_credits is not None for s in effective.sources
+        )
+
+    # -- the decision ----------------------------------------------------------------------
+
+    def admit(
+        self,
+        key: ApiKey,
+        operation: str,
+        *,
+        client_address: str | None = None,
+        credits: int | None = None,
+        effective: EffectivePolicy | None = None,
+    ) -> Admission:
+        """Let the call through (an ``Admission`` to settle or refund) or raise a refusal.
+
+        ``credits`` is the call's estimated price (None: unknown; a hard budget then needs at
+        least one credit left). Order: allowlist (403), rate limits, fit slots, budgets (429).
+        """
+        if effective is None:
+            effective = self.applicable(key)
+        if effective.empty:
+            return Admission()
+        try:
+            return self._admit(key, operation, client_address, credits, effective)
+        except PolicyRefused as refusal:
+            for listener in self._refusal_listeners:
+                try:
+                    listener(refusal)
+                except Exception:
+                    logger.exception("A refusal listener failed")
+            raise
+
+    def _admit(
+        self,
+        key: ApiKey,
+        operation: str,
+        client_address: str | None,
+        credits: int | None,
+        effective: EffectivePolicy,
+    ) -> Admission:
+        if not address_allowed(client_address, effective.allowed_cidrs):
+            raise IpNotAllowed()
+        headers = {} if operation in RATE_EXEMPT else self._check_rates(effective)
+        slots = self._take_slots(effective, operation)
+        try:
+            claims = self._reserve(effective, operation, credits)
+        except BaseException:
+            for name in slots:
+                self.limiter.release(name)
+            raise
+        return Admission(
+            engine=self,
+            claims=claims,
+            sources=effective.sources,
+            slots=slots,
+            estimate=max(0, credits or 0),
+            headers=headers,
+        )
+
+    def _check_rates(self, effective: EffectivePolicy) -> dict[str, str]:
+        checks: list[RateCheck] = []
+        labels: dict[str, str] = {}
+        for source in effective.sources:
+            policy = source.policy
+            for limit, window, seconds in (
+                (policy.requests_per_minute, "minute", 60),
+                (policy.requests_per_hour, "hour", 3600),
+            ):
+                if limit is None:
+                    continue
+                name = f"{source.level}:{source.policy.target_id}:{window}"
+                labels[name] = f"{source.level}-{window}"
+                checks.append(RateCheck(name, limit, seconds))
+        if not checks:
+            return {}
+        decision = self.limiter.hit(checks)
+        if decision.refused is not None:
+            check = decision.refused
+            wait = decision.reset_seconds.get(check.name, check.window_seconds)
+            raise RateLimited(
+                f"Rate limit reached: {check.limit} requests per {check.window_seconds} s "
+                f"({labels[check.name]}); retry in {wait} s.",
+                retry_after=wait,
+                details={
+                    "policy": labels[check.name],
+                    "limit": check.limit,
+                    "remaining": 0,
+                    "window_seconds": check.window_seconds,
+                    "reset_seconds": wait,
+                },
+            )
+        # The headers name the check closest to refusing.
+        tightest = min(checks, key=lambda c: decision.remaining.get(c.name, c.limit))
+        return rate_limit_headers(
+            labels[tightest.name],
+            tightest.limit,
+            tightest.window_seconds,
+            decision.remaining.get(tightest.name, tightest.limit),
+            decision.reset_seconds.get(tightest.name, tightest.window_seconds),
+        )
+
+    def _take_slots(self, effective: EffectivePolicy, operation: str) -> tuple[str, ...]:
+        if operation not in FIT_OPERATIONS:
+            return ()
+        taken: list[str] = []
+        for source in effective.sources:
+            cap = source.policy.max_concurrent_fits
+            if cap is None:
+                continue
+            name = f"fits:{source.policy.target_id}"
+            if not self.limiter.acquire(name, cap):
+                for other in taken:
+                    self.limiter.release(other)
+                raise ConcurrencyLimited(
+                    f"At most {cap} fits may run at once ({source.level}); retry when one ends.",
+                    retry_after=5,
+                    details={"policy": f"{source.level}-fits", "limit": cap, "remaining": 0},
+                )
+            taken.append(name)
+        return tuple(taken)
+
+    def _reserve(
+        self, effective: EffectivePolicy, operation: str, credits: int | None
+    ) -> tuple[BudgetClaim, ...]:
+        if operation not in PRICED_OPERATIONS:
+            return ()
+        now = self._clock()
+        claims: list[BudgetClaim] = []
+        claim_sources: list[tuple[PolicySource, datetime]] = []
+        for source in effective.sources:
+            policy = source.policy
+            if policy.budget_credits is None:
+                continue
+            span = budget_span(policy.budget_period, policy.budget_window, now)
+            hard = policy.budget_mode == "hard"
+            amount = max(0, credits or 0)
+            limit: int | None = policy.budget_credits if hard else None
+            if hard and credits is None:
+                # Price unknown: let it through only while at least one credit is left.
+                limit = policy.budget_credits - 1
+            claims.append(
+                BudgetClaim(
+                    subject_id=policy.target_id,
+                    bucket=span.bucket,
+                    amount=amount,
+                    limit=limit if limit is None or limit >= 0 else -1,
+                    window=span.window,
+                    # Kept a day past its last use, so the usage summary can still show it.
+                    expires_at=span.expires_at + timedelta(days=1),
+                )
+            )
+            claim_sources.append((source, span.resets_at))
+        if not claims:
+            return ()
+        if any(c.limit is not None and c.limit < 0 for c in claims):
+            refused_index: int | None = next(
+                i for i, c in enumerate(claims) if c.limit is not None and c.limit < 0
+            )
+        else:
+            refused_index = self.ledger.reserve(claims)
+        if refused_index is not None:
+            source, resets_at = claim_sources[refused_index]
+            budget = source.policy.budget_credits or 0
+            wait = max(1, int((resets_at - now).total_seconds()))
+            raise BudgetExhausted(
+                f"The {source.policy.budget_period}ly credit budget ({budget} credits, "
+                f"{source.level}) has too little left for this call"
+                + (f" ({credits} credits)." if credits is not None else "."),
+                retry_after=wait,
+                details={
+                    "policy": f"{source.level}-budget",
+                    "limit": budget,
+                    "remaining": self._remaining(claims[refused_index], budget),
+                    "window_seconds": _PERIOD_SECONDS[source.policy.budget_period],
+                    "reset_seconds": wait,
+                    "unit": "credits",
+                },
+            )
+        return tuple(claims)
+
+    def _remaining(self, claim: BudgetClaim, budget: int) -> int:
+        try:
+            counters = self.ledger.counters(claim.subject_id, [claim.bucket, *claim.window])
+        except StoreUnavailable:
+            return 0
+        held = sum(c.spent + c.reserved for c in counters)
+        return max(0, budget - held)
+
+    # -- accounting ------------------------------------------------------------------------
+
+    def _settle(self, admission: Admission, spent: int) -> None:
+        for name in admission.slots:
+            try:
+                self.limiter.release(name)
+            except Exception:
+                logger.exception("Could not release a fit slot")
+        if not admission.claims:
+            return
+        counters = self.ledger.settle(admission.claims, spent)
+        if spent <= 0:
+            return
+        budgeted = [s for s in admission.sources if s.policy.budget_credits is not None]
+        for source, claim, counter in zip(budgeted, admission.claims, counters, strict=False):
+            self._maybe_alert(source, claim, counter.spent)
+
+    def _maybe_alert(self, source: PolicySource, claim: BudgetClaim, bucket_spent: int) -> None:
+        policy = source.policy
+        budget = policy.budget_credits
+        if not budget or not policy.alert_thresholds:
+            return
+        spent = bucket_spent
+        if claim.window:
+            spent = sum(c.spent for c in self.ledger.counters(claim.subject_id, claim.window))
+            spent += bucket_spent
+        crossed = [t for t in policy.alert_thresholds if spent * 100 >= t * budget]
+        if not crossed:
+            return
+        highest = max(crossed)
+        # One conditional write decides which replica raises it: exactly one alert each.
+        if not self.ledger.mark_alert(claim.subject_id, claim.bucket, highest):
+            return
+        self.alerts.fire(
+            BudgetAlert(
+                subject_id=policy.target_id,
+                subject_level=source.level,
+                subject_name=source.name,
+                bucket=claim.bucket,
+                threshold=highest,
+                spent=spent,
+                budget=budget,
+                mode=policy.budget_mode,
+                at=self._clock(),
+            )
+        )
+
+    def budget_status(self, key: ApiKey) -> list[BudgetStatus]:
+        """Every budget that applies to ``key``, with what is spent and left this period."""
+        effective = self.applicable(key)
+        now = self._clock()
+        found: list[BudgetStatus] = []
+        for source in effective.sources:
+            policy = source.policy
+            if policy.budget_credits is None:
+                continue
+            span = budget_span(policy.budget_period, policy.budget_window, now)
+            counters = self.ledger.counters(policy.target_id, [span.bucket, *span.window])
+            found.append(
+                BudgetStatus(
+                    level=source.level,
+                    name=source.name,
+                    budget=policy.budget_credits,
+                    period=policy.budget_period,
+                    window=policy.budget_window,
+                    mode=policy.budget_mode,
+                    spent=sum(c.spent for c in counters),
+                    reserved=sum(c.reserved for c in counters),
+                    resets_at=span.resets_at,
+                )
+            )
+        return found
+
+    def close(self) -> None:
+        self.alerts.close()
+        self.limiter.close()
+        self.ledger.close()
+
+
+def rate_limit_headers(
+    policy: str, limit: int, window: int, remaining: int, reset: int, unit: str | None = None
+) -> dict[str, str]:
+    """The IETF ``RateLimit-Policy`` and ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-
+    headers: structured-field lists, ``q`` quota, ``w`` window, ``r`` remaining, ``t``
+    seconds until the quota resets)."""
+    quota = f'"{policy}";q={int(limit)};w={int(window)}'
+    if unit:
+        quota += f';qu="{unit}"'
+    return {
+        "RateLimit-Policy": quota,
+        "RateLimit": f'"{policy}";r={max(0, int(remaining))};t={max(0, int(reset))}',
+    }
