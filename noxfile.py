@@ -60,7 +60,7 @@ def tests_postgres(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks, each against its anchor in the same run, printed as ratios."""
-    for script in ("keys", "protocol", "gateway", "sdk", "console", "hosted"):
+    for script in ("keys", "protocol", "gateway", "sdk", "console", "hosted", "governance"):
         path = os.path.join("benchmarks", f"{script}.py")
         if os.path.exists(path):
             session.run(PY, path, *session.posargs)

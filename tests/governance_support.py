@@ -44,6 +44,11 @@ class Replica:
             self.transports[address] = transport
         return ProtocolClient(BASE_URL, token=key, transport=_Shared(transport), max_retries=0)
 
+    def transport(self, address: str = "127.0.0.1") -> httpx.BaseTransport:
+        """A transport to this replica that its owner closes (for plain httpx clients)."""
+        self.client("unused", address=address).close()
+        return _Shared(self.transports[address])
+
     def close(self) -> None:
         for transport in self.transports.values():
             transport.close()

@@ -22,6 +22,7 @@ _LAZY: dict[str, str] = {
     "InProcessBackend": "tabpfn_gateway.estimators",
     "login": "tabpfn_gateway.api_key",
     "logout": "tabpfn_gateway.api_key",
+    "get_usage": "tabpfn_gateway.usage",
     "Admin": "tabpfn_gateway.admin",
     "Gateway": "tabpfn_gateway.gateway",
     "KeyManager": "tabpfn_gateway.keys",
@@ -44,6 +45,7 @@ __all__ = [
     "TokenVault",
     "__version__",
     "get_settings",
+    "get_usage",
     "login",
     "logout",
     "open_store",
@@ -67,6 +69,7 @@ if TYPE_CHECKING:
     from tabpfn_gateway.logs import setup_logging as setup_logging
     from tabpfn_gateway.protocol import ProtocolClient as ProtocolClient
     from tabpfn_gateway.store import open_store as open_store
+    from tabpfn_gateway.usage import get_usage as get_usage
     from tabpfn_gateway.vault import TokenVault as TokenVault
 
 

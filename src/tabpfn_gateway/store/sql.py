@@ -865,21 +865,31 @@ class SqlStore:
 
     # -- governance: counters ---------------------------------------------------------------
 
-    def _ensure_budget_rows(self, connection: Connection, claims: Sequence[BudgetClaim]) -> None:
-        table = schema.budget_counters
-        for claim in claims:
-            connection.execute(
-                self._dialect_insert(table)
-                .values(
-                    subject_id=claim.subject_id,
-                    bucket=claim.bucket,
-                    spent=0,
-                    reserved=0,
-                    alerted=0,
-                    expires_at=check_aware(claim.expires_at, "expires_at"),
-                )
-                .on_conflict_do_nothing(index_elements=["subject_id", "bucket"])
+    def _fast_commit(self, connection: Connection) -> None:
+        # Counters are on every governed request's path. On PostgreSQL their commits need not
+        # wait for the WAL flush: the write is atomic and visible at once either way (so the
+        # limits stay exact under concurrency); a server crash may forget the last moment's
+        # counts (docs/governance.md).
+        if not self._is_sqlite:
+            connection.execute(sa.text("SET LOCAL synchronous_commit = off"))
+
+    def _insert_budget_row(self, connection: Connection, claim: BudgetClaim) -> bool:
+        """Insert a bucket's zero row; False if it was there already (a racing insert too)."""
+        result = connection.execute(
+            self._dialect_insert(schema.budget_counters)
+            .values(
+                subject_id=claim.subject_id,
+                bucket=claim.bucket,
+                spent=0,
+                reserved=0,
+                alerted=0,
+                expires_at=check_aware(claim.expires_at, "expires_at"),
             )
+            .on_conflict_do_nothing(index_elements=["subject_id", "bucket"])
+            # RETURNING says whether a row went in on every driver (rowcount may not).
+            .returning(schema.budget_counters.c.subject_id)
+        )
+        return result.first() is not None
 
     def reserve_budget(self, claims: Sequence[BudgetClaim]) -> int | None:
         claims = [check_claim(claim) for claim in claims]
@@ -888,7 +898,7 @@ class SqlStore:
         table = schema.budget_counters
         try:
             with self._transaction("reserve budget", write=True) as connection:
-                self._ensure_budget_rows(connection, claims)
+                self._fast_commit(connection)
                 for index, claim in enumerate(claims):
                     conditions = [
                         table.c.subject_id == claim.subject_id,
@@ -913,12 +923,18 @@ class SqlStore:
                         conditions.append(held <= claim.limit)
                     # The one conditional write: the limit is checked by the database in the
                     # same statement that takes the credits, under the row's lock.
-                    result = connection.execute(
+                    reserve = (
                         table.update()
                         .where(*conditions)
                         .values(reserved=table.c.reserved + claim.amount)
                     )
-                    if result.rowcount != 1:
+                    if connection.execute(reserve).rowcount == 1:
+                        continue
+                    # No match: the limit refused, or the bucket's row does not exist yet
+                    # (its first reservation): then create it and try once more.
+                    if not self._insert_budget_row(connection, claim):
+                        raise _Refused(index)
+                    if connection.execute(reserve).rowcount != 1:
                         raise _Refused(index)
         except _Refused as refused:
             return refused.index
@@ -930,10 +946,10 @@ class SqlStore:
         table = schema.budget_counters
         counters: list[BudgetCounter] = []
         with self._transaction("settle budget", write=True) as connection:
-            self._ensure_budget_rows(connection, claims)
+            self._fast_commit(connection)
             for claim in claims:
                 where = (table.c.subject_id == claim.subject_id, table.c.bucket == claim.bucket)
-                connection.execute(
+                settle = (
                     table.update()
                     .where(*where)
                     .values(
@@ -943,8 +959,12 @@ class SqlStore:
                         ),
                         spent=table.c.spent + spent,
                     )
+                    .returning(*table.c)
                 )
-                row = connection.execute(sa.select(table).where(*where)).mappings().one()
+                row = connection.execute(settle).mappings().first()
+                if row is None:
+                    self._insert_budget_row(connection, claim)
+                    row = connection.execute(settle).mappings().one()
                 counters.append(_budget_counter(row))
         return counters
 
@@ -984,26 +1004,31 @@ class SqlStore:
         table = schema.rate_counters
         try:
             with self._transaction("hit counters", write=True) as connection:
+                self._fast_commit(connection)
                 counts: list[int] = []
                 for index, hit in enumerate(hits):
                     amount = check_amount(hit.amount, "amount")
-                    connection.execute(
-                        self._dialect_insert(table)
-                        .values(
-                            name=hit.name,
-                            count=0,
-                            expires_at=check_aware(hit.expires_at, "expires_at"),
-                        )
-                        .on_conflict_do_nothing(index_elements=["name"])
-                    )
-                    # Conditional increment: one statement, checked under the row's lock.
-                    result = connection.execute(
+                    increment = (
                         table.update()
                         .where(table.c.name == hit.name, table.c.count + amount <= hit.limit)
                         .values(count=table.c.count + amount)
                         .returning(table.c.count)
                     )
-                    row = result.first()
+                    # Conditional increment: one statement, checked under the row's lock. A
+                    # window's first hit finds no row: insert it (a racing insert is ignored)
+                    # and increment again.
+                    row = connection.execute(increment).first()
+                    if row is None:
+                        connection.execute(
+                            self._dialect_insert(table)
+                            .values(
+                                name=hit.name,
+                                count=0,
+                                expires_at=check_aware(hit.expires_at, "expires_at"),
+                            )
+                            .on_conflict_do_nothing(index_elements=["name"])
+                        )
+                        row = connection.execute(increment).first()
                     if row is None:
                         raise _Refused(index)
                     counts.append(int(row[0]))

@@ -1,0 +1,155 @@
+"""Governance counters in Redis: the limits library's moving window shared by replicas, the
+Lua budget ledger exact under concurrency, and what happens when Redis is down (the default
+fails closed; fall_back counts in the database)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gateway_support import make_settings, redis_url_or_skip
+from tabpfn_gateway import migrate
+from tabpfn_gateway.errors import BudgetExhausted, RateLimited, StoreUnavailable
+from tabpfn_gateway.governance import PolicyEngine, RedisLedger, RedisLimiter
+from tabpfn_gateway.store import open_store
+from tabpfn_gateway.store.records import ApiKey, BudgetClaim, Policy, Principal
+
+DEAD_REDIS = "redis://127.0.0.1:1/0"
+
+
+def _key_with(store: object, **policy: object) -> ApiKey:
+    key_id = uuid.uuid4().hex[:12]
+    principal = Principal(id=uuid.uuid4().hex, name=f"p-{key_id}")
+    key = ApiKey(key_id, "k", principal.id, None, ("inference",), "h", "hmac-sha256", "p", "0000")
+    store.add_principal(principal)  # type: ignore[attr-defined]
+    store.add_key(key)  # type: ignore[attr-defined]
+    store.put_policy(Policy(key_id, "key", **policy))  # type: ignore[attr-defined]
+    return key
+
+
+def test_two_replicas_share_one_redis_rate_limit() -> None:
+    url = redis_url_or_skip()
+    prefix = f"tpg-test-{uuid.uuid4().hex}"
+    store = open_store(url="memory://")
+    key = _key_with(store, requests_per_minute=5)
+    replicas = [
+        PolicyEngine(store, limiter=RedisLimiter(url, prefix=prefix), cache_ttl=0) for _ in range(2)
+    ]
+    try:
+        for attempt in range(5):
+            replicas[attempt % 2].admit(key, "protected")
+        for attempt in range(3):
+            with pytest.raises(RateLimited) as refused:
+                replicas[attempt % 2].admit(key, "protected")
+            assert refused.value.retry_after is not None
+            assert refused.value.retry_after <= 60
+    finally:
+        for engine in replicas:
+            engine.close()
+
+
+def test_redis_fit_slots_are_shared() -> None:
+    url = redis_url_or_skip()
+    limiter = RedisLimiter(url, prefix=f"tpg-test-{uuid.uuid4().hex}")
+    try:
+        assert limiter.acquire("fits:x", 1) is True
+        assert limiter.acquire("fits:x", 1) is False
+        limiter.release("fits:x")
+        assert limiter.acquire("fits:x", 1) is True
+    finally:
+        limiter.close()
+
+
+def test_redis_ledger_is_exact_under_concurrency() -> None:
+    url = redis_url_or_skip()
+    ledger = RedisLedger(url, prefix=f"tpg-test-{uuid.uuid4().hex}")
+    claim = BudgetClaim("team", "month:2026-12", amount=20, limit=200)
+    outcomes: list[int | None] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(64)
+
+    def reserve() -> None:
+        barrier.wait()
+        outcome = ledger.reserve([claim])
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=reserve) for _ in range(64)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert outcomes.count(None) == 10
+        [counter] = ledger.settle([claim], 20)
+        assert (counter.spent, counter.reserved) == (20, 180)
+        # All or nothing across claims, window buckets counted.
+        rolling = BudgetClaim("team", "h:2", amount=5, limit=204, window=("month:2026-12",))
+        assert ledger.reserve([BudgetClaim("other", "b", amount=1, limit=10), rolling]) == 1
+        assert ledger.counters("other", ["b"])[0].reserved == 0
+        assert ledger.mark_alert("team", "month:2026-12", 50) is True
+        assert ledger.mark_alert("team", "month:2026-12", 50) is False
+    finally:
+        ledger.close()
+
+
+def test_budgets_in_redis_through_the_engine(tmp_path: Path) -> None:
+    url = redis_url_or_skip()
+    store = open_store(url="memory://")
+    key = _key_with(store, budget_credits=30)
+    engine = PolicyEngine(
+        store, ledger=RedisLedger(url, prefix=f"tpg-test-{uuid.uuid4().hex}"), cache_ttl=0
+    )
+    try:
+        engine.admit(key, "predict", credits=20).settle(20)
+        with pytest.raises(BudgetExhausted):
+            engine.admit(key, "predict", credits=20)
+        engine.admit(key, "predict", credits=10).refund()
+        [status] = engine.budget_status(key)
+        assert (status.spent, status.reserved, status.remaining) == (20, 0, 10)
+    finally:
+        engine.close()
+
+
+def test_redis_down_fails_closed_by_default(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path}/g.db", redis_url=DEAD_REDIS)
+    assert settings.redis_failure == "fail_closed"
+    migrate.upgrade(settings)
+    store = open_store(settings)
+    engine = PolicyEngine.from_settings(settings, store)
+    try:
+        limited = _key_with(store, requests_per_minute=100)
+        with pytest.raises(StoreUnavailable):
+            engine.admit(limited, "protected")
+        # A key with no rate limit never asks Redis.
+        free = _key_with(store, budget_credits=10)
+        engine.admit(free, "protected")
+    finally:
+        engine.close()
+        store.close()
+
+
+def test_redis_down_falls_back_to_the_database_when_configured(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, f"sqlite:///{tmp_path}/g.db", redis_url=DEAD_REDIS, redis_failure="fall_back"
+    )
+    migrate.upgrade(settings)
+    store = open_store(settings)
+    engines = [PolicyEngine.from_settings(settings, store) for _ in range(2)]
+    try:
+        key = _key_with(store, requests_per_minute=3)
+        admitted = 0
+        for attempt in range(5):
+            try:
+                engines[attempt % 2].admit(key, "protected")
+                admitted += 1
+            except RateLimited:
+                pass
+        assert admitted == 3  # counted in the database: both engines share it
+    finally:
+        for engine in engines:
+            engine.close()
+        store.close()
