@@ -120,3 +120,10 @@ def console_screenshots(session: nox.Session) -> None:
         env={"TABPFN_GATEWAY_CONSOLE_SCREENSHOTS": target},
     )
     session.log(f"screenshots saved in {target}")
+
+
+@nox.session(default=False)
+def fuzz(session: nox.Session) -> None:
+    """schemathesis over the OpenAPI document, with an admin key and an inference key (not in
+    the default sessions: slow). ``nox -s fuzz -- 100`` runs 100 examples per operation."""
+    session.run(PY, os.path.join("tests", "security", "fuzz_gateway.py"), *session.posargs)

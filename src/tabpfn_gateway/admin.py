@@ -211,6 +211,13 @@ class Admin:
     def _publish(self, message: str) -> None:
         if self._bus is not None:
             self._bus.publish(message)
+        # Every process polls this counter (gateway._changes): the bound holds without a bus.
+        from tabpfn_gateway.gateway._changes import CHANGES
+
+        try:
+            self.store.bump_counter(CHANGES)
+        except Exception:  # the change is made; the key cache TTL bounds the rest
+            logger.warning("could not bump the change counter; caches expire on their own")
 
     def _key_changed(self, key_id: str) -> None:
         self._publish(key_changed(key_id))

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     key_cache_ttl_seconds: float = Field(
         default=5.0, ge=0, description="How long a verified key is trusted without a lookup."
     )
+    change_poll_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        description="How often each process reads the change counter, so a revocation made "
+        "anywhere (another worker, replica or the CLI) is refused here within about this long "
+        "on every store; 0 turns it off (the key cache TTL bounds it then).",
+    )
     last_used_flush_seconds: float = Field(
         default=30.0, ge=0, description="How often coalesced last_used_at updates are written."
     )

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from tabpfn_gateway.config import Settings, get_settings
 from tabpfn_gateway.errors import ConfigurationError, GatewayError, StoreUnavailable
 from tabpfn_gateway.gateway._authoriser import Authoriser, Caller
+from tabpfn_gateway.gateway._changes import ChangeWatcher
 from tabpfn_gateway.gateway._datasets import DatasetSizes
 from tabpfn_gateway.gateway._fits import FitOwnership
 from tabpfn_gateway.gateway._health import Readiness
@@ -142,6 +143,11 @@ class Gateway:
         )
         self._closed = False
         self.bus.start(self._invalidate)
+        # The bus is fast where it exists; the counter holds the bound on every store.
+        self.changes: ChangeWatcher | None = None
+        if settings.change_poll_seconds > 0 and not settings.database_url.startswith("memory://"):
+            self.changes = ChangeWatcher(store, self._invalidate, settings.change_poll_seconds)
+            self.changes.start()
         self._proxy: AsyncGatewayProxy | None = None
         self._hosted: HostedGateway | None = None
 
@@ -427,6 +433,8 @@ class Gateway:
         self._closed = True
         if self._hosted is not None:
             self._hosted.close()
+        if self.changes is not None:
+            self.changes.close()
         self.bus.close()
         self.usage.close()
         engine = self.policy_engine

@@ -1,0 +1,115 @@
+"""Schema-driven fuzzing of a running gateway (schemathesis), with an admin key and with an
+inference key: ``nox -s fuzz`` runs it. Prints, per key, the cases run, the 5xx answers and
+the answers that contradict the OpenAPI document (undocumented status codes included).
+
+Not a pytest module (slow, and schemathesis drives the requests): a script with real parts,
+the gateway app over FakeTabPFN served by uvicorn on loopback with a throwaway SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from gateway_support import (  # noqa: E402
+    add_admin_key,
+    add_tenant,
+    build_gateway,
+    make_settings,
+    serve_in_thread,
+)
+from tabpfn_gateway import migrate  # noqa: E402
+from tabpfn_gateway.store import open_store  # noqa: E402
+from tabpfn_gateway.testing import FakeTabPFN  # noqa: E402
+from tabpfn_gateway_server import create_app  # noqa: E402
+
+TOKEN = "tok-fuzz-0001"
+SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
+
+
+def fuzz(url: str, key: str, label: str, report_dir: Path, max_examples: int) -> dict[str, int]:
+    """One schemathesis run; the counts from its NDJSON event stream."""
+    events = report_dir / f"{label}.ndjson"
+    command = [
+        SCHEMATHESIS,
+        "run",
+        f"{url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {key}",
+        "--checks",
+        "not_a_server_error,status_code_conformance,response_schema_conformance,"
+        "content_type_conformance,response_headers_conformance",
+        "--max-examples",
+        str(max_examples),
+        "--seed",
+        "11",
+        "--continue-on-failure",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(events),
+        "--request-timeout",
+        "30",
+        "--no-color",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    print(done.stdout[-6000:])
+    counts = {"cases": 0, "server_errors": 0, "schema_violations": 0, "failures": 0}
+    seen: set[tuple[str, str]] = set()
+    for line in events.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        for name, body in event.items():
+            if name != "ScenarioFinished" or not isinstance(body, dict):
+                continue
+            recorder = body.get("recorder", {})
+            counts["cases"] += len(recorder.get("cases", {}))
+            for checks in recorder.get("checks", {}).values():
+                for check in checks:
+                    if check.get("status") != "FAILURE":
+                        continue
+                    key_ = (check.get("name", ""), str(check.get("failure_info", ""))[:200])
+                    if key_ in seen:
+                        continue
+                    seen.add(key_)
+                    counts["failures"] += 1
+                    if check.get("name") == "not_a_server_error":
+                        counts["server_errors"] += 1
+                    else:
+                        counts["schema_violations"] += 1
+    return counts
+
+
+def main() -> int:
+    max_examples = int(sys.argv[1]) if len(sys.argv) > 1 else 25
+    with tempfile.TemporaryDirectory(prefix="tpg-fuzz-") as tmp:
+        tmp_path = Path(tmp)
+        settings = make_settings(tmp_path, f"sqlite:///{tmp_path}/gateway.db")
+        migrate.upgrade(settings)
+        fake = FakeTabPFN(tokens=[TOKEN])
+        gateway = build_gateway(settings, fake.app, store=open_store(settings))
+        tenant = add_tenant(gateway, "fuzz-team", TOKEN)
+        admin_key = add_admin_key(gateway, "fuzz-ops")
+        app = create_app(settings, gateway=gateway)
+        results = {}
+        try:
+            with serve_in_thread(app) as url:
+                for label, key in (("admin", admin_key), ("inference", tenant.key)):
+                    results[label] = fuzz(url, key, label, tmp_path, max_examples)
+        finally:
+            gateway.close()
+            gateway.store.close()
+    print("\nschemathesis results (distinct failures):")
+    for label, counts in results.items():
+        print(f"  {label:9} key: {counts}")
+    bad = sum(c["failures"] for c in results.values())
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
