@@ -8,7 +8,7 @@ the gateway app over FakeTabPFN served by uvicorn on loopback with a throwaway S
 
 from __future__ import annotations
 
-import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,9 +33,8 @@ TOKEN = "tok-fuzz-0001"
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 
 
-def fuzz(url: str, key: str, label: str, report_dir: Path, max_examples: int) -> dict[str, int]:
-    """One schemathesis run; the counts from its NDJSON event stream."""
-    events = report_dir / f"{label}.ndjson"
+def fuzz(url: str, key: str, max_examples: int) -> dict[str, int]:
+    """One schemathesis run; the counts from its summary."""
     command = [
         SCHEMATHESIS,
         "run",
@@ -50,38 +49,28 @@ def fuzz(url: str, key: str, label: str, report_dir: Path, max_examples: int) ->
         "--seed",
         "11",
         "--continue-on-failure",
-        "--report",
-        "ndjson",
-        "--report-ndjson-path",
-        str(events),
         "--request-timeout",
         "30",
         "--no-color",
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     print(done.stdout[-6000:])
+    return summary_counts(done.stdout)
+
+
+def summary_counts(output: str) -> dict[str, int]:
+    """Counts from schemathesis' own summary: cases generated, and unique failures by kind
+    (``ST1xx`` codes: 5xx answers are "Server error", the rest contradict the schema)."""
     counts = {"cases": 0, "server_errors": 0, "schema_violations": 0, "failures": 0}
-    seen: set[tuple[str, str]] = set()
-    for line in events.read_text(encoding="utf-8").splitlines():
-        event = json.loads(line)
-        for name, body in event.items():
-            if name != "ScenarioFinished" or not isinstance(body, dict):
-                continue
-            recorder = body.get("recorder", {})
-            counts["cases"] += len(recorder.get("cases", {}))
-            for checks in recorder.get("checks", {}).values():
-                for check in checks:
-                    if check.get("status") != "FAILURE":
-                        continue
-                    key_ = (check.get("name", ""), str(check.get("failure_info", ""))[:200])
-                    if key_ in seen:
-                        continue
-                    seen.add(key_)
-                    counts["failures"] += 1
-                    if check.get("name") == "not_a_server_error":
-                        counts["server_errors"] += 1
-                    else:
-                        counts["schema_violations"] += 1
+    generated = re.search(r"(\d+) generated", output)
+    if generated:
+        counts["cases"] = int(generated.group(1))
+    for name, number in re.findall(r"❌\s+ST\d+\s+([^:\n]+):\s*(\d+)", output):
+        counts["failures"] += int(number)
+        if "server error" in name.lower():
+            counts["server_errors"] += int(number)
+        else:
+            counts["schema_violations"] += int(number)
     return counts
 
 
@@ -100,7 +89,7 @@ def main() -> int:
         try:
             with serve_in_thread(app) as url:
                 for label, key in (("admin", admin_key), ("inference", tenant.key)):
-                    results[label] = fuzz(url, key, label, tmp_path, max_examples)
+                    results[label] = fuzz(url, key, max_examples)
         finally:
             gateway.close()
             gateway.store.close()
