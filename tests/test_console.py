@@ -519,14 +519,21 @@ def test_overview_and_usage_show_recorded_calls(signed_in: Console) -> None:
     assert csv_answer.status_code == 200
     assert csv_answer.headers["content-type"].startswith("text/csv")
     lines = csv_answer.text.strip().splitlines()
-    assert lines[0].startswith("key_id,owner,operation,calls")
-    assert f"{tenant.key_id},ann,predict,3,0,300,6000,21,10.0" in lines
+    assert lines[0] == "principal,operation,calls,errors,credits,rows,bytes"
+    assert "ann,predict,3,0,21,300,6000" in lines
+    by_key = signed_in.client.get("/console/usage.csv?by=key&by=day").text.splitlines()
+    assert by_key[0] == "key,day,calls,errors,credits,rows,bytes"
+    assert f"{tenant.key_id},{today},4,1,21,400,8000" in by_key
+    grouped = signed_in.client.get("/console/usage?by=team").text
+    assert "(no team)" in grouped
+    bad = signed_in.client.get("/console/usage?by=weekday")
+    assert bad.status_code == 400
     assert signed_in.client.get("/console/usage?until=2000-01-01").text.count("No usage") == 1
 
 
 def test_csv_cells_that_look_like_formulas_are_quoted(signed_in: Console) -> None:
     record_usage(signed_in.gateway, signed_in.tenant, operation="=HYPERLINK(1)")
-    text = signed_in.client.get("/console/usage.csv").text
+    text = signed_in.client.get("/console/usage.csv?by=operation").text
     assert "'=HYPERLINK(1)" in text
 
 
@@ -587,3 +594,89 @@ def test_signing_in_again_ends_the_previous_session(signed_in: Console) -> None:
     store = signed_in.gateway.store
     assert store.get_admin_session(session_id_for(first)) is None
     assert store.get_admin_session(session_id_for(second)) is not None
+
+
+def test_team_members_and_a_team_policy(signed_in: Console) -> None:
+    admin = signed_in.gateway.admin
+    team = admin.add_principal("ds-team", "team", actor="test")
+    ada = admin.add_principal("ada", "user", actor="test")
+    page = f"/console/principals/{team.id}"
+    client = signed_in.client
+    answer = client.post(
+        f"{page}/members", data={"user": ada.id, "csrf_token": signed_in.csrf(page)}
+    )
+    assert answer.status_code == 303
+    assert [m.user_id for m in admin.list_members(team.id)] == [ada.id]
+    assert f'href="/console/principals/{ada.id}">ada<' in client.get(page).text
+    assert (
+        f'href="/console/principals/{team.id}">ds-team<'
+        in client.get(f"/console/principals/{ada.id}").text
+    )
+    policy = {
+        "requests_per_minute": "60",
+        "requests_per_hour": "",
+        "max_concurrent_fits": "2",
+        "budget_credits": "1,000",
+        "budget_period": "month",
+        "budget_window": "calendar",
+        "budget_mode": "hard",
+        "alert_thresholds": "50, 80%",
+    }
+    answer = client.post(f"{page}/policy", data={**policy, "csrf_token": signed_in.csrf(page)})
+    assert answer.status_code == 303
+    stored = admin.get_policy(team.id)
+    assert stored is not None
+    assert (stored.requests_per_minute, stored.requests_per_hour) == (60, None)
+    assert (stored.max_concurrent_fits, stored.budget_credits) == (2, 1000)
+    assert stored.alert_thresholds == (50, 80)
+    assert "1,000 credits a month" in client.get(page).text
+    bad = client.post(
+        f"{page}/policy",
+        data={**policy, "budget_credits": "lots", "csrf_token": signed_in.csrf(page)},
+    )
+    assert bad.status_code == 400
+    assert "whole number" in bad.text
+    cleared = client.post(f"{page}/policy/clear", data={"csrf_token": signed_in.csrf(page)})
+    assert cleared.status_code == 303
+    assert admin.get_policy(team.id) is None
+    removed = client.post(
+        f"{page}/members/{ada.id}/remove", data={"csrf_token": signed_in.csrf(page)}
+    )
+    assert removed.status_code == 303
+    assert admin.list_members(team.id) == []
+    admin_actor = "key:" + signed_in.admin_key.split("_")[1]
+    actions = [e.action for e in admin.list_audit(actor=admin_actor, target_id=team.id).items]
+    assert {"team.member.add", "team.member.remove", "policy.set", "policy.clear"} <= set(actions)
+
+
+def test_a_key_policy_with_an_allowlist_and_a_budget_on_the_overview(
+    signed_in: Console,
+) -> None:
+    admin = signed_in.gateway.admin
+    key_id = signed_in.tenant.key_id
+    page = f"/console/keys/{key_id}"
+    data = {
+        "budget_credits": "50",
+        "budget_period": "day",
+        "budget_mode": "soft",
+        "allowed_cidrs": "10.0.0.0/8, 192.0.2.7/32",
+        "csrf_token": signed_in.csrf(page),
+    }
+    answer = signed_in.client.post(f"{page}/policy", data=data)
+    assert answer.status_code == 303
+    stored = admin.get_policy(key_id, kind="key")
+    assert stored is not None
+    assert stored.allowed_cidrs == ("10.0.0.0/8", "192.0.2.7/32")
+    assert (stored.budget_credits, stored.budget_period, stored.budget_mode) == (50, "day", "soft")
+    html = signed_in.client.get(page).text
+    assert "10.0.0.0/8, 192.0.2.7/32" in html
+    assert "0 spent + 0 reserved of 50 credits this day (soft)" in html
+    overview = signed_in.client.get("/console/").text
+    assert 'id="budgets"' in overview
+    assert "0 of 50 credits (0%) this day, soft" in overview
+    bad = signed_in.client.post(
+        f"{page}/policy",
+        data={**data, "allowed_cidrs": "not-a-network", "csrf_token": signed_in.csrf(page)},
+    )
+    assert bad.status_code == 400
+    assert admin.get_policy(key_id, kind="key") == stored

@@ -1,8 +1,8 @@
 """What the console's pages show, read through the core's ``Admin`` service.
 
-Kept in one module so the pages never reach into the core themselves. The per-day and
-per-principal totals are added up here from raw usage events over the period; the governance
-report (daily roll-ups, budgets) replaces this when ``Admin`` offers it.
+Kept in one module so the pages never reach into the core themselves: usage comes from
+``Admin.usage_report`` (daily roll-ups, pruned history included), budgets from
+``Admin.budget_status``, policies and teams from their ``Admin`` methods.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 _PAGE = 1000
 RECENT_PROBLEMS = 10
+# Budgets are looked up for at most this many active keys on the overview.
+MAX_BUDGET_KEYS = 200
 # The latest refusals are looked for among this many of the newest events.
 PROBLEM_SCAN = 250
 
@@ -125,15 +127,58 @@ class Overview:
     per_day: list[DayTotal] = field(default_factory=list)
     problems: list[ProblemView] = field(default_factory=list)
     keys_expiring: list[KeyView] = field(default_factory=list)
+    budgets: list[BudgetView] = field(default_factory=list)
     calls: int = 0
     errors: int = 0
     credits: int = 0
     active_keys: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    """One budget and how much of it is used (spent plus reserved) this period."""
+
+    level: str
+    name: str
+    budget: int
+    used: int
+    mode: str
+    period: str
+    resets_at: datetime
+    href: str
+
+    @property
+    def percent(self) -> int:
+        return min(100 * self.used // self.budget, 999) if self.budget else 100
+
+
+def budget_views(gateway: Gateway, keys: list[KeyView], limit: int) -> list[BudgetView]:
+    """The budgets over these keys (their own, their owner's, their teams'), most used first."""
+    found: dict[tuple[str, str], BudgetView] = {}
+    for view in keys[:MAX_BUDGET_KEYS]:
+        for status in gateway.admin.budget_status(view.key.key_id):
+            href = (
+                f"/keys/{view.key.key_id}"
+                if status.level == "key"
+                else f"/principals/{view.key.owner_id}"
+            )
+            budget = BudgetView(
+                status.level,
+                status.name,
+                status.budget,
+                status.spent + status.reserved,
+                status.mode,
+                status.period,
+                status.resets_at,
+                href,
+            )
+            found.setdefault((status.level, status.name), budget)
+    return sorted(found.values(), key=lambda b: (-b.percent, b.name))[:limit]
+
+
 def load_overview(gateway: Gateway, days: int, now: datetime | None = None) -> Overview:
-    """Totals per principal and per UTC day over the last ``days`` days (from the store's
-    daily roll-up: one grouped query, pruned history included), the latest refused or failed
+    """Credits and calls per principal and per UTC day over the last ``days`` days (the
+    governance usage report), the budgets nearest their limit, the latest refused or failed
     calls, and the active keys that expire soonest."""
     now = now or utcnow()
     today = now.astimezone(UTC).date()
@@ -141,42 +186,42 @@ def load_overview(gateway: Gateway, days: int, now: datetime | None = None) -> O
     since = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
     overview = Overview(days=days, since=since, until=now)
     principals = principals_by_id(gateway)
+    by_name = {p.name: p for p in principals.values()}
     admin = gateway.admin
-    # Until Admin offers the governance report, the roll-up is read from Admin's store; the
-    # usage read first writes this replica's buffered events, so a reader sees its own calls.
-    recent = admin.list_usage(since=since, limit=PROBLEM_SCAN)
-    by_owner: dict[str, PrincipalTotal] = {}
-    by_day_calls = {first_day + timedelta(days=i): 0 for i in range(days)}
-    by_day_errors = dict.fromkeys(by_day_calls, 0)
-    for row in admin.store.usage_rollup(since=since):
-        owner = principals.get(row.owner_id)
-        total = by_owner.get(row.owner_id)
-        if total is None:
-            total = by_owner[row.owner_id] = PrincipalTotal(
-                row.owner_id,
-                owner.name if owner else row.owner_id,
-                owner.kind if owner else "?",
+    per_principal = admin.usage_report("principal", since=since)
+    per_day = {row.group["day"]: row for row in admin.usage_report("day", since=since).rows}
+    for row in per_principal.rows:
+        name = row.group["principal"]
+        principal = by_name.get(name)
+        overview.totals.append(
+            PrincipalTotal(
+                principal.id if principal else name,
+                name,
+                principal.kind if principal else "?",
+                calls=row.calls,
+                errors=row.errors,
+                rows=row.rows,
+                bytes=row.bytes,
+                credits=row.credits,
             )
-        total.calls += row.calls
-        total.errors += row.errors
-        total.rows += row.rows
-        total.bytes += row.bytes
-        total.credits += row.credits
-        if row.day in by_day_calls:
-            by_day_calls[row.day] += row.calls
-            by_day_errors[row.day] += row.errors
-    for event in recent.items:
+        )
+    overview.totals.sort(key=lambda t: (-t.credits, -t.calls, t.name))
+    for offset in range(days):
+        day = first_day + timedelta(days=offset)
+        found = per_day.get(day.isoformat())
+        overview.per_day.append(
+            DayTotal(day, found.calls if found else 0, found.errors if found else 0)
+        )
+    total = per_principal.total
+    overview.calls, overview.errors, overview.credits = total.calls, total.errors, total.credits
+    for event in admin.list_usage(since=since, limit=PROBLEM_SCAN).items:
         if event.status >= 400 and len(overview.problems) < RECENT_PROBLEMS:
             owner = principals.get(event.owner_id)
             overview.problems.append(ProblemView(event, owner.name if owner else event.owner_id))
-    overview.totals = sorted(by_owner.values(), key=lambda t: (-t.credits, -t.calls, t.name))
-    overview.per_day = [DayTotal(d, by_day_calls[d], by_day_errors[d]) for d in by_day_calls]
-    overview.calls = sum(t.calls for t in overview.totals)
-    overview.errors = sum(t.errors for t in overview.totals)
-    overview.credits = sum(t.credits for t in overview.totals)
     keys = list(walk(admin.list_keys))
     views = [v for v in key_views(keys, principals) if v.state == "active"]
     overview.active_keys = len(views)
+    overview.budgets = budget_views(gateway, views, 5)
     expiring = [v for v in views if v.key.expires_at is not None]
     overview.keys_expiring = sorted(expiring, key=lambda v: v.key.expires_at or now)[:5]
     return overview

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import hmac
 import inspect
-import io
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from tabpfn_gateway.errors import (
     InvalidRequest,
 )
 from tabpfn_gateway.gateway import Gateway, http_status
+from tabpfn_gateway.governance import REPORT_DIMENSIONS, report_csv
 from tabpfn_gateway.keys import ALL_SCOPES, DEFAULT_SCOPES, SCOPE_ADMIN
 from tabpfn_gateway.sessions import AdminSessions, SessionLookup
 from tabpfn_gateway_server.console import _reports
@@ -51,6 +50,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PERIODS = (30, 90)
+DEFAULT_REPORT_BY = ("principal", "operation")
 AUDIT_PAGE = 50
 GRACE_CHOICES = (0, 1, 24, 168)  # hours the old secret keeps working after a rotation
 
@@ -63,6 +63,10 @@ NOTICES = {
     "key-disabled": "The key is disabled until you enable it again.",
     "key-enabled": "The key is enabled again.",
     "key-expiry": "The key's expiry is changed.",
+    "member-added": "The user is a member of the team now.",
+    "member-removed": "The user is no longer a member of the team.",
+    "policy-set": "The policy is saved; every replica applies it from its next request.",
+    "policy-cleared": "The policy is removed.",
 }
 SESSION_ENDED = {
     "idle": "Your session ended after a while without use. Sign in again.",
@@ -347,10 +351,24 @@ class Console:
             principal = self.gateway.admin.get_principal(principal_id)
             principals = _reports.principals_by_id(self.gateway)
             keys = _reports.key_views(_reports.keys_of(self.gateway, principal.id), principals)
+            admin = self.gateway.admin
+            if principal.kind == "team":
+                memberships = [m.user_id for m in admin.list_members(principal.id)]
+            else:
+                memberships = [m.team_id for m in admin.teams_of(principal.id)]
+            related = [principals[i] for i in memberships if i in principals]
+            candidates = [
+                p
+                for p in principals.values()
+                if p.kind == "user" and p.id not in memberships and principal.kind == "team"
+            ]
             return {
                 "principal": principal,
                 "credentials": _reports.credentials_of(self.gateway, principal.id),
                 "keys": keys,
+                "related": sorted(related, key=lambda p: p.name),
+                "candidates": sorted(candidates, key=lambda p: p.name),
+                "policy": admin.get_policy(principal.id),
             }
 
         values = await _run(load)
@@ -468,6 +486,9 @@ class Console:
                 "credential": credential,
                 "usage": admin.summarize_usage(key_id=key.key_id),
                 "audit": admin.list_audit(target_id=key.key_id, limit=10).items,
+                "policy": admin.get_policy(key.key_id, kind="key"),
+                "effective": admin.effective_policy(key.key_id),
+                "budgets": admin.budget_status(key.key_id),
             }
 
         values = await _run(load)
@@ -495,6 +516,67 @@ class Console:
         except InvalidRequest as exc:
             return await self.key(request, key_id, error=exc.message)
         return RedirectResponse(f"{CONSOLE_PREFIX}/keys/{key_id}?notice=key-expiry", 303)
+
+    async def add_member(self, request: Request, principal_id: str) -> Response:
+        context, form = await self.change(request)
+        try:
+            await _run(
+                self.gateway.admin.add_member,
+                principal_id,
+                form.get("user", ""),
+                actor=context.actor,
+            )
+        except GatewayError as exc:
+            return await self.principal(
+                request, principal_id, error=exc.message, status=http_status(exc)
+            )
+        return RedirectResponse(
+            f"{CONSOLE_PREFIX}/principals/{principal_id}?notice=member-added", 303
+        )
+
+    async def remove_member(self, request: Request, principal_id: str, user_id: str) -> Response:
+        context, _ = await self.change(request)
+        await _run(self.gateway.admin.remove_member, principal_id, user_id, actor=context.actor)
+        return RedirectResponse(
+            f"{CONSOLE_PREFIX}/principals/{principal_id}?notice=member-removed", 303
+        )
+
+    async def set_policy(self, request: Request, target: str, kind: str) -> Response:
+        context, form = await self.change(request)
+        page = f"{CONSOLE_PREFIX}/{'keys' if kind == 'key' else 'principals'}/{target}"
+        try:
+            changes = _policy_changes(form, for_key=kind == "key")
+            await _run(
+                self.gateway.admin.set_policy,
+                target,
+                changes,
+                kind=kind,
+                actor=context.actor,
+                replace=True,
+            )
+        except GatewayError as exc:
+            if kind == "key":
+                return await self.key(request, target, error=exc.message)
+            return await self.principal(request, target, error=exc.message, status=http_status(exc))
+        return RedirectResponse(f"{page}?notice=policy-set", 303)
+
+    async def clear_policy(self, request: Request, target: str, kind: str) -> Response:
+        context, _ = await self.change(request)
+        await _run(self.gateway.admin.clear_policy, target, kind=kind, actor=context.actor)
+        page = f"{CONSOLE_PREFIX}/{'keys' if kind == 'key' else 'principals'}/{target}"
+        return RedirectResponse(f"{page}?notice=policy-cleared", 303)
+
+    async def principal_policy(self, request: Request, principal_id: str) -> Response:
+        return await self.set_policy(request, principal_id, "principal")
+
+    async def principal_policy_clear(self, request: Request, principal_id: str) -> Response:
+        return await self.clear_policy(request, principal_id, "principal")
+
+    async def key_policy(self, request: Request, key_id: str) -> Response:
+        return await self.set_policy(request, key_id, "key")
+
+    async def key_policy_clear(self, request: Request, key_id: str) -> Response:
+        return await self.clear_policy(request, key_id, "key")
 
     async def change_key(self, request: Request, key_id: str, action: str) -> Response:
         context, form = await self.change(request)
@@ -540,80 +622,57 @@ class Console:
 
     def _usage_filters(self, request: Request) -> dict[str, Any]:
         params = request.query_params
-        since_day = _day(params.get("since"), "since")
-        until_day = _day(params.get("until"), "until")
+        by = [d for d in params.getlist("by") if d] or list(DEFAULT_REPORT_BY)
         return {
             "owner": params.get("owner") or None,
             "key_id": params.get("key_id") or None,
-            "since_day": since_day,
-            "until_day": until_day,
+            "since_day": _day(params.get("since"), "since"),
+            "until_day": _day(params.get("until"), "until"),
+            "by": by,
         }
 
-    def _usage_rows(self, filters: dict[str, Any]) -> dict[str, Any]:
-        principals = _reports.principals_by_id(self.gateway)
-        owner_id = (
-            self.gateway.admin.get_principal(filters["owner"]).id if filters["owner"] else None
-        )
+    def _usage_report(self, filters: dict[str, Any]) -> Any:
         until_day = filters["until_day"]
-        rows = _reports.usage_summary(
-            self.gateway,
-            owner_id=owner_id,
-            key_id=filters["key_id"],
+        return self.gateway.admin.usage_report(
+            filters["by"],
             since=_start_of(filters["since_day"]),
-            # The form's "until" day is included: the store's bound is exclusive.
+            # The form's "until" day is included: the report's bound is exclusive.
             until=_start_of(until_day + timedelta(days=1)) if until_day else None,
+            key_id=filters["key_id"],
+            principal=filters["owner"],
         )
-        keys = {k.key_id: k for k in _reports.keys_of(self.gateway, None)}
-        owners = {
-            key_id: principals[k.owner_id].name if k.owner_id in principals else k.owner_id
-            for key_id, k in keys.items()
-        }
-        return {"rows": rows, "owners": owners, "principals": list(principals.values())}
 
     async def usage(self, request: Request) -> Response:
         context = await self.context(request)
         filters = self._usage_filters(request)
-        values = await _run(self._usage_rows, filters)
+
+        def load() -> dict[str, Any]:
+            principals = _reports.principals_by_id(self.gateway)
+            return {
+                "report": self._usage_report(filters),
+                "principals": sorted(principals.values(), key=lambda p: p.name),
+            }
+
+        values = await _run(load)
         query = urlencode(
-            {k: v for k, v in request.query_params.items() if k in _USAGE_PARAMS and v}
+            [(k, v) for k, v in request.query_params.multi_items() if k in _USAGE_PARAMS and v]
         )
-        return self.render(request, "usage.html", context, filters=filters, query=query, **values)
+        return self.render(
+            request,
+            "usage.html",
+            context,
+            filters=filters,
+            query=query,
+            dimensions=REPORT_DIMENSIONS,
+            **values,
+        )
 
     async def usage_csv(self, request: Request) -> Response:
         await self.context(request)
         filters = self._usage_filters(request)
-        values = await _run(self._usage_rows, filters)
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(
-            [
-                "key_id",
-                "owner",
-                "operation",
-                "calls",
-                "errors",
-                "rows",
-                "bytes",
-                "credits",
-                "mean_latency_ms",
-            ]
-        )
-        for row in values["rows"]:
-            writer.writerow(
-                [
-                    _csv_cell(row.key_id),
-                    _csv_cell(values["owners"].get(row.key_id, "")),
-                    _csv_cell(row.operation),
-                    row.calls,
-                    row.errors,
-                    row.rows,
-                    row.bytes,
-                    row.credits,
-                    f"{row.total_latency_ms / row.calls:.1f}" if row.calls else "",
-                ]
-            )
+        report = await _run(self._usage_report, filters)
         return Response(
-            out.getvalue(),
+            report_csv(report),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="tabpfn-gateway-usage.csv"'},
         )
@@ -650,12 +709,38 @@ class Console:
         )
 
 
-_USAGE_PARAMS = ("owner", "key_id", "since", "until")
+_USAGE_PARAMS = ("owner", "key_id", "since", "until", "by")
+_POLICY_NUMBERS = (
+    "requests_per_minute",
+    "requests_per_hour",
+    "max_concurrent_fits",
+    "budget_credits",
+)
 
 
-def _csv_cell(value: str) -> str:
-    # A cell starting with = + - @ is a formula to a spreadsheet: quote it as text.
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+def _policy_changes(form: dict[str, str], *, for_key: bool) -> dict[str, Any]:
+    """A policy form as the changes ``Admin.set_policy`` takes (it checks every value)."""
+    changes: dict[str, Any] = {}
+    for name in _POLICY_NUMBERS:
+        text = form.get(name, "").strip().replace(",", "").replace("_", "")
+        if not text:
+            changes[name] = None
+        elif text.isdigit():
+            changes[name] = int(text)
+        else:
+            label = name.replace("_", " ")
+            raise InvalidRequest(f"{label.capitalize()} must be a whole number, or empty.")
+    for name in ("budget_period", "budget_window", "budget_mode"):
+        if form.get(name):
+            changes[name] = form[name]
+    thresholds = [t.strip().rstrip("%") for t in form.get("alert_thresholds", "").split(",")]
+    if not all(t.isdigit() for t in thresholds if t):
+        raise InvalidRequest("Alert thresholds are whole percents, e.g. 50, 80, 100.")
+    changes["alert_thresholds"] = [int(t) for t in thresholds if t]
+    if for_key:
+        text = form.get("allowed_cidrs", "").replace(",", " ")
+        changes["allowed_cidrs"] = text.split()
+    return changes
 
 
 Handler = Callable[..., Awaitable[Response]]
@@ -688,6 +773,18 @@ def build_console_router(console: Console) -> APIRouter:
     router.add_api_route("/keys/{key_id}", c.key, methods=["GET"])
     router.add_api_route("/keys/{key_id}/rotate", c.rotate_key, methods=["POST"])
     router.add_api_route("/keys/{key_id}/expiry", c.set_key_expiry, methods=["POST"])
+    router.add_api_route("/keys/{key_id}/policy", c.key_policy, methods=["POST"])
+    router.add_api_route("/keys/{key_id}/policy/clear", c.key_policy_clear, methods=["POST"])
+    router.add_api_route("/principals/{principal_id}/policy", c.principal_policy, methods=["POST"])
+    router.add_api_route(
+        "/principals/{principal_id}/policy/clear", c.principal_policy_clear, methods=["POST"]
+    )
+    router.add_api_route("/principals/{principal_id}/members", c.add_member, methods=["POST"])
+    router.add_api_route(
+        "/principals/{principal_id}/members/{user_id}/remove",
+        c.remove_member,
+        methods=["POST"],
+    )
     router.add_api_route("/keys/{key_id}/{action}", c.change_key, methods=["POST"])
     router.add_api_route("/usage", c.usage, methods=["GET"])
     router.add_api_route("/usage.csv", c.usage_csv, methods=["GET"])
