@@ -161,9 +161,9 @@ def _policy_set(args: argparse.Namespace) -> int:
     if args.allow_cidr:
         cidrs = [c for c in args.allow_cidr if c.lower() != "none"]
         changes["allowed_cidrs"] = cidrs
-    if not changes:
-        raise InvalidRequest("Nothing to set: give at least one option (see --help).")
     with _admin(args) as admin:
+        if not changes:
+            raise InvalidRequest("Nothing to set: give at least one option (see --help).")
         policy = admin.set_policy(args.target, changes, kind=_kind(args), actor=_actor())
     emit(_policy_row(policy), as_json=args.json)
     return 0
@@ -339,8 +339,9 @@ def _measures(row: Any) -> dict[str, int]:
 def _prune(args: argparse.Namespace) -> int:
     from tabpfn_gateway.cli.admin import _parse_duration
 
-    older_than = _parse_duration(args.older_than, "--older-than")
+    # Settings first (a bad database URL is the first thing to say), then the option.
     with _admin(args) as admin:
+        older_than = _parse_duration(args.older_than, "--older-than")
         report = admin.prune(older_than, actor=_actor())
     emit(
         {
