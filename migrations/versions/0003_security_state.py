@@ -47,7 +47,7 @@ def upgrade() -> None:
         sa.Column("owner_id", _text(), nullable=False),
         sa.Column("kind", _text(), nullable=False),
         sa.Column("created_at", _timestamp(), nullable=False),
-        sa.PrimaryKeyConstraint("upload_id", name=op.f("pk_upload_owners")),
+        sa.PrimaryKeyConstraint("upload_id", "owner_id", name=op.f("pk_upload_owners")),
     )
 
 

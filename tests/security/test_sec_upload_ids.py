@@ -60,3 +60,24 @@ def test_another_principal_cannot_fit_or_predict_on_my_uploads(stack: Stack) -> 
     assert unknown.status_code == 404
     assert unknown.json()["error_code"] == predict.json()["error_code"]
     assert len(stack.fake.requests_to("/tabpfn/fit")) == fits_before
+
+
+def test_a_principal_sending_the_same_data_may_use_the_upstreams_duplicate(stack: Stack) -> None:
+    # Two members of a team on one shared TabPFN token upload the same data: the upstream
+    # answers the second prepare with the first upload's id (dedup, 409). The second principal
+    # sent that content itself, so it may fit on the id; a refusal here broke shared tokens.
+    carol = add_tenant(stack.gateway, "carol", stack.alice.token)
+    X, y = make_classification(n_samples=90, n_features=5, random_state=8)
+
+    def sdk(key: str) -> ProtocolClient:
+        return ProtocolClient(GATEWAY_URL, key, transport=ASGIBridgeTransport(stack.app))
+
+    with sdk(stack.alice.key) as alice:
+        alice.fit(X, y, ClassifierFitTaskConfig())
+    alices_upload = stack.fake.requests_to("/tabpfn/fit")[-1].json["train_set_upload_id"]  # type: ignore[index]
+    with sdk(carol.key) as own:
+        fit = own.fit(X, y, ClassifierFitTaskConfig())
+        proba = own.predict(fit.fitted_train_set_id, X[:3], PROBAS)
+    carols_upload = stack.fake.requests_to("/tabpfn/fit")[-1].json["train_set_upload_id"]  # type: ignore[index]
+    assert carols_upload == alices_upload  # the duplicate path was taken
+    assert proba is not None

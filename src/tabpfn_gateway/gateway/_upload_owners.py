@@ -16,43 +16,50 @@ _CACHE_SIZE = 50_000
 
 
 class UploadOwnership:
-    """Records who prepared each upload id (``prepare_*_upload``) and refuses every other
-    principal in fit, submit_fit_job and predict with the answer an unknown id gets (404):
-    two principals sharing one TabPFN token cannot use each other's uploads. Ownership never
-    changes once recorded, so positive answers are cached without expiry."""
+    """Records which principals may use each upload id and refuses every other principal in
+    fit, submit_fit_job and predict with the answer an unknown id gets (404): two principals
+    sharing one TabPFN token cannot use each other's uploads.
+
+    A principal may use an upload id it prepared, or one the upstream answered it as the
+    duplicate of the content it sent (its own ``prepare_*`` with the same content hash): two
+    team members uploading the same data on a shared token both fit on it, while an id read
+    from somewhere else stays refused. Ownership is never withdrawn, so positive answers are
+    cached without expiry."""
 
     def __init__(self, store: Store, *, cache_size: int = _CACHE_SIZE) -> None:
         self._store = store
         self._cache_size = cache_size
-        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._owned: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._lock = threading.Lock()
 
     def claim(self, caller: Caller, upload_id: UUID | str, kind: str) -> None:
-        """Record ``upload_id`` as ``caller``'s principal's (the first owner stays)."""
-        upload = str(upload_id).lower()
-        owner = self._store.add_upload_owner(upload, caller.owner_id, kind)
-        self._remember(upload, owner)
+        """Record that ``caller``'s principal may use ``upload_id``."""
+        pair = (str(upload_id).lower(), caller.owner_id)
+        if self._known(pair):
+            return
+        self._store.add_upload_owner(pair[0], pair[1], kind)
+        self._remember(pair)
 
     def from_memory(self, caller: Caller, upload_id: UUID | str) -> bool:
         """True if ``caller`` is known (cached) to own ``upload_id``; False: ask ``check``."""
-        with self._lock:
-            return self._owners.get(str(upload_id).lower()) == caller.owner_id
+        return self._known((str(upload_id).lower(), caller.owner_id))
 
     def check(self, caller: Caller, upload_id: UUID | str) -> None:
-        """Return if ``caller``'s principal prepared ``upload_id``; else ``NotFound`` (404)."""
-        upload = str(upload_id).lower()
-        with self._lock:
-            owner = self._owners.get(upload)
-        if owner is None:
-            owner = self._store.get_upload_owner(upload)
-            if owner is not None:
-                self._remember(upload, owner)
-        if owner != caller.owner_id:
+        """Return if ``caller``'s principal may use ``upload_id``; else ``NotFound`` (404)."""
+        pair = (str(upload_id).lower(), caller.owner_id)
+        if self._known(pair):
+            return
+        if not self._store.is_upload_owner(*pair):
             raise NotFound("No such upload.")
+        self._remember(pair)
 
-    def _remember(self, upload: str, owner: str) -> None:
+    def _known(self, pair: tuple[str, str]) -> bool:
         with self._lock:
-            self._owners[upload] = owner
-            self._owners.move_to_end(upload)
-            while len(self._owners) > self._cache_size:
-                self._owners.popitem(last=False)
+            return pair in self._owned
+
+    def _remember(self, pair: tuple[str, str]) -> None:
+        with self._lock:
+            self._owned[pair] = None
+            self._owned.move_to_end(pair)
+            while len(self._owned) > self._cache_size:
+                self._owned.popitem(last=False)

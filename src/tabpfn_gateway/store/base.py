@@ -346,13 +346,13 @@ class Store(Protocol):
 
     # -- upload ids --------------------------------------------------------------------
 
-    def add_upload_owner(self, upload_id: str, owner_id: str, kind: str) -> str:
-        """Record that ``owner_id`` prepared ``upload_id``; return the recorded owner (the
-        first one: an id the upstream reuses is never handed to another principal)."""
+    def add_upload_owner(self, upload_id: str, owner_id: str, kind: str) -> None:
+        """Record that ``owner_id`` may use ``upload_id`` (it prepared it, or sent the same
+        content and was answered the upstream's duplicate id). Idempotent."""
         ...
 
-    def get_upload_owner(self, upload_id: str) -> str | None:
-        """The principal that prepared ``upload_id``, or None."""
+    def is_upload_owner(self, upload_id: str, owner_id: str) -> bool:
+        """Whether ``add_upload_owner(upload_id, owner_id, ...)`` was recorded."""
         ...
 
     # -- admin console sessions --------------------------------------------------------

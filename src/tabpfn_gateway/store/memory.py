@@ -71,7 +71,8 @@ class _Tables:
     admin_sessions: dict[str, AdminSession] = dataclasses.field(default_factory=dict)
     state: dict[str, str] = dataclasses.field(default_factory=dict)
     state_counters: dict[str, int] = dataclasses.field(default_factory=dict)
-    upload_owners: dict[str, str] = dataclasses.field(default_factory=dict)
+    # (upload id, principal) -> kind
+    upload_owners: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
 
     def copy(self) -> _Tables:
         # Records are frozen, so shallow copies of the dicts are a full snapshot.
@@ -715,15 +716,15 @@ class MemoryStore:
 
     # -- upload ids --------------------------------------------------------------------
 
-    def add_upload_owner(self, upload_id: str, owner_id: str, kind: str) -> str:
+    def add_upload_owner(self, upload_id: str, owner_id: str, kind: str) -> None:
         with self._lock:
             self._check_open()
-            return self._tables.upload_owners.setdefault(upload_id, owner_id)
+            self._tables.upload_owners.setdefault((upload_id, owner_id), kind)
 
-    def get_upload_owner(self, upload_id: str) -> str | None:
+    def is_upload_owner(self, upload_id: str, owner_id: str) -> bool:
         with self._lock:
             self._check_open()
-            return self._tables.upload_owners.get(upload_id)
+            return (upload_id, owner_id) in self._tables.upload_owners
 
     # -- admin console sessions --------------------------------------------------------
 

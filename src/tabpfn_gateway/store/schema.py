@@ -312,8 +312,10 @@ gateway_state = sa.Table(
 upload_owners = sa.Table(
     "upload_owners",
     metadata,
+    # One row per principal that may use the upload: the one that prepared it, and any other
+    # that sent the same content and was answered the upstream's duplicate id.
     sa.Column("upload_id", _text(), primary_key=True),
-    sa.Column("owner_id", _text(), nullable=False),
+    sa.Column("owner_id", _text(), primary_key=True),
     sa.Column("kind", _text(), nullable=False),
     _created_at(),
 )

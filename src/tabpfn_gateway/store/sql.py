@@ -1150,25 +1150,23 @@ class SqlStore:
 
     # -- upload ids --------------------------------------------------------------------
 
-    def add_upload_owner(self, upload_id: str, owner_id: str, kind: str) -> str:
+    def add_upload_owner(self, upload_id: str, owner_id: str, kind: str) -> None:
         table = schema.upload_owners
         insert = self._dialect_insert(table).values(
             upload_id=upload_id, owner_id=owner_id, kind=kind, created_at=utcnow()
         )
         with self._transaction("record upload owner", write=True) as connection:
-            connection.execute(insert.on_conflict_do_nothing(index_elements=["upload_id"]))
-            stored = connection.execute(
-                sa.select(table.c.owner_id).where(table.c.upload_id == upload_id)
-            ).scalar_one()
-        return str(stored)
+            connection.execute(
+                insert.on_conflict_do_nothing(index_elements=["upload_id", "owner_id"])
+            )
 
-    def get_upload_owner(self, upload_id: str) -> str | None:
+    def is_upload_owner(self, upload_id: str, owner_id: str) -> bool:
         table = schema.upload_owners
+        query = sa.select(sa.literal(1)).where(
+            table.c.upload_id == upload_id, table.c.owner_id == owner_id
+        )
         with self._transaction("read upload owner") as connection:
-            value = connection.execute(
-                sa.select(table.c.owner_id).where(table.c.upload_id == upload_id)
-            ).scalar_one_or_none()
-        return None if value is None else str(value)
+            return connection.execute(query).first() is not None
 
     def add_admin_session(self, session: AdminSession) -> AdminSession:
         session = normalize_record(session)

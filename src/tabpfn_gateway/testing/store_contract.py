@@ -1173,8 +1173,13 @@ class StoreContractTests:
         assert store.read_counter("changes") == 20
         assert store.read_counter("other") == 0
 
-    def test_upload_ids_keep_their_first_owner(self, store: Store) -> None:
-        assert store.get_upload_owner("up-1") is None
-        assert store.add_upload_owner("up-1", "alice", "train") == "alice"
-        assert store.add_upload_owner("up-1", "bob", "train") == "alice"
-        assert store.get_upload_owner("up-1") == "alice"
+    def test_upload_ids_belong_to_the_principals_recorded_for_them(self, store: Store) -> None:
+        assert not store.is_upload_owner("up-1", "alice")
+        store.add_upload_owner("up-1", "alice", "train")
+        store.add_upload_owner("up-1", "alice", "train")  # idempotent
+        assert store.is_upload_owner("up-1", "alice")
+        assert not store.is_upload_owner("up-1", "bob")
+        assert not store.is_upload_owner("up-2", "alice")
+        store.add_upload_owner("up-1", "bob", "train")
+        assert store.is_upload_owner("up-1", "bob")
+        assert store.is_upload_owner("up-1", "alice")
