@@ -866,10 +866,11 @@ class SqlStore:
     # -- governance: counters ---------------------------------------------------------------
 
     def _fast_commit(self, connection: Connection) -> None:
-        # Counters are on every governed request's path. On PostgreSQL their commits need not
-        # wait for the WAL flush: the write is atomic and visible at once either way (so the
+        # Rate counters are on every governed request's path. On PostgreSQL their commits need
+        # not wait for the WAL flush: the write is atomic and visible at once either way (so the
         # limits stay exact under concurrency); a server crash may forget the last moment's
-        # counts (docs/governance.md).
+        # request counts (docs/governance.md). Budget reservations and settlements are money and
+        # always wait for a durable commit.
         if not self._is_sqlite:
             connection.execute(sa.text("SET LOCAL synchronous_commit = off"))
 
@@ -898,7 +899,6 @@ class SqlStore:
         table = schema.budget_counters
         try:
             with self._transaction("reserve budget", write=True) as connection:
-                self._fast_commit(connection)
                 for index, claim in enumerate(claims):
                     conditions = [
                         table.c.subject_id == claim.subject_id,
@@ -946,7 +946,6 @@ class SqlStore:
         table = schema.budget_counters
         counters: list[BudgetCounter] = []
         with self._transaction("settle budget", write=True) as connection:
-            self._fast_commit(connection)
             for claim in claims:
                 where = (table.c.subject_id == claim.subject_id, table.c.bucket == claim.bucket)
                 settle = (
