@@ -10,7 +10,15 @@ import nox
 # Sessions run in the environment nox is started from (README: pip install -e '.[dev]'),
 # so one install serves every session and CI measures the same thing a developer runs.
 nox.options.default_venv_backend = "none"
-nox.options.sessions = ["lint", "typecheck", "check_generated", "tests", "tests_postgres"]
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "check_generated",
+    "docs",
+    "tests",
+    "tests_postgres",
+    "build",
+]
 nox.options.error_on_missing_interpreters = True
 
 # The interpreter nox runs under (the project venv), whatever PATH says.
@@ -93,6 +101,8 @@ def build(session: nox.Session) -> None:
         venv = os.path.join(scratch, "venv")
         session.run(PY, "-m", "venv", venv)
         python = os.path.join(venv, "bin", "python")
+        # A current pip: the one venv bundles can backtrack for a long time on this tree.
+        session.run(python, "-m", "pip", "install", "-q", "--upgrade", "pip")
         session.run(python, "-m", "pip", "install", "-q", f"{wheel}[server]")
         # A new user's machine: own HOME and data dir, no project variable.
         env = {key: value for key, value in os.environ.items() if not key.startswith("TABPFN_")}
