@@ -24,6 +24,7 @@ from tabpfn_gateway.errors import (
     InvalidRequest,
     PrincipalNotFound,
     SecretKeyMissing,
+    StoreError,
     UpstreamAuthenticationFailed,
     UpstreamKindMismatch,
 )
@@ -216,7 +217,7 @@ class Admin:
 
         try:
             self.store.bump_counter(CHANGES)
-        except Exception:  # the change is made; the key cache TTL bounds the rest
+        except StoreError:  # the change is made; the key cache TTL bounds the rest
             logger.warning("could not bump the change counter; caches expire on their own")
 
     def _key_changed(self, key_id: str) -> None:
@@ -656,7 +657,7 @@ class Admin:
         if self._usage is not None:
             try:
                 self._usage.flush()
-            except Exception:
+            except StoreError:
                 logger.warning("usage flush before a usage read failed; answering from the store")
 
     # -- audit -------------------------------------------------------------------------
