@@ -9,7 +9,9 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,16 +94,28 @@ def test_rate_limited_answers_429_with_ietf_headers(stack: Stack) -> None:
 def test_the_sdk_raises_a_typed_error_with_retry_after(stack: Stack) -> None:
     put_policy(stack, "principals", "ann", {"requests_per_hour": 1})
     client = stack.replica.client(stack.ann.key)
+    # Hourly windows are aligned to the clock: both calls must fall in the same hour, and
+    # Retry-After is the time left in it (CI once ran this at 23:59:33 and waited 27 s).
+    if 3600 - time.time() % 3600 < 5:
+        time.sleep(6)
     client.check_token()
+    left_in_hour = 3600 - time.time() % 3600
     with pytest.raises(RateLimited) as refused:
         client.check_token()
     assert refused.value.retry_after is not None
-    assert refused.value.retry_after > 60
+    assert 1 <= refused.value.retry_after <= math.ceil(left_in_hour) + 1
+    assert refused.value.retry_after >= math.floor(left_in_hour) - 5
     assert refused.value.error_code == "RATE_LIMITED"
 
 
 def test_budget_exhausted_through_the_sdk(stack: Stack) -> None:
-    put_policy(stack, "keys", stack.ann.key_id, {"budget_credits": 30, "budget_period": "day"})
+    # A rolling window: a calendar day's reset at midnight cannot fall between the calls.
+    put_policy(
+        stack,
+        "keys",
+        stack.ann.key_id,
+        {"budget_credits": 30, "budget_period": "day", "budget_window": "rolling"},
+    )
     client = stack.replica.client(stack.ann.key)
     fit_id = fit_once(stack.replica.client(stack.ann.key))
     client.predict(fit_id, np.ones((5, 4)), ClassifierConfig())  # 20 credits
