@@ -58,6 +58,16 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
         "usage_flush_seconds": 3600.0,
         "redis_url": None,
         "public_url": None,
+        # The names tests reach in-process apps by (the loopback names are the default).
+        "allowed_hosts": [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "testserver",
+            "gateway.test",
+            "gw.test",
+            "gw.example",
+        ],
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

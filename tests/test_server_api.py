@@ -111,7 +111,7 @@ def test_metrics_label_routes_and_key_ids_never_keys(server: Server) -> None:
     server.client.get("/tabpfn/get_settings", headers=server.user())
     server.client.get("/nope")
     server.client.get("/api/v1/admin/usage/summary", headers=server.admin())  # flushes usage
-    text = server.client.get("/metrics").text
+    text = server.client.get("/metrics", headers=server.admin()).text
     written = re.search(r"^tabpfn_gateway_usage_events_written_total (\S+)$", text, re.MULTILINE)
     assert written is not None
     assert float(written.group(1)) >= 2

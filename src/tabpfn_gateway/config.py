@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         description="Base URL clients reach the gateway at (behind a load balancer); upload "
         "URLs handed to clients start with it. Default: taken from each request.",
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Comma-separated hosts (or *.suffix; * for any) whose Host header may "
+        "become the base of upload URLs when PUBLIC_URL is unset; other hosts get 400 "
+        "HOST_NOT_ALLOWED there.",
+    )
     allow_self_service_setup: bool = Field(
         default=True, description="Whether POST /api/v1/auth/setup is open."
     )
@@ -192,6 +198,11 @@ class Settings(BaseSettings):
         description="Optional Redis for cross-replica rate limits and cache invalidation.",
     )
     metrics_enabled: bool = Field(default=True, description="Serve Prometheus /metrics.")
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token a Prometheus scraper sends to /metrics (an admin key works "
+        "too). Unset: only admin keys may read /metrics.",
+    )
     migrate_on_start: bool = Field(
         default=True,
         description="Whether the server upgrades the database schema when it starts "
@@ -257,7 +268,11 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "trusted_proxies", "egress_allowed_hosts", "egress_allowed_networks", mode="before"
+        "trusted_proxies",
+        "egress_allowed_hosts",
+        "egress_allowed_networks",
+        "allowed_hosts",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: Any) -> Any:

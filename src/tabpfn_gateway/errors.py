@@ -5,6 +5,7 @@
     ├── InvalidRequest                INVALID_REQUEST       the caller sent something malformed
     │   ├── PayloadTooLarge           PAYLOAD_TOO_LARGE
     │   ├── InvalidUpload             INVALID_UPLOAD        a broken, expired or foreign upload
+    │   ├── HostNotAllowed            HOST_NOT_ALLOWED      a Host header outside ALLOWED_HOSTS
     │   ├── InvalidData               INVALID_DATA          bad X/y for an estimator (+ValueError)
     │   └── UpstreamKindMismatch      UPSTREAM_KIND_MISMATCH  the key's credential speaks the
     │                                                       other protocol (cloud vs hosted)
@@ -67,6 +68,7 @@ __all__ = [
     "EgressRefused",
     "FittedModelNotFound",
     "GatewayError",
+    "HostNotAllowed",
     "InsufficientScope",
     "InvalidData",
     "InvalidKey",
@@ -162,6 +164,16 @@ class PayloadTooLarge(InvalidRequest):
 class InvalidUpload(InvalidRequest):
     error_code = "INVALID_UPLOAD"
     default_message = "The upload URL is invalid, expired or not yours."
+
+
+class HostNotAllowed(InvalidRequest):
+    """The request's ``Host`` would become the base of upload URLs, and it is not allowed."""
+
+    error_code = "HOST_NOT_ALLOWED"
+    default_message = (
+        "This Host is not one the gateway serves: set TABPFN_GATEWAY_PUBLIC_URL, or add the "
+        "host to TABPFN_GATEWAY_ALLOWED_HOSTS."
+    )
 
 
 class NotFound(GatewayError):

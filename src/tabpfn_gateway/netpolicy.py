@@ -5,6 +5,7 @@ the gateway uses call these same functions."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ __all__ = [
     "Network",
     "client_address",
     "filter_upload_headers",
+    "host_allowed",
     "parse_networks",
 ]
 
@@ -110,6 +112,25 @@ def filter_upload_headers(headers: Mapping[str, str]) -> dict[str, str]:
         if lowered in FORWARDED_UPLOAD_HEADERS or lowered.startswith(_FORWARDED_UPLOAD_PREFIXES):
             kept[name] = value
     return kept
+
+
+# A Host header: a DNS name or an IPv4 address, or a bracketed IPv6 address; an optional port.
+_HOST_HEADER = re.compile(
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.?)(?::\d{1,5})?"
+)
+
+
+def host_allowed(host_header: str, allowed: Iterable[str]) -> bool:
+    """Whether a request's ``Host`` header names a host in ``allowed`` (exact names, ``*.suffix``
+    or ``*`` for any; the port is not compared). A malformed header is never allowed."""
+    match = _HOST_HEADER.fullmatch(host_header.strip())
+    if match is None:
+        return False
+    host = match.group("host").lower().rstrip(".").strip("[]")
+    for pattern in allowed:
+        if pattern.strip() == "*" or _host_matches(host, pattern.strip("[]")):
+            return True
+    return False
 
 
 def _host_matches(host: str, pattern: str) -> bool:

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from tabpfn_gateway.errors import MissingApiKey
+from tabpfn_gateway.errors import HostNotAllowed, MissingApiKey
 from tabpfn_gateway.gateway import Caller, Gateway
 
 __all__ = ["AdminCaller", "BearerKey", "GatewayDep", "client_address", "public_base_url"]
@@ -57,9 +57,23 @@ AdminCaller = Annotated[Caller, Depends(admin_caller)]
 
 
 def public_base_url(request: Request) -> str:
-    """Where clients reach this gateway: ``public_url`` if set, else the request's base URL."""
+    """Where clients reach this gateway: ``public_url`` if set, else the request's base URL
+    when its ``Host`` is in ``allowed_hosts`` (else ``HostNotAllowed``, 400).
+
+    The base becomes the upload URLs handed to clients: a forged ``Host`` (a proxy passing it
+    on, a poisoned cache) would otherwise send a caller's data to a host of its choosing.
+    """
+    from tabpfn_gateway.netpolicy import host_allowed
+
     gateway: Gateway = request.app.state.gateway
-    return (gateway.settings.public_url or str(request.base_url)).rstrip("/")
+    settings = gateway.settings
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    host = request.headers.get("host")
+    # No Host header (HTTP/1.0): Starlette uses the address the server listens on.
+    if host is not None and not host_allowed(host, settings.allowed_hosts):
+        raise HostNotAllowed()
+    return str(request.base_url).rstrip("/")
 
 
 def client_address(request: Request) -> str:

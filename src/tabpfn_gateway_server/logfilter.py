@@ -8,9 +8,26 @@ import re
 from tabpfn_gateway.gateway import UPLOAD_PATH_PREFIX
 from tabpfn_gateway.logs import REDACTED
 
-__all__ = ["UploadPathFilter", "install_access_log_filter"]
+__all__ = ["UploadPathFilter", "install_access_log_filter", "redact_path"]
 
-_UPLOAD_TOKEN = re.compile(re.escape(UPLOAD_PATH_PREFIX) + r"[A-Za-z0-9_\-]+")
+# The upload prefix however a client spells it (``//gateway//upload/``, any case: such a path
+# is a 404, but the token in it still opens the upload), and everything after it up to the
+# query, whatever its characters (padding, a doubled slash).
+_UPLOAD_PATH = re.compile(
+    "".join(
+        "/+" if part == "/" else re.escape(part) for part in re.split("(/)", UPLOAD_PATH_PREFIX)
+    )
+    + r"[^\s?#\"]*",
+    re.IGNORECASE,
+)
+# Anything else as long as a sealed token (a few hundred base64url characters) on any path.
+_TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_\-=]{64,}")
+
+
+def redact_path(text: str) -> str:
+    """``text`` with upload tokens (and anything shaped like one) replaced by [REDACTED]."""
+    text = _UPLOAD_PATH.sub(UPLOAD_PATH_PREFIX + REDACTED, text)
+    return _TOKEN_SHAPED.sub(REDACTED, text)
 
 
 class UploadPathFilter(logging.Filter):
@@ -19,11 +36,11 @@ class UploadPathFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
             record.args = tuple(
-                _UPLOAD_TOKEN.sub(UPLOAD_PATH_PREFIX + REDACTED, a) if isinstance(a, str) else a
+                redact_path(a) if isinstance(a, str) else a
                 for a in (record.args if isinstance(record.args, tuple) else (record.args,))
             )
         if isinstance(record.msg, str):
-            record.msg = _UPLOAD_TOKEN.sub(UPLOAD_PATH_PREFIX + REDACTED, record.msg)
+            record.msg = redact_path(record.msg)
         return True
 
 

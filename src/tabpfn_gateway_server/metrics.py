@@ -12,12 +12,20 @@ __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
+# Key ids get their own series up to this many per process; later ones are counted together
+# under OTHER_KEYS, so a gateway handing out many keys cannot grow the scrape without bound.
+MAX_KEY_ID_LABELS = 100
+OTHER_KEYS = "other"
+
 
 class GatewayMetrics:
     """The server's metrics. Labels are route templates (never raw paths: upload paths carry
-    sealed tokens) and public key ids (never keys)."""
+    sealed tokens) and public key ids (never keys; at most ``max_key_ids`` of them, the rest
+    as ``other``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_key_ids: int = MAX_KEY_ID_LABELS) -> None:
+        self._max_key_ids = max_key_ids
+        self._key_ids: set[str] = set()
         # A registry per app, so several apps in one process (tests, replicas) do not collide.
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -36,14 +44,14 @@ class GatewayMetrics:
         self.upstream_calls = Counter(
             "tabpfn_gateway_operations",
             "Metered gateway operations (upstream calls and uploads), by operation, key id "
-            "and status.",
+            f"(the first {max_key_ids} seen, then 'other') and status.",
             ("operation", "key_id", "status"),
             registry=self.registry,
         )
         self.upstream_seconds = Histogram(
             "tabpfn_gateway_operation_duration_seconds",
-            "Time of metered operations including the upstream call, by operation and key id.",
-            ("operation", "key_id"),
+            "Time of metered operations including the upstream call, by operation.",
+            ("operation",),
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -96,15 +104,29 @@ class GatewayMetrics:
         self.usage_rejected.set_function(lambda: recorder.rejected)
 
     def observe_error(self, error_code: str) -> None:
+        """Count one error answer by its stable code."""
         self.errors.labels(error_code).inc()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP answer by route template, method and status."""
         self.requests.labels(route, method, str(status)).inc()
         self.request_seconds.labels(route, method).observe(seconds)
 
     def observe_operation(self, call: UpstreamCall) -> None:
-        self.upstream_calls.labels(call.operation, call.key_id, str(call.status)).inc()
-        self.upstream_seconds.labels(call.operation, call.key_id).observe(call.seconds)
+        """Count one metered operation (``key_id`` label bounded, see the class)."""
+        self.upstream_calls.labels(
+            call.operation, self._key_label(call.key_id), str(call.status)
+        ).inc()
+        self.upstream_seconds.labels(call.operation).observe(call.seconds)
+
+    def _key_label(self, key_id: str) -> str:
+        # Set membership and add are atomic under the GIL; a race admits one extra at most.
+        if key_id in self._key_ids:
+            return key_id
+        if len(self._key_ids) < self._max_key_ids:
+            self._key_ids.add(key_id)
+            return key_id
+        return OTHER_KEYS
 
     def render(self) -> bytes:
         """The exposition text for ``/metrics``."""

@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ _VERSION = b"\x01"
 _NONCE_BYTES = 12
 _HKDF_INFO = b"tabpfn-gateway upload-url v1"
 _AAD = b"tabpfn-gateway upload"
+# What ``seal`` writes: base64url without padding (a length of 1 mod 4 is never one).
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,7 @@ class UploadSigner:
 
     def open(self, token: str) -> UploadGrant:
         """The grant inside ``token``; ``InvalidUpload`` if it is not ours, broken or expired."""
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            raise InvalidUpload() from None
+        raw = _decode_token(token)
         if len(raw) <= 1 + _NONCE_BYTES or raw[:1] != _VERSION:
             raise InvalidUpload()
         nonce, body = raw[1 : 1 + _NONCE_BYTES], raw[1 + _NONCE_BYTES :]
@@ -135,6 +135,24 @@ class UploadSigner:
         if self._clock() >= grant.expires_at:
             raise InvalidUpload("The upload URL has expired; prepare the upload again.")
         return grant
+
+
+def _decode_token(token: str) -> bytes:
+    """The bytes of ``token``, which must be exactly what ``seal`` wrote (unpadded base64url).
+
+    The standard decoder forgives padding, stray characters and non-zero trailing bits, so
+    one sealed token would have many spellings (and one upload many log and cache keys):
+    only the canonical one is accepted.
+    """
+    if not _TOKEN_TEXT.fullmatch(token):
+        raise InvalidUpload()
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidUpload() from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+        raise InvalidUpload()
+    return raw
 
 
 def _derive(secret: bytes) -> bytes:

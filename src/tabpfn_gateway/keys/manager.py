@@ -255,9 +255,10 @@ class KeyManager:
     def verify(self, key: str, *, scope: str | None = None) -> ApiKey:
         """The record of ``key`` if it may be used (for ``scope``, when given).
 
-        ``InvalidKey`` for a malformed key, an unknown key id or a wrong secret, alike (an
-        unknown id is compared against a dummy hash); then ``KeyRevoked``, ``KeyDisabled``,
-        ``KeyExpired`` (told only to a caller who holds the right secret);
+        ``InvalidKey`` for a malformed key, an unknown key id or a wrong secret, alike (each
+        refusal costs two hash comparisons, dummy hashes standing in for what is missing);
+        then ``KeyRevoked``, ``KeyDisabled``, ``KeyExpired`` (told only to a caller who holds
+        the right secret);
         ``InsufficientScope``. A database failure is ``StoreUnavailable``/``StoreError``,
         never an invalid key. A malformed key never reaches the store.
         """
@@ -273,11 +274,8 @@ class KeyManager:
 
         record = self._store.get_key(parsed.key_id)
         message = parsed.body.encode("ascii")
-        if record is None:
-            self._hasher.waste_time()
-            raise InvalidKey()
         match, matched_previous = self._match_secret(record, message, now)
-        if match is None:
+        if record is None or match is None:
             raise InvalidKey()
         require_usable(record, now)
         if match.stale:
@@ -294,13 +292,21 @@ class KeyManager:
         return record
 
     def _match_secret(
-        self, record: ApiKey, message: bytes, now: datetime
+        self, record: ApiKey | None, message: bytes, now: datetime
     ) -> tuple[SecretMatch | None, bool]:
-        match = self._hasher.verify(message, record.secret_hash, record.hash_scheme)
-        if match is not None:
-            return match, False
+        # Every refusal compares the secret against two hashes: the current one and the
+        # previous one of a rotation, or a dummy of the configured scheme where there is no
+        # key or no live previous secret. So an unknown key id, a wrong secret and a wrong
+        # secret during a rotation cost the same (only a match may stop after one).
+        if record is None:
+            self._hasher.waste_time()
+        else:
+            match = self._hasher.verify(message, record.secret_hash, record.hash_scheme)
+            if match is not None:
+                return match, False
         if (
-            record.previous_secret_hash is not None
+            record is not None
+            and record.previous_secret_hash is not None
             and record.previous_hash_scheme is not None
             and record.previous_valid_until is not None
             and now < record.previous_valid_until
@@ -310,6 +316,8 @@ class KeyManager:
             )
             if match is not None:
                 return match, True
+        else:
+            self._hasher.waste_time()
         return None, False
 
     def _rehash(self, record: ApiKey, message: bytes, *, previous: bool) -> ApiKey:

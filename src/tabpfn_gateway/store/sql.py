@@ -339,6 +339,18 @@ class SqlStore:
         with self._transaction("ping") as connection:
             connection.execute(sa.text("SELECT 1"))
 
+    def schema_state(self) -> tuple[str | None, frozenset[str]]:
+        """The Alembic revision the database is at (None before any migration) and the
+        tables it holds, read over a pooled connection (readiness asks on every check)."""
+        with self._transaction("read the schema") as connection:
+            tables = frozenset(sa.inspect(connection).get_table_names())
+            revision = None
+            if "alembic_version" in tables:
+                revision = connection.execute(
+                    sa.text("SELECT version_num FROM alembic_version")
+                ).scalar()
+        return (str(revision) if revision is not None else None), tables
+
     def close(self) -> None:
         if self._connection is None:
             self._engine.dispose()
