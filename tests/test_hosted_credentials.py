@@ -249,7 +249,7 @@ def test_cli_adds_a_hosted_credential(
     assert code == 1
     assert "--endpoint" in err
     code, _, err = shell.run(
-        "credentials", "add", "--owner", "team-a", "--label", "c", "--endpoint", url, "--json"
+        "credentials", "add", "--owner", "team-a", "--label", "c", "--header", "X-A=1", "--json"
     )
     assert code == 1
     assert "--kind hosted" in err
@@ -297,7 +297,8 @@ def test_admin_api_adds_hosted_and_cloud_credentials(
                 {"kind": "hosted"},
                 {"kind": "hosted", "endpoint_url": url, "tabpfn_token": "x"},
                 {"kind": "cloud"},
-                {"kind": "cloud", "tabpfn_token": "tabpfn-token-0001", "endpoint_url": url},
+                {"kind": "cloud", "tabpfn_token": "tabpfn-token-0001", "bearer_token": "x"},
+                {"kind": "cloud", "tabpfn_token": "tabpfn-token-0001", "endpoint_url": "ftp://x"},
             ):
                 answer = client.post(
                     "/api/v1/admin/credentials",

@@ -61,7 +61,14 @@ if TYPE_CHECKING:
     from tabpfn_gateway.store.base import Store
     from tabpfn_gateway.store.records import Membership, Policy, PruneReport
 
-__all__ = ["Admin", "HostedVerifier", "RotationReport", "TokenVerifier", "key_id_of"]
+__all__ = [
+    "Admin",
+    "HostedVerifier",
+    "RotationReport",
+    "TokenVerifier",
+    "UrlTokenVerifier",
+    "key_id_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +76,9 @@ logger = logging.getLogger(__name__)
 #: a status whose ``name`` is VALID, VALID_LIMIT_REACHED or INVALID (or a bool), raises
 #: ``UpstreamUnavailable`` when it cannot tell.
 TokenVerifier = Callable[[SecretStr], Any]
+#: Checks a TabPFN token against a given cloud URL (a credential's own): ``(token, base_url)``,
+#: the same answers as a ``TokenVerifier``.
+UrlTokenVerifier = Callable[[SecretStr, str], Any]
 #: Checks a hosted container (``tabpfn_gateway.hosted.verify_hosted_endpoint``): the same
 #: answers as a ``TokenVerifier``, given a ``HostedEndpoint``.
 HostedVerifier = Callable[["HostedEndpoint"], Any]
@@ -106,7 +116,8 @@ class Admin:
     then, and credential operations raise ``SecretKeyMissing``. ``bus`` announces changes
     (key and credential invalidations) to every replica; ``usage`` is flushed before usage
     is read, so a reader sees this process's own calls; ``verifier`` checks TabPFN tokens
-    for ``add_credential(verify=True)``.
+    for ``add_credential(verify=True)``, ``url_verifier`` those of a credential with its own
+    cloud URL (``add_credential(endpoint_url=..., verify=True)``).
     """
 
     def __init__(
@@ -118,11 +129,13 @@ class Admin:
         bus: Publisher | None = None,
         usage: UsageRecorder | None = None,
         verifier: TokenVerifier | None = None,
+        url_verifier: UrlTokenVerifier | None = None,
     ) -> None:
         self.store = store
         self.vault = vault
         self.keys = keys
         self.verifier = verifier
+        self.url_verifier = url_verifier
         self._bus = bus
         self._usage = usage
         self._owns_store = False
@@ -188,7 +201,16 @@ class Admin:
             transport=upstream_transport,
             timeout=settings.upstream_connect_timeout_seconds,
         )
-        admin = cls(store, vault, keys, bus=bus, verifier=verifier)
+
+        def url_verifier(token: SecretStr, base_url: str) -> Any:
+            return verify_tabpfn_token(
+                token,
+                base_url=base_url,
+                transport=upstream_transport,
+                timeout=settings.upstream_connect_timeout_seconds,
+            )
+
+        admin = cls(store, vault, keys, bus=bus, verifier=verifier, url_verifier=url_verifier)
         admin._owns_store = owns_store
         admin._owned_bus = owned_bus
         return admin
@@ -267,25 +289,30 @@ class Admin:
         token: str | SecretStr,
         label: str,
         *,
+        endpoint_url: str | None = None,
         verify: TokenVerifier | bool | None = None,
         actor: str = "system",
     ) -> UpstreamCredential:
         """Store a TabPFN token for principal ``owner`` (id or name), encrypted.
 
-        With ``verify`` (True: this Admin's ``verifier``; or a verifier of your own), the
-        token is checked first: an invalid token is refused (``UpstreamAuthenticationFailed``)
-        and stored nowhere; an unreachable upstream raises ``UpstreamUnavailable``
-        (retryable), also storing nothing.
+        ``endpoint_url``: the credential's own TabPFN cloud URL (its API root, e.g.
+        ``https://api.priorlabs.ai``); its calls go there instead of the configured
+        ``upstream_url``, and signed URLs on its origin are allowed for its calls only.
+        With ``verify`` (True: this Admin's ``verifier``, or ``url_verifier`` against
+        ``endpoint_url``; or a verifier of your own), the token is checked first: an invalid
+        token is refused (``UpstreamAuthenticationFailed``) and stored nowhere; an
+        unreachable upstream raises ``UpstreamUnavailable`` (retryable), also storing nothing.
         """
         from tabpfn_gateway.vault import check_token_text
 
         vault = self._require_vault()
         secret = check_token_text(token)
         register_secret(secret.get_secret_value())
+        url = None if endpoint_url is None else check_cloud_url(endpoint_url)
         if not isinstance(label, str) or not label.strip() or len(label) > _MAX_LABEL_LENGTH:
             raise InvalidRequest(f"A credential label is 1-{_MAX_LABEL_LENGTH} characters.")
         principal = self.get_principal(owner)
-        verifier = self._verifier(verify)
+        verifier = self._verifier(verify, url)
         verified: str | None = None
         if verifier is not None:
             status = verifier(secret)
@@ -307,7 +334,9 @@ class Admin:
             encrypted_token=vault.encrypt(secret, credential_id=credential_id),
             created_at=now,
             verified_at=now if verified else None,
+            endpoint_url=url,
         )
+        details: dict[str, Any] = {} if url is None else {"endpoint_url": url}
         with self.store.atomic() as tx:
             stored = tx.add_credential(credential)
             tx.record_audit(
@@ -319,6 +348,7 @@ class Admin:
                     owner_id=principal.id,
                     label=credential.label,
                     verification=verified.lower() if verified else "skipped",
+                    **details,
                 )
             )
         logger.info("Added credential %s for %s by %s", credential_id, principal.name, actor)
@@ -778,10 +808,20 @@ class Admin:
         self._flush_usage()
         return self.governance.prune(older_than, actor=actor)
 
-    def _verifier(self, verify: TokenVerifier | bool | None) -> TokenVerifier | None:
+    def _verifier(
+        self, verify: TokenVerifier | bool | None, url: str | None = None
+    ) -> TokenVerifier | None:
         if verify is None or verify is False:
             return None
         if verify is True:
+            if url is not None:
+                url_verifier = self.url_verifier
+                if url_verifier is None:
+                    raise ConfigurationError(
+                        "This Admin cannot verify a token against its own cloud URL; "
+                        "pass verify=None."
+                    )
+                return lambda token: url_verifier(token, url)
             if self.verifier is None:
                 raise ConfigurationError("This Admin has no token verifier; pass verify=None.")
             return self.verifier
@@ -791,6 +831,25 @@ class Admin:
         if self.vault is None:
             raise SecretKeyMissing()
         return self.vault
+
+
+def check_cloud_url(url: object) -> str:
+    """A cloud credential's own TabPFN URL, normalised (no trailing slash); else
+    ``InvalidRequest``. An operator sets it, like ``upstream_url``: private hosts are allowed."""
+    from tabpfn_gateway.hosted import check_endpoint_url
+    from tabpfn_gateway.protocol._base import check_base_url
+
+    try:
+        checked = check_endpoint_url(url)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message.replace("endpoint_url", "A cloud URL", 1)) from None
+    try:
+        return check_base_url(checked)
+    except ConfigurationError:
+        raise InvalidRequest(
+            "A cloud URL must be an absolute http(s) URL without a query string, e.g. "
+            "https://api.priorlabs.ai."
+        ) from None
 
 
 def _aware(value: datetime | None, name: str) -> datetime | None:

@@ -110,7 +110,12 @@ class CredentialIn(BaseModel):
         default=None, description="cloud: the TabPFN token (required)."
     )
     endpoint_url: str | None = Field(
-        default=None, max_length=2048, description="hosted: the container's /predict URL."
+        default=None,
+        max_length=2048,
+        description=(
+            "hosted: the container's /predict URL (required); cloud: this credential's own "
+            "TabPFN API root (optional; default the gateway's upstream_url)."
+        ),
     )
     bearer_token: SecretStr | None = Field(
         default=None, description="hosted: sent as 'Authorization: Bearer' (optional)."

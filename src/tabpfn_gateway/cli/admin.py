@@ -98,7 +98,13 @@ def _register_credentials(subparsers: Any) -> None:
         help="cloud: a TabPFN token (default); hosted: a self-hosted inference container",
     )
     add.add_argument(
-        "--endpoint", help="hosted: the container's /predict URL, e.g. http://10.0.0.5/predict"
+        "--endpoint",
+        "--upstream-url",
+        dest="endpoint",
+        help=(
+            "hosted: the container's /predict URL, e.g. http://10.0.0.5/predict; cloud: this "
+            "credential's own TabPFN API root (default TABPFN_GATEWAY_UPSTREAM_URL)"
+        ),
     )
     add.add_argument(
         "--header",
@@ -269,15 +275,20 @@ def _credentials_add(args: argparse.Namespace) -> int:
 
     if args.kind == "hosted":
         return _credentials_add_hosted(args)
-    if args.endpoint or args.header or args.timeout or args.connect_timeout:
-        raise InvalidRequest("--endpoint, --header and the timeouts need --kind hosted.")
+    if args.header or args.timeout or args.connect_timeout:
+        raise InvalidRequest("--header and the timeouts need --kind hosted.")
     token = _read_token(args)
     if not token:
         raise InvalidRequest("No TabPFN token given.")
     admin, _ = _open_admin(args)
     with admin:
         credential = admin.add_credential(
-            args.owner, SecretStr(token), args.label, verify=not args.no_verify, actor=_actor()
+            args.owner,
+            SecretStr(token),
+            args.label,
+            endpoint_url=args.endpoint,
+            verify=not args.no_verify,
+            actor=_actor(),
         )
         owner = admin.get_principal(credential.owner_id)
     emit(_credential_row(credential, owner.name), as_json=args.json)

@@ -62,10 +62,12 @@ class Caller:
 
 @dataclass(frozen=True)
 class Decision:
-    """An authorised caller and the TabPFN token its calls go upstream with."""
+    """An authorised caller, the TabPFN token its calls go upstream with, and the cloud URL
+    its credential names (``base_url``; None: the configured ``upstream_url``)."""
 
     caller: Caller
     token: SecretStr = field(repr=False)
+    base_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class _Entry:
     # None until a call needed the token (admin and usage-only calls never do).
     token: SecretStr | None = field(repr=False)
     until: float
+    base_url: str | None = field(default=None, repr=False)
 
 
 class _DecisionCache:
@@ -92,7 +95,13 @@ class _DecisionCache:
             return None
         return entry
 
-    def put(self, fingerprint: bytes, caller: Caller, token: SecretStr | None) -> None:
+    def put(
+        self,
+        fingerprint: bytes,
+        caller: Caller,
+        token: SecretStr | None,
+        base_url: str | None = None,
+    ) -> None:
         if self._ttl <= 0:
             return
         ttl = self._ttl
@@ -108,7 +117,7 @@ class _DecisionCache:
             self._items.pop(fingerprint, None)
             if len(self._items) >= self._max:
                 self._items.pop(next(iter(self._items)))
-            self._items[fingerprint] = _Entry(caller, token, time.monotonic() + ttl)
+            self._items[fingerprint] = _Entry(caller, token, time.monotonic() + ttl, base_url)
 
     def caller_for_key(self, key_id: str) -> Caller | None:
         """A current decision for ``key_id`` (any of its secrets), if one is cached."""
@@ -119,13 +128,13 @@ class _DecisionCache:
                     return entry.caller
         return None
 
-    def token_for_key(self, key_id: str) -> SecretStr | None:
-        """The token of a current decision for ``key_id``, if one is cached."""
+    def upstream_for_key(self, key_id: str) -> tuple[SecretStr, str | None] | None:
+        """The token and cloud URL of a current decision for ``key_id``, if one is cached."""
         now = time.monotonic()
         with self._lock:
             for entry in self._items.values():
                 if entry.caller.key_id == key_id and entry.token is not None and now < entry.until:
-                    return entry.token
+                    return entry.token, entry.base_url
         return None
 
     def drop(self, *, key_id: str | None = None, credential_id: str | None = None) -> None:
@@ -181,11 +190,11 @@ class Authoriser:
         fingerprint = cache_fingerprint(api_key)
         entry = self._usable(self._decisions.get(fingerprint), scope)
         if entry is not None and entry.token is not None:
-            return Decision(entry.caller, entry.token)
+            return Decision(entry.caller, entry.token, entry.base_url)
         caller = entry.caller if entry is not None else self._verify(api_key, scope)
-        token = self._token(caller)
-        self._decisions.put(fingerprint, caller, token)
-        return Decision(caller, token)
+        token, base_url = self._upstream(caller)
+        self._decisions.put(fingerprint, caller, token, base_url)
+        return Decision(caller, token, base_url)
 
     def authorise_from_memory(self, api_key: str | SecretStr, *, scope: str) -> Decision | None:
         """What ``authorise`` would answer, if the cache can say so without any I/O; None
@@ -193,18 +202,28 @@ class Authoriser:
         entry = self._usable(self._decisions.get(cache_fingerprint(api_key)), scope)
         if entry is None or entry.token is None:
             return None
-        return Decision(entry.caller, entry.token)
+        return Decision(entry.caller, entry.token, entry.base_url)
 
     def upstream_token(self, caller: Caller) -> SecretStr:
         """The TabPFN token of the credential ``caller``'s key is bound to (from a cached
         decision when there is one); ``CredentialNotFound`` once it has been removed."""
-        token = self.token_from_memory(caller)
-        return token if token is not None else self._token(caller)
+        return self.upstream(caller)[0]
+
+    def upstream(self, caller: Caller) -> tuple[SecretStr, str | None]:
+        """The TabPFN token and the cloud URL (None: the configured one) of the credential
+        ``caller``'s key is bound to; ``CredentialNotFound`` once it has been removed."""
+        cached = self.upstream_from_memory(caller)
+        return cached if cached is not None else self._upstream(caller)
 
     def token_from_memory(self, caller: Caller) -> SecretStr | None:
         """The token of a current cached decision for ``caller``'s key, else None (no I/O).
         Removing the credential drops those decisions at once."""
-        return self._decisions.token_for_key(caller.key_id)
+        cached = self.upstream_from_memory(caller)
+        return None if cached is None else cached[0]
+
+    def upstream_from_memory(self, caller: Caller) -> tuple[SecretStr, str | None] | None:
+        """``upstream(caller)`` from a current cached decision, else None (no I/O)."""
+        return self._decisions.upstream_for_key(caller.key_id)
 
     def _usable(self, entry: _Entry | None, scope: str | None) -> _Entry | None:
         if entry is None:
@@ -219,7 +238,7 @@ class Authoriser:
         raw = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         return Caller(self._keys.verify(raw, scope=scope))
 
-    def _token(self, caller: Caller) -> SecretStr:
+    def _upstream(self, caller: Caller) -> tuple[SecretStr, str | None]:
         credential_id = caller.credential_id
         if credential_id is None:
             raise CredentialNotFound(
@@ -238,7 +257,8 @@ class Authoriser:
                 "This key's credential is a self-hosted inference container: use POST /predict "
                 "(tabpfn_client.hosted, or GatewayClassifier), not the TabPFN cloud protocol."
             )
-        return self._vault.decrypt(credential.encrypted_token, credential_id=credential.id)
+        token = self._vault.decrypt(credential.encrypted_token, credential_id=credential.id)
+        return token, credential.endpoint_url
 
     # -- keys seen through something they issued (upload URLs) -------------------------------
 

@@ -140,6 +140,7 @@ class Gateway:
             bus=LocalFirstBus(self.bus, self._invalidate),
             usage=self.usage,
             verifier=self.verify_upstream_token,
+            url_verifier=self.verify_upstream_token,
         )
         self._closed = False
         self.bus.start(self._invalidate)
@@ -404,13 +405,14 @@ class Gateway:
             verify=self.verify_upstream_token,
         )
 
-    def verify_upstream_token(self, token: SecretStr) -> TokenStatus:
-        """Ask the upstream whether ``token`` works (``UpstreamUnavailable`` if it cannot)."""
+    def verify_upstream_token(self, token: SecretStr, base_url: str | None = None) -> TokenStatus:
+        """Ask the upstream (``base_url``, default the configured one) whether ``token``
+        works (``UpstreamUnavailable`` if it cannot)."""
         from tabpfn_gateway.protocol import verify_tabpfn_token
 
         return verify_tabpfn_token(
             token,
-            base_url=self.settings.upstream_url,
+            base_url=base_url or self.settings.upstream_url,
             transport=self.upstream_transport,
             timeout=min(self.settings.upstream_timeout_seconds, 30.0),
         )

@@ -13,7 +13,7 @@ headers (``_base.api_headers``), the same error mapping (``_errors``), the same 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -25,7 +25,7 @@ from tabpfn_gateway.errors import ConfigurationError, InvalidRequest
 from tabpfn_gateway.protocol import _base
 from tabpfn_gateway.protocol._errors import error_from_response, error_from_transport
 
-__all__ = ["Answer", "Forwarder"]
+__all__ = ["Answer", "Forwarder", "Upstream"]
 
 Retry = Callable[[BaseException], bool]
 
@@ -41,6 +41,15 @@ class Answer:
     def as_httpx(self) -> httpx.Response:
         """The answer as an ``httpx.Response`` (what the shared parsing helpers take)."""
         return httpx.Response(self.status, headers=list(self.headers.items()), content=self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where one credential's calls go: its TabPFN token and its own cloud URL (None: the
+    forwarder's, i.e. the configured ``upstream_url``)."""
+
+    token: SecretStr = field(repr=False)
+    base_url: str | None = field(default=None, repr=False)
 
 
 class Forwarder:
@@ -97,7 +106,7 @@ class Forwarder:
         operation: str,
         method: str,
         path: str,
-        token: SecretStr,
+        upstream: SecretStr | Upstream,
         *,
         body: bytes | None = None,
         retry: Retry = _base.retry_idempotent,
@@ -105,17 +114,23 @@ class Forwarder:
         fitted_model: bool = False,
         timeout: float | None = None,
     ) -> Answer:
-        """One API call with ``token``; ``body`` is JSON already encoded.
+        """One API call for ``upstream`` (a token, or a token and its credential's own cloud
+        URL); ``body`` is JSON already encoded.
 
         Retried by ``retry`` (as the protocol client's step would be); an error answer
         (status >= 400, unless ``allowed``) raises the mapped ``UpstreamError``.
         """
         if self._closed:
             raise ConfigurationError("This forwarder is closed; create a new one.")
+        if isinstance(upstream, Upstream):
+            token, root = upstream.token, upstream.base_url
+        else:
+            token, root = upstream, None
         headers = _base.api_headers(self.options, token)
         if body is not None:
             headers["Content-Type"] = "application/json"
-        url = self.options.url(path)
+        # A credential's URL was checked and normalised when it was stored (Admin).
+        url = self.options.url(path) if root is None else root.rstrip("/") + path
         read_timeout = self.options.timeout if timeout is None else timeout
         try:
             answer = await self._send(operation, method, url, headers, body, read_timeout)

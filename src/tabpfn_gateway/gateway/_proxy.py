@@ -18,10 +18,10 @@ from pydantic_core import PydanticSerializationError
 from tabpfn_gateway.errors import GatewayError, InvalidRequest, InvalidUpload, PayloadTooLarge
 from tabpfn_gateway.gateway._authoriser import Caller, Decision
 from tabpfn_gateway.gateway._core import Gateway
-from tabpfn_gateway.gateway._forward import Answer
+from tabpfn_gateway.gateway._forward import Answer, Upstream
 from tabpfn_gateway.gateway._metering import Meter
 from tabpfn_gateway.gateway._uploads import UPLOAD_PATH_PREFIX
-from tabpfn_gateway.netpolicy import filter_upload_headers
+from tabpfn_gateway.netpolicy import EgressPolicy, filter_upload_headers
 from tabpfn_gateway.protocol import _base
 from tabpfn_gateway.protocol._base import Endpoint
 from tabpfn_gateway.protocol._errors import malformed
@@ -96,23 +96,25 @@ class AsyncGatewayProxy:
                 return decision, owned
 
             decision, owned = await anyio.to_thread.run_sync(resolve)
-        return decision.caller, gateway.async_upstream.with_token(decision.token), owned
+        client = gateway.async_upstream.with_token(decision.token, base_url=decision.base_url)
+        return decision.caller, client, owned
 
     async def _resolve(
         self, api_key: str | SecretStr, scope: str, *, fit_id: str | UUID | None = None
-    ) -> tuple[Caller, SecretStr, str | None]:
-        """The caller, its TabPFN token and the owned fit id: from memory when all of it is
-        known there (no worker thread: the common case), else from the store."""
+    ) -> tuple[Caller, Upstream, str | None]:
+        """The caller, its upstream (TabPFN token and cloud URL) and the owned fit id: from
+        memory when all of it is known there (no worker thread: the common case), else from
+        the store."""
         authoriser, fits = self._gateway.authoriser, self._gateway.fits
         fast = authoriser.authorise_from_memory(api_key, scope=scope)
         if fast is not None and (fit_id is None or fits.owner_from_memory(fit_id)):
             owned = None if fit_id is None else fits.check(fast.caller, fit_id)
-            return fast.caller, fast.token, owned
+            return fast.caller, Upstream(fast.token, fast.base_url), owned
 
-        def resolve() -> tuple[Caller, SecretStr, str | None]:
+        def resolve() -> tuple[Caller, Upstream, str | None]:
             decision = authoriser.authorise(api_key, scope=scope)
             owned = None if fit_id is None else fits.check(decision.caller, fit_id)
-            return decision.caller, decision.token, owned
+            return decision.caller, Upstream(decision.token, decision.base_url), owned
 
         return await anyio.to_thread.run_sync(resolve)
 
@@ -124,13 +126,13 @@ class AsyncGatewayProxy:
 
     async def check_token(self, api_key: str | SecretStr) -> bool:
         """``/protected/``: the key is accepted here and its token upstream."""
-        caller, token, _ = await self._resolve(api_key, _INFERENCE)
+        caller, upstream, _ = await self._resolve(api_key, _INFERENCE)
         async with self._gateway.ametered(caller, "protected"):
-            await self._gateway.forwarder.call("check_token", "GET", Endpoint.PROTECTED, token)
+            await self._gateway.forwarder.call("check_token", "GET", Endpoint.PROTECTED, upstream)
             return True
 
     async def get_settings(self, api_key: str | SecretStr) -> GetSettingsResponse:
-        """The upstream's limits (cached by the protocol client: the same for every token)."""
+        """The upstream's limits (cached by the protocol client per upstream, for every token)."""
         caller, client, _ = await self._client(api_key, _INFERENCE)
         async with self._gateway.ametered(caller, "get_settings"):
             return await client.get_settings()
@@ -146,7 +148,7 @@ class AsyncGatewayProxy:
             )
         )
         operation = "prepare_train_set_upload"
-        caller, token, _ = await self._resolve(api_key, _INFERENCE)
+        caller, upstream, _ = await self._resolve(api_key, _INFERENCE)
         datasets, x_hash = self._gateway.datasets, req.x_train_info.hash
         # A step of the fit: metrics see it; the fit's one usage record carries its size.
         with self._gateway.step(caller, operation):
@@ -154,21 +156,21 @@ class AsyncGatewayProxy:
                 operation,
                 "POST",
                 Endpoint.PREPARE_TRAIN,
-                token,
+                upstream,
                 body=_encode(req),
                 retry=_base.retry_connect_only,
                 allowed=(409,),
             )
             if answer.status == 409:
                 duplicate = _parse(
-                    answer, DuplicateTrainSetErrorResponse.model_validate_json, operation, token
+                    answer, DuplicateTrainSetErrorResponse.model_validate_json, operation, upstream
                 )
                 upload_id = duplicate.train_set_upload_id
                 datasets.announce(caller.owner_id, str(upload_id), meter.nbytes, x_hash)
                 await self._claim_upload(caller, upload_id, "train")
                 return answer
             upload = _parse(
-                answer, PrepareTrainSetUploadResponse.model_validate_json, operation, token
+                answer, PrepareTrainSetUploadResponse.model_validate_json, operation, upstream
             )
             upload_id = upload.train_set_upload_id
             datasets.announce(caller.owner_id, str(upload_id), meter.nbytes, x_hash)
@@ -177,16 +179,23 @@ class AsyncGatewayProxy:
                 PrepareTrainSetUploadResponse(
                     train_set_upload_id=upload_id,
                     x_train_info=self._rewrite(
-                        caller, upload.x_train_info, "x_train", base_url, (upload_id, x_hash)
+                        caller,
+                        upstream,
+                        upload.x_train_info,
+                        "x_train",
+                        base_url,
+                        (upload_id, x_hash),
                     ),
-                    y_train_info=self._rewrite(caller, upload.y_train_info, "y_train", base_url),
+                    y_train_info=self._rewrite(
+                        caller, upstream, upload.y_train_info, "y_train", base_url
+                    ),
                 )
             )
 
     async def fit(self, api_key: str | SecretStr, req: FitRequest) -> Answer:
         """``/tabpfn/fit``; the new fit is recorded as the caller's principal's, and metered
         as the one ``fit`` of this user action (with the train set's size)."""
-        caller, token, _ = await self._resolve(api_key, _INFERENCE)
+        caller, upstream, _ = await self._resolve(api_key, _INFERENCE)
         await self._check_upload(caller, req.train_set_upload_id)
         meter = self._train_set_meter(req.train_set_upload_id)
         async with self._gateway.ametered(caller, "fit", meter):
@@ -195,18 +204,18 @@ class AsyncGatewayProxy:
                 "fit",
                 "POST",
                 Endpoint.FIT,
-                token,
+                upstream,
                 body=_encode(req),
                 retry=_base.retry_connect_only,
             )
-            fitted = _parse(answer, FitResponse.model_validate_json, "fit", token)
+            fitted = _parse(answer, FitResponse.model_validate_json, "fit", upstream)
             await self._claim(caller, fitted.fitted_train_set_id, req.task_config, meter)
             return answer
 
     async def submit_fit_job(self, api_key: str | SecretStr, req: SubmitFitJobRequest) -> Answer:
         """``/tabpfn/submit_fit_job``; the pending fit is the caller's principal's. Metered as
         ``fit``, like a sync fit: which endpoint a client chose is not a different action."""
-        caller, token, _ = await self._resolve(api_key, _INFERENCE)
+        caller, upstream, _ = await self._resolve(api_key, _INFERENCE)
         await self._check_upload(caller, req.train_set_upload_id)
         meter = self._train_set_meter(req.train_set_upload_id)
         async with self._gateway.ametered(caller, "fit", meter):
@@ -214,12 +223,12 @@ class AsyncGatewayProxy:
                 "submit_fit_job",
                 "POST",
                 Endpoint.SUBMIT_FIT,
-                token,
+                upstream,
                 body=_encode(req),
                 retry=_base.retry_connect_only,
             )
             submitted = _parse(
-                answer, SubmitFitJobResponse.model_validate_json, "submit_fit_job", token
+                answer, SubmitFitJobResponse.model_validate_json, "submit_fit_job", upstream
             )
             await self._claim(caller, submitted.fitted_train_set_id, req.task_config, meter)
             return answer
@@ -232,7 +241,9 @@ class AsyncGatewayProxy:
         self, api_key: str | SecretStr, fitted_train_set_id: str | UUID
     ) -> Answer:
         """Status of a fit the caller's principal owns (else ``FittedModelNotFound``)."""
-        caller, token, fit_id = await self._resolve(api_key, _INFERENCE, fit_id=fitted_train_set_id)
+        caller, upstream, fit_id = await self._resolve(
+            api_key, _INFERENCE, fit_id=fitted_train_set_id
+        )
         forwarder = self._gateway.forwarder
         req = GetFitStatusRequest(
             fitted_train_set_id=_base.as_uuid(fit_id or str(fitted_train_set_id))
@@ -243,13 +254,13 @@ class AsyncGatewayProxy:
                 "get_fit_status",
                 "POST",
                 Endpoint.FIT_STATUS,
-                token,
+                upstream,
                 body=_encode(req),
                 retry=_base.retry_never,
                 fitted_model=True,
                 timeout=min(_base.POLL_REQUEST_TIMEOUT, forwarder.options.timeout),
             )
-            _parse(answer, GetFitStatusResponse.model_validate_json, "get_fit_status", token)
+            _parse(answer, GetFitStatusResponse.model_validate_json, "get_fit_status", upstream)
             return answer
 
     async def prepare_test_set_upload(
@@ -257,7 +268,9 @@ class AsyncGatewayProxy:
     ) -> Answer:
         """Upload URL for a test set of an owned fit, rewritten; or the upstream's 409."""
         operation = "prepare_test_set_upload"
-        caller, token, _ = await self._resolve(api_key, _INFERENCE, fit_id=req.fitted_train_set_id)
+        caller, upstream, _ = await self._resolve(
+            api_key, _INFERENCE, fit_id=req.fitted_train_set_id
+        )
         nbytes = metered_count(req.x_test_info.size_bytes, "x_test_info.size_bytes")
         # Its Parquet footer, read as it streams through, prices the prediction before it is
         # forwarded (a duplicate test set reuses the shape seen with its hash).
@@ -267,7 +280,7 @@ class AsyncGatewayProxy:
                 operation,
                 "POST",
                 Endpoint.PREPARE_TEST,
-                token,
+                upstream,
                 body=_encode(req),
                 retry=_base.retry_connect_only,
                 allowed=(409,),
@@ -275,14 +288,14 @@ class AsyncGatewayProxy:
             )
             if answer.status == 409:
                 duplicate = _parse(
-                    answer, DuplicateTestSetErrorResponse.model_validate_json, operation, token
+                    answer, DuplicateTestSetErrorResponse.model_validate_json, operation, upstream
                 )
                 test_id = duplicate.test_set_upload_id
                 self._gateway.datasets.announce(caller.owner_id, str(test_id), nbytes, x_hash)
                 await self._claim_upload(caller, test_id, "test")
                 return answer
             upload = _parse(
-                answer, PrepareTestSetUploadResponse.model_validate_json, operation, token
+                answer, PrepareTestSetUploadResponse.model_validate_json, operation, upstream
             )
             test_id = upload.test_set_upload_id
             self._gateway.datasets.announce(caller.owner_id, str(test_id), nbytes, x_hash)
@@ -291,7 +304,7 @@ class AsyncGatewayProxy:
                 PrepareTestSetUploadResponse(
                     test_set_upload_id=upload.test_set_upload_id,
                     x_test_info=self._rewrite(
-                        caller, upload.x_test_info, "x_test", base_url, (test_id, x_hash)
+                        caller, upstream, upload.x_test_info, "x_test", base_url, (test_id, x_hash)
                     ),
                 )
             )
@@ -299,7 +312,7 @@ class AsyncGatewayProxy:
     async def predict(self, api_key: str | SecretStr, req: PredictRequest) -> Answer:
         """``/tabpfn/predict`` with an owned fit; a download-URI answer is fetched here and
         answered inline, so clients never need to reach the upstream's storage."""
-        caller, token, fit_id = await self._resolve(
+        caller, upstream, fit_id = await self._resolve(
             api_key, _INFERENCE, fit_id=req.fitted_train_set_id
         )
         await self._check_upload(caller, req.test_set_upload_id)
@@ -313,24 +326,28 @@ class AsyncGatewayProxy:
             and await anyio.to_thread.run_sync(governance.wants_price, caller)
         ):
             # Reserved at the upstream's quote for the test set that streamed through.
-            quoter = self._gateway.async_upstream.with_token(token)
+            quoter = self._gateway.async_upstream.with_token(
+                upstream.token, base_url=upstream.base_url
+            )
             meter.credits = await governance.aprice(quoter, fit_id, test_set.rows, test_set.columns)
         async with self._gateway.ametered(caller, "predict", meter):
             answer = await self._gateway.forwarder.call(
-                "predict", "POST", Endpoint.PREDICT, token, body=_encode(req), fitted_model=True
+                "predict", "POST", Endpoint.PREDICT, upstream, body=_encode(req), fitted_model=True
             )
-            parsed = _parse(answer, _PREDICT_ANSWER.validate_json, "predict", token)
+            parsed = _parse(answer, _PREDICT_ANSWER.validate_json, "predict", upstream)
             meter.rows = parsed.metadata.test_set_num_rows
             meter.columns = parsed.metadata.test_set_num_cols
             if governance is not None and (
                 meter.credits is not None or governance.meter_credits == "always"
             ):
                 # The final figure: the quote for what the upstream says it predicted.
-                quoter = self._gateway.async_upstream.with_token(token)
+                quoter = self._gateway.async_upstream.with_token(
+                    upstream.token, base_url=upstream.base_url
+                )
                 meter.credits = await governance.aprice(quoter, fit_id, meter.rows, meter.columns)
             if isinstance(parsed, PredictResponse):
                 return answer
-            await self._gateway.egress.acheck(parsed.prediction_uri)
+            await self._egress(upstream.base_url).acheck(parsed.prediction_uri)
             client = self._gateway.async_upstream
             prediction = await client.download_prediction(parsed.prediction_uri)
             return _encoded(
@@ -341,12 +358,12 @@ class AsyncGatewayProxy:
 
     async def get_api_usage(self, api_key: str | SecretStr) -> Answer:
         """The upstream account's usage, for the credential the key is bound to."""
-        caller, token, _ = await self._resolve(api_key, _USAGE)
+        caller, upstream, _ = await self._resolve(api_key, _USAGE)
         async with self._gateway.ametered(caller, "get_api_usage"):
             answer = await self._gateway.forwarder.call(
-                "get_api_usage", "POST", Endpoint.USAGE, token
+                "get_api_usage", "POST", Endpoint.USAGE, upstream
             )
-            _parse(answer, _JSON_OBJECT.validate_json, "get_api_usage", token)
+            _parse(answer, _JSON_OBJECT.validate_json, "get_api_usage", upstream)
             return answer
 
     async def estimate_cost(self, api_key: str | SecretStr, req: EstimateCostRequest) -> Answer:
@@ -354,12 +371,12 @@ class AsyncGatewayProxy:
         rows = metered_count(req.train_rows, "train_rows")
         metered_count(req.raw_columns, "raw_columns")
         metered_count(req.test_rows, "test_rows")
-        caller, token, _ = await self._resolve(api_key, _INFERENCE)
+        caller, upstream, _ = await self._resolve(api_key, _INFERENCE)
         async with self._gateway.ametered(caller, "estimate_cost", Meter(rows=rows)):
             answer = await self._gateway.forwarder.call(
-                "estimate_cost", "POST", Endpoint.ESTIMATE_COST, token, body=_encode(req)
+                "estimate_cost", "POST", Endpoint.ESTIMATE_COST, upstream, body=_encode(req)
             )
-            _parse(answer, EstimateCostResponse.model_validate_json, "estimate_cost", token)
+            _parse(answer, EstimateCostResponse.model_validate_json, "estimate_cost", upstream)
             return answer
 
     # -- uploads -----------------------------------------------------------------------------
@@ -387,12 +404,13 @@ class AsyncGatewayProxy:
         if caller.owner_id != grant.owner_id or caller.credential_id != grant.credential_id:
             raise InvalidUpload()
         # A URL issued before its credential was removed stops working with the credential.
-        if gateway.authoriser.token_from_memory(caller) is None:
-            await anyio.to_thread.run_sync(lambda: gateway.authoriser.upstream_token(caller))
+        upstream = gateway.authoriser.upstream_from_memory(caller)
+        if upstream is None:
+            upstream = await anyio.to_thread.run_sync(lambda: gateway.authoriser.upstream(caller))
         limit = gateway.settings.max_upload_bytes
         if content_length is not None and content_length > limit:
             raise PayloadTooLarge(f"Uploads are limited to {limit} bytes.")
-        await gateway.egress.acheck(grant.upstream_url)
+        await self._egress(upstream[1]).acheck(grant.upstream_url)
         counted = _CountingBody(body, limit)
         headers = filter_upload_headers(grant.upstream_headers)
         if content_length is not None:
@@ -419,6 +437,7 @@ class AsyncGatewayProxy:
     def _rewrite(
         self,
         caller: Caller,
+        upstream: Upstream,
         info: FileUploadInfo,
         dataset: str,
         base_url: str,
@@ -430,9 +449,10 @@ class AsyncGatewayProxy:
         urls: list[str] = []
         expires_at = info.expires_at
         upstream_headers = filter_upload_headers(info.required_headers)
+        egress = self._egress(upstream.base_url)
         for signed_url in info.signed_urls:
             # Refused now rather than when the caller's data is already streaming.
-            self._gateway.egress.check_url(signed_url)
+            egress.check_url(signed_url)
             token, token_expiry = self._gateway.uploads.seal(
                 upstream_url=signed_url,
                 upstream_headers=upstream_headers,
@@ -456,6 +476,12 @@ class AsyncGatewayProxy:
         return FileUploadInfo(
             signed_urls=urls, expires_at=expires_at, required_headers=client_headers
         )
+
+    def _egress(self, base_url: str | None) -> EgressPolicy:
+        """The egress policy for a credential's signed URLs: the gateway's, plus the origin
+        of the credential's own cloud URL (never another credential's)."""
+        egress = self._gateway.egress
+        return egress if base_url is None else egress.with_upstream(base_url)
 
     async def _claim_upload(self, caller: Caller, upload_id: UUID, kind: str) -> None:
         owners = self._gateway.upload_owners
@@ -538,14 +564,17 @@ def _encoded(answer: BaseModel) -> Answer:
     return Answer(200, {}, answer.model_dump_json(exclude_unset=True).encode())
 
 
-def _parse(answer: Answer, validate: Callable[[bytes], M], operation: str, token: SecretStr) -> M:
+def _parse(answer: Answer, validate: Callable[[bytes], M], operation: str, upstream: Upstream) -> M:
     """``answer``'s body checked against the protocol (``validate``: a message model's
     ``model_validate_json``); a misfit is ``MalformedResponse``."""
     try:
         return validate(answer.content)
     except ValidationError as exc:
         raise malformed(
-            answer.as_httpx(), operation, _describe(exc), secret=token.get_secret_value()
+            answer.as_httpx(),
+            operation,
+            _describe(exc),
+            secret=upstream.token.get_secret_value(),
         ) from None
 
 

@@ -70,7 +70,8 @@ class SyncGatewaySession:
 
     def _client(self, scope: str) -> tuple[Caller, ProtocolClient]:
         decision = self._gateway.authoriser.authorise(self._api_key, scope=scope)
-        return decision.caller, self._gateway.upstream.with_token(decision.token)
+        client = self._gateway.upstream.with_token(decision.token, base_url=decision.base_url)
+        return decision.caller, client
 
     # -- high level, as ProtocolClient ---------------------------------------------------------
 

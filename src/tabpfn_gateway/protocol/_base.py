@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
@@ -138,19 +138,7 @@ class ClientOptions:
         settings_ttl: float = SETTINGS_TTL_SECONDS,
     ) -> ClientOptions:
         """Validated options; a bad value is a ``ConfigurationError`` naming it."""
-        try:
-            url = httpx.URL(base_url)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise ConfigurationError(f"Invalid upstream base URL: {exc}") from exc
-        if url.scheme not in {"http", "https"} or not url.host:
-            raise ConfigurationError(
-                "The upstream base URL must be an absolute http(s) URL, e.g. "
-                "https://api.priorlabs.ai"
-            )
-        if url.userinfo or url.query:
-            raise ConfigurationError(
-                "The upstream base URL must not carry credentials or a query string."
-            )
+        checked_url = check_base_url(base_url)
         for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             if not value > 0:
                 raise ConfigurationError(f"{name} must be positive, got {value!r}")
@@ -167,7 +155,7 @@ class ClientOptions:
                 "max_retries, retry_wait and settings_ttl must not be negative"
             )
         return cls(
-            base_url=str(url).rstrip("/"),
+            base_url=checked_url,
             timeout=timeout,
             connect_timeout=connect_timeout,
             max_connections=max_connections,
@@ -198,6 +186,29 @@ class ClientOptions:
 
     def url(self, path: str) -> str:
         return self.base_url + path
+
+    def at(self, base_url: str) -> ClientOptions:
+        """These options for another upstream root (a credential's own cloud URL)."""
+        checked = check_base_url(base_url)
+        return self if checked == self.base_url else replace(self, base_url=checked)
+
+
+def check_base_url(base_url: str) -> str:
+    """``base_url`` normalised (no trailing slash) if it is an absolute http(s) URL without
+    credentials or a query string; else ``ConfigurationError``."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ConfigurationError(f"Invalid upstream base URL: {exc}") from exc
+    if url.scheme not in {"http", "https"} or not url.host:
+        raise ConfigurationError(
+            "The upstream base URL must be an absolute http(s) URL, e.g. https://api.priorlabs.ai"
+        )
+    if url.userinfo or url.query:
+        raise ConfigurationError(
+            "The upstream base URL must not carry credentials or a query string."
+        )
+    return str(url).rstrip("/")
 
 
 def _no_cookies() -> httpx.Cookies:

@@ -67,16 +67,41 @@ from tabpfn_gateway.protocol.serialization import split_chunks
 
 __all__ = ["AsyncProtocolClient"]
 
+# Upstream roots one pool remembers (one per cloud URL credentials name).
+_MAX_ROOTS = 1_000
+
 
 class _Shared:
     """The pool, options and settings cache one client shares with its ``with_token`` siblings."""
 
-    def __init__(self, options: ClientOptions, transport: httpx.AsyncBaseTransport | None) -> None:
+    def __init__(
+        self,
+        options: ClientOptions,
+        transport: httpx.AsyncBaseTransport | None,
+        *,
+        pool: _Shared | None = None,
+    ) -> None:
         self.options = options
-        self.http = httpx.AsyncClient(transport=transport, **options.httpx_kwargs())
+        if pool is None:
+            self.http = httpx.AsyncClient(transport=transport, **options.httpx_kwargs())
+            # Other upstream roots over this pool, by base URL (each its own settings).
+            self.roots: dict[str, _Shared] = {options.base_url: self}
+        else:
+            self.http = pool.http
+            self.roots = pool.roots
         self.settings: GetSettingsResponse | None = None
         self.settings_until = 0.0  # time.monotonic() past which the settings are asked again
         self.settings_lock = AsyncLock()
+
+    def at(self, base_url: str) -> _Shared:
+        """The shared state for another upstream root over the same pool (made once)."""
+        options = self.options.at(base_url)
+        found = self.roots.get(options.base_url)
+        if found is not None:
+            return found
+        if len(self.roots) >= _MAX_ROOTS:  # credentials come and go: forget the oldest
+            self.roots.pop(next(iter(self.roots)), None)
+        return self.roots.setdefault(options.base_url, _Shared(options, None, pool=self))
 
 
 class AsyncProtocolClient:
@@ -152,14 +177,18 @@ class AsyncProtocolClient:
         self._shared = _Shared(options, transport)
         self._owns_pool = True
 
-    def with_token(self, token: str | SecretStr) -> AsyncProtocolClient:
+    def with_token(
+        self, token: str | SecretStr, *, base_url: str | None = None
+    ) -> AsyncProtocolClient:
         """A client for another credential sharing this one's pool, settings and options.
 
-        Closing the sibling does not close the shared pool; closing the original does.
+        ``base_url``: the credential's own upstream root (a per-credential cloud URL) instead
+        of this client's; same pool and options, settings cached per root. Closing the
+        sibling does not close the shared pool; closing the original does.
         """
         sibling = object.__new__(type(self))
         sibling._token = _base.coerce_token(token)
-        sibling._shared = self._shared
+        sibling._shared = self._shared if base_url is None else self._shared.at(base_url)
         sibling._owns_pool = False
         return sibling
 

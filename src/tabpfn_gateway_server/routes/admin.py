@@ -91,13 +91,14 @@ async def add_credential(
         return CredentialOut.of(await _add_hosted_credential(body, gateway, caller))
     if body.tabpfn_token is None:
         raise InvalidRequest("A cloud credential needs tabpfn_token.")
-    if body.endpoint_url is not None or body.bearer_token is not None or body.extra_headers:
-        raise InvalidRequest("endpoint_url, bearer_token and extra_headers need kind 'hosted'.")
+    if body.bearer_token is not None or body.extra_headers:
+        raise InvalidRequest("bearer_token and extra_headers need kind 'hosted'.")
     record = await _run(
         gateway.admin.add_credential,
         body.owner,
         body.tabpfn_token,
         body.label,
+        endpoint_url=body.endpoint_url,
         verify=body.verify,
         actor=caller.actor,
     )
