@@ -129,6 +129,26 @@ def test_budget_exhausted_through_the_sdk(stack: Stack) -> None:
     assert (budget["level"], budget["spent"], budget["remaining"]) == ("key", 20, 10)
 
 
+def test_budget_used_ratio_per_budget_in_metrics(stack: Stack) -> None:
+    put_policy(stack, "keys", stack.ann.key_id, {"budget_credits": 80, "budget_period": "day"})
+    team = stack.gateway.admin.add_principal("data-team", "team", actor="test")
+    put_policy(stack, "principals", "data-team", {"budget_credits": 1000})
+    put_policy(stack, "principals", "ann", {"requests_per_minute": 100})  # no budget, no series
+    fit_id = fit_once(stack.replica.client(stack.ann.key))
+    client = stack.replica.client(stack.ann.key)
+    client.predict(fit_id, np.ones((5, 4)), ClassifierConfig())  # 20 credits of 80
+    metrics = stack.http.get("/metrics", headers=stack.admin_headers).text
+    ratio = "tabpfn_gateway_budget_used_ratio"
+    assert f'{ratio}{{level="key",target="{stack.ann.key_id}"}} 0.25' in metrics
+    assert f'{ratio}{{level="team",target="{team.id}"}} 0.0' in metrics
+    assert metrics.count(f"{ratio}{{") == 2
+    # Bounded: only the most used budgets, most used first.
+    engine = stack.gateway.policy_engine
+    assert engine is not None
+    [most_used] = engine.budget_usage(1)
+    assert (most_used.level, most_used.target_id, most_used.spent) == ("key", stack.ann.key_id, 20)
+
+
 def test_allowlist_refuses_other_networks_and_trusts_only_configured_proxies(
     stack: Stack,
 ) -> None:

@@ -81,6 +81,7 @@ def create_app(
         engine.add_refusal_listener(
             lambda refusal: metrics.policy_refusals.labels(refusal.error_code).inc()
         )
+        metrics.watch_budgets(engine)
     limiter = limiter_for(settings.redis_url, settings.setup_attempts_per_minute)
     the_gateway = gateway
     hosted_gateway = HostedGateway(gateway, transport=hosted_transport)

@@ -3,12 +3,33 @@ error codes. deploy/prometheus/alerts.yml and deploy/grafana/ are written agains
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from tabpfn_gateway.errors import GatewayError
 from tabpfn_gateway.gateway import UpstreamCall, UsageRecorder
 
+if TYPE_CHECKING:
+    from tabpfn_gateway.governance import BudgetUsage, PolicyEngine
+
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
+
+logger = logging.getLogger(__name__)
+
+#: At most this many budgets appear in ``tabpfn_gateway_budget_used_ratio`` (the most used).
+MAX_BUDGET_SERIES = 100
+_BUDGET_RATIO = "tabpfn_gateway_budget_used_ratio"
+_BUDGET_RATIO_HELP = (
+    "Credits settled this period over the budget, per budget (level: key, user or team; "
+    f"target: its key id or principal id); the {MAX_BUDGET_SERIES} most used budgets."
+)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
@@ -97,6 +118,11 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+    def watch_budgets(self, engine: PolicyEngine, *, max_age_seconds: float = 10.0) -> None:
+        """Export ``tabpfn_gateway_budget_used_ratio`` from ``engine`` at each scrape (read at
+        most every ``max_age_seconds``; bounded to ``MAX_BUDGET_SERIES`` series)."""
+        self.registry.register(_BudgetCollector(engine, max_age_seconds))
+
     def watch_usage(self, recorder: UsageRecorder) -> None:
         """Read the recorder's backlog and losses at each scrape (no hook on its hot path)."""
         self.usage_pending.set_function(lambda: recorder.pending)
@@ -131,3 +157,33 @@ class GatewayMetrics:
     def render(self) -> bytes:
         """The exposition text for ``/metrics``."""
         return bytes(_generate_latest(self.registry))
+
+
+class _BudgetCollector:
+    """Budget use read from the policy engine at scrape time, shared by every replica's
+    database (or Redis), so each replica reports the same figures. Read in the scraping
+    thread (the server renders /metrics off its event loop), at most every ``max_age``."""
+
+    def __init__(self, engine: PolicyEngine, max_age: float) -> None:
+        self._engine = engine
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._read_at = float("-inf")
+        self._usage: list[BudgetUsage] = []
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(_BUDGET_RATIO, _BUDGET_RATIO_HELP, labels=("level", "target"))
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if time.monotonic() - self._read_at >= self._max_age:
+                try:
+                    self._usage = self._engine.budget_usage(MAX_BUDGET_SERIES)
+                except GatewayError as exc:  # a scrape never fails: the last figures stay
+                    logger.warning("Could not read budget counters for metrics: %s", exc.error_code)
+                self._read_at = time.monotonic()
+            usage = self._usage
+        family = GaugeMetricFamily(_BUDGET_RATIO, _BUDGET_RATIO_HELP, labels=("level", "target"))
+        for budget in usage:
+            family.add_metric((budget.level, budget.target_id), budget.ratio)
+        yield family

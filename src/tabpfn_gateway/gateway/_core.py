@@ -369,21 +369,39 @@ class Gateway:
     async def ametered(
         self, caller: Caller, operation: str, meter: Meter | None = None
     ) -> AsyncIterator[Meter]:
-        """``metered`` for async code: a policy decision that needs I/O (shared counters, a
-        budget reservation) is made first in a worker thread, never on the event loop."""
+        """``metered`` for async code, with no store I/O on the event loop: the policy decision
+        is made in memory when it can be (cached policies, in-process counters or a rate
+        lease), else first in a worker thread; a settlement or refund that writes (a budget,
+        a shared fit slot) runs in a worker thread when the call has ended."""
         meter = meter if meter is not None else Meter()
         governance = self.governance
-        if governance is not None and not governance.decides_in_memory(caller, operation):
-            import anyio.to_thread
+        if governance is None:
+            with self.meter.metered(caller, operation, meter) as inner:
+                yield inner
+            return
+        import anyio
+        import anyio.to_thread
 
-            try:
-                meter.admission = await anyio.to_thread.run_sync(
+        try:
+            ahead = governance.decide_in_memory(caller, operation, meter.credits)
+            if ahead is None:
+                ahead = await anyio.to_thread.run_sync(
                     lambda: governance.decide(caller, operation, meter.credits)
                 )
-            except GatewayError as exc:  # recorded by metered, like a refusal made inline
-                meter.admission = exc
-        with self.meter.metered(caller, operation, meter) as inner:
-            yield inner
+            meter.admission = ahead
+        except GatewayError as exc:  # recorded by metered, like a refusal made inline
+            meter.admission = exc
+        deferred: list[Callable[[], None]] = []
+        meter.deferred = deferred
+        try:
+            with self.meter.metered(caller, operation, meter) as inner:
+                yield inner
+        finally:
+            meter.deferred = None
+            if deferred:
+                # Shielded: a cancelled request still settles or refunds what it reserved.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_run_all, deferred)
 
     def setup(
         self, tabpfn_token: str | SecretStr, *, name: str | None = None, actor: str = "setup"
@@ -486,3 +504,8 @@ def default_async_transport(max_connections: int) -> httpx.AsyncBaseTransport | 
         return AiohttpTransport(max_connections=max_connections)
     except ImportError:
         return None
+
+
+def _run_all(work: list[Callable[[], None]]) -> None:
+    for item in work:
+        item()

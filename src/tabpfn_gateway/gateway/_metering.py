@@ -35,6 +35,9 @@ class Meter:
     #: A spend-policy decision made ahead, off the event loop, by the async face (or the
     #: refusal it raised); the policy's ``admit`` takes it from here.
     admission: object | None = field(default=None, repr=False)
+    #: Set (to a list) by the async face: a settlement or refund that needs I/O is put here
+    #: by the policy, and run by that face off the event loop when the call has ended.
+    deferred: list[Callable[[], None]] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from tabpfn_gateway.protocol.messages import (
 from tabpfn_gateway.protocol.serialization import parquet_shape
 
 if TYPE_CHECKING:
+    from tabpfn_gateway.governance import GovernancePolicy
     from tabpfn_gateway.protocol import AsyncProtocolClient
 
 __all__ = ["AsyncGatewayProxy"]
@@ -323,7 +324,7 @@ class AsyncGatewayProxy:
             governance is not None
             and test_set.rows is not None
             and test_set.columns is not None
-            and await anyio.to_thread.run_sync(governance.wants_price, caller)
+            and await _wants_price(governance, caller)
         ):
             # Reserved at the upstream's quote for the test set that streamed through.
             quoter = self._gateway.async_upstream.with_token(
@@ -589,3 +590,11 @@ def _describe(exc: ValidationError) -> str:
 def _sum_sizes(*sizes: int | None) -> int | None:
     known = [s for s in sizes if s is not None]
     return sum(known) if known else None
+
+
+async def _wants_price(governance: GovernancePolicy, caller: Caller) -> bool:
+    """Whether a prediction should be priced: from the policy cache, else off the loop."""
+    cached = governance.wants_price_cached(caller)
+    if cached is not None:
+        return cached
+    return await anyio.to_thread.run_sync(governance.wants_price, caller)

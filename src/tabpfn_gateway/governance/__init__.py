@@ -14,6 +14,7 @@ from tabpfn_gateway.governance._context import client_address, publish_headers, 
 from tabpfn_gateway.governance._engine import (
     Admission,
     BudgetStatus,
+    BudgetUsage,
     PolicyEngine,
     rate_limit_headers,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "BudgetLedger",
     "BudgetSpan",
     "BudgetStatus",
+    "BudgetUsage",
     "EffectivePolicy",
     "GovernancePolicy",
     "InProcessLimiter",

@@ -41,7 +41,7 @@ from tabpfn_gateway.store.records import ApiKey, BudgetClaim, utcnow
 if TYPE_CHECKING:
     from tabpfn_gateway.config import Settings
 
-__all__ = ["Admission", "BudgetStatus", "PolicyEngine"]
+__all__ = ["Admission", "BudgetStatus", "BudgetUsage", "PolicyEngine"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,22 @@ class BudgetStatus:
         return max(0, self.budget - self.spent - self.reserved)
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    """How much of one budget is spent this period: ``level`` is ``key``, ``user`` or
+    ``team``, ``target_id`` the key id or principal id the budget is set on."""
+
+    level: str
+    target_id: str
+    budget: int
+    spent: int
+
+    @property
+    def ratio(self) -> float:
+        """Settled credits over the budget (1.0 is all of it; above 1.0 is an overshoot)."""
+        return self.spent / self.budget if self.budget > 0 else 0.0
+
+
 @dataclass
 class Admission:
     """A call the policy let through. ``settle(credits)`` after it succeeded, ``refund()``
@@ -101,6 +117,13 @@ class Admission:
                 return False
             self._done = True
             return True
+
+    @property
+    def needs_io(self) -> bool:
+        """Whether settling or refunding writes somewhere (a budget, a shared fit slot)."""
+        if self.engine is None:
+            return False
+        return bool(self.claims) or (bool(self.slots) and not self.engine.limiter.in_process)
 
     def settle(self, credits: int | None) -> None:
         """Turn the reservation into ``credits`` spent (None: the estimate), free the slot."""
@@ -137,6 +160,9 @@ class _FallbackLimiter:
         except StoreUnavailable:
             self._warn()
             return self._secondary.hit(checks)
+
+    def try_hit(self, checks: Sequence[RateCheck]) -> RateDecision | None:
+        return self._primary.try_hit(checks)
 
     def acquire(self, name: str, cap: int) -> bool:
         try:
@@ -188,6 +214,7 @@ class PolicyEngine:
         self._cache: dict[str, _Cached] = {}
         self._cache_lock = threading.Lock()
         self._refusal_listeners: list[Callable[[PolicyRefused], None]] = []
+        self._kinds: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"PolicyEngine(limiter={type(self.limiter).__name__})"
@@ -345,12 +372,64 @@ class PolicyEngine:
         try:
             return self._admit(key, operation, client_address, credits, effective)
         except PolicyRefused as refusal:
-            for listener in self._refusal_listeners:
-                try:
-                    listener(refusal)
-                except Exception:
-                    logger.exception("A refusal listener failed")
+            self._refused(refusal)
             raise
+
+    def admit_in_memory(
+        self,
+        key: ApiKey,
+        operation: str,
+        *,
+        client_address: str | None = None,
+        credits: int | None = None,
+    ) -> Admission | None:
+        """``admit`` when it can be decided with no I/O: the key's policies are cached, no
+        budget is reserved and no shared fit slot taken for this call, and the limiter counts
+        the rate limits in memory (or from its lease). Else None, with nothing counted: call
+        ``admit`` (off the event loop)."""
+        effective = self.cached(key.key_id)
+        if effective is None:
+            return None
+        if effective.empty:
+            return Admission()
+        policies = [s.policy for s in effective.sources]
+        if operation in PRICED_OPERATIONS and any(p.budget_credits is not None for p in policies):
+            return None
+        if (
+            operation in FIT_OPERATIONS
+            and not self.limiter.in_process
+            and any(p.max_concurrent_fits is not None for p in policies)
+        ):
+            return None
+        try:
+            if not address_allowed(client_address, effective.allowed_cidrs):
+                raise IpNotAllowed()
+            headers: dict[str, str] = {}
+            if operation not in RATE_EXEMPT:
+                checks, labels = self._rate_checks(effective)
+                if checks:
+                    decision = self.limiter.try_hit(checks)
+                    if decision is None:
+                        return None
+                    headers = self._rate_headers(checks, labels, decision)
+            slots = self._take_slots(effective, operation)
+        except PolicyRefused as refusal:
+            self._refused(refusal)
+            raise
+        return Admission(
+            engine=self,
+            sources=effective.sources,
+            slots=slots,
+            estimate=max(0, credits or 0),
+            headers=headers,
+        )
+
+    def _refused(self, refusal: PolicyRefused) -> None:
+        for listener in self._refusal_listeners:
+            try:
+                listener(refusal)
+            except Exception:
+                logger.exception("A refusal listener failed")
 
     def _admit(
         self,
@@ -379,7 +458,7 @@ class PolicyEngine:
             headers=headers,
         )
 
-    def _check_rates(self, effective: EffectivePolicy) -> dict[str, str]:
+    def _rate_checks(self, effective: EffectivePolicy) -> tuple[list[RateCheck], dict[str, str]]:
         checks: list[RateCheck] = []
         labels: dict[str, str] = {}
         for source in effective.sources:
@@ -393,9 +472,18 @@ class PolicyEngine:
                 name = f"{source.level}:{source.policy.target_id}:{window}"
                 labels[name] = f"{source.level}-{window}"
                 checks.append(RateCheck(name, limit, seconds))
+        return checks, labels
+
+    def _check_rates(self, effective: EffectivePolicy) -> dict[str, str]:
+        checks, labels = self._rate_checks(effective)
         if not checks:
             return {}
-        decision = self.limiter.hit(checks)
+        return self._rate_headers(checks, labels, self.limiter.hit(checks))
+
+    def _rate_headers(
+        self, checks: list[RateCheck], labels: dict[str, str], decision: RateDecision
+    ) -> dict[str, str]:
+        """The RateLimit headers of a decision, or the refusal it is."""
         if decision.refused is not None:
             check = decision.refused
             wait = decision.reset_seconds.get(check.name, check.window_seconds)
@@ -580,6 +668,39 @@ class PolicyEngine:
                 )
             )
         return found
+
+    def budget_usage(self, max_budgets: int = 100) -> list[BudgetUsage]:
+        """Every budget set on a key or principal, with what is spent this period; the
+        ``max_budgets`` most used ones, most used first (a bounded set for the metrics)."""
+        now = self._clock()
+        found: list[BudgetUsage] = []
+        for policy in self.store.list_policies():
+            if policy.budget_credits is None:
+                continue
+            span = budget_span(policy.budget_period, policy.budget_window, now)
+            counters = self.ledger.counters(policy.target_id, [span.bucket, *span.window])
+            found.append(
+                BudgetUsage(
+                    level=self._level_of(policy.target_id, policy.target_type),
+                    target_id=policy.target_id,
+                    budget=policy.budget_credits,
+                    spent=sum(c.spent for c in counters),
+                )
+            )
+        found.sort(key=lambda usage: (-usage.ratio, usage.target_id))
+        return found[: max(0, max_budgets)]
+
+    def _level_of(self, target_id: str, target_type: str) -> str:
+        if target_type == "key":
+            return "key"
+        kind = self._kinds.get(target_id)
+        if kind is None:
+            principal = self.store.get_principal(target_id)
+            kind = principal.kind if principal is not None else "user"
+            if len(self._kinds) > 10_000:
+                self._kinds.clear()
+            self._kinds[target_id] = kind  # a principal's kind never changes
+        return kind
 
     def close(self) -> None:
         self.alerts.close()

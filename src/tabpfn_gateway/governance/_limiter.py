@@ -61,6 +61,10 @@ class RateLimiter(Protocol):
         """Count one request against every check, or refuse (see ``RateDecision``)."""
         ...
 
+    def try_hit(self, checks: Sequence[RateCheck]) -> RateDecision | None:
+        """``hit`` if it can be decided with no I/O, else None (and nothing counted)."""
+        ...
+
     def acquire(self, name: str, cap: int) -> bool:
         """Take one of ``cap`` slots of ``name``; False if all are taken."""
         ...
@@ -109,6 +113,10 @@ class _LimitsLimiter:
             remaining[check.name] = int(stats.remaining)
             resets[check.name] = max(0, math.ceil(stats.reset_time - time.time()))
         return RateDecision(refused, remaining, resets)
+
+    def try_hit(self, checks: Sequence[RateCheck]) -> RateDecision | None:
+        """In memory: ``hit``; in a shared storage: None (every hit is a round trip)."""
+        return self.hit(checks) if self.in_process else None
 
 
 class InProcessLimiter(_LimitsLimiter):
@@ -219,41 +227,154 @@ class RedisLimiter(_LimitsLimiter):
         self._client.close()
 
 
+@dataclass
+class _Lease:
+    """Requests of one shared window this process took ahead and has not used yet."""
+
+    counter: str
+    left: int
+    #: The shared count when the lease was taken (for the RateLimit headers' estimate).
+    shared: int
+
+
 class StoreLimiter:
     """Fixed windows counted in the database (``Store.hit_counters``: one conditional write
     per counter), so several workers on one SQLite file, or replicas on one PostgreSQL,
-    share one limit without Redis. A window starts at a multiple of its length (UTC)."""
+    share one limit without Redis. A window starts at a multiple of its length (UTC).
+
+    Leases: a process takes up to ``max_lease`` requests of a window at once (at most
+    ``limit // lease_divisor``), in the same conditional write, and counts them down in
+    memory; so most requests need no database write. The shared count never passes the
+    limit (a lease is granted only if it fits); a lease this process has not used yet is not
+    available to the others, so with P processes a caller may be refused up to (P - 1) x the
+    lease size before the limit: by default at most 1% of it. Limits under ``lease_divisor *
+    2`` per window are counted one request at a time, exactly. A lease left over when its
+    window ends is lost (it was counted); ``close`` gives back the current ones.
+    """
 
     in_process = False
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_lease: int = 100,
+        lease_divisor: int = 100,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._max_lease = max(1, max_lease)
+        self._divisor = max(1, lease_divisor)
+        self._leases: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
+
+    def _lease_size(self, limit: int) -> int:
+        return max(1, min(self._max_lease, limit // self._divisor))
+
+    def _window(self, check: RateCheck, now: float) -> tuple[str, float]:
+        start = int(now // check.window_seconds) * check.window_seconds
+        return f"rate:{check.name}:{start}", start + check.window_seconds
+
+    def try_hit(self, checks: Sequence[RateCheck]) -> RateDecision | None:
+        """Count one request against every check from this process's leases, with no I/O;
+        None (nothing counted) when a check has no lease left: ``hit`` then asks the store."""
+        now = self._clock()
+        counters = [self._window(check, now) for check in checks]
+        with self._lock:
+            leases = [self._leases.get(check.name) for check in checks]
+            if not all(
+                lease is not None and lease.left > 0 and lease.counter == counter
+                for lease, (counter, _) in zip(leases, counters, strict=True)
+            ):
+                return None
+            remaining: dict[str, int] = {}
+            resets: dict[str, int] = {}
+            for check, lease, (_, end) in zip(checks, leases, counters, strict=True):
+                assert lease is not None
+                lease.left -= 1
+                remaining[check.name] = max(0, check.limit - lease.shared + lease.left)
+                resets[check.name] = max(1, math.ceil(end - now))
+        return RateDecision(None, remaining, resets)
+
+    def _take_local(self, checks: Sequence[RateCheck], counters: list[str]) -> list[bool]:
+        """Take one request from each check's lease where there is one (under the lock)."""
+        taken: list[bool] = []
+        with self._lock:
+            for check, counter in zip(checks, counters, strict=True):
+                lease = self._leases.get(check.name)
+                if lease is not None and lease.counter == counter and lease.left > 0:
+                    lease.left -= 1
+                    taken.append(True)
+                else:
+                    taken.append(False)
+        return taken
+
+    def _give_back(
+        self, checks: Sequence[RateCheck], counters: list[str], taken: list[bool]
+    ) -> None:
+        with self._lock:
+            for check, counter, took in zip(checks, counters, taken, strict=True):
+                lease = self._leases.get(check.name)
+                if took and lease is not None and lease.counter == counter:
+                    lease.left += 1
 
     def hit(self, checks: Sequence[RateCheck]) -> RateDecision:
+        decided = self.try_hit(checks)
+        if decided is not None:
+            return decided
         now = self._clock()
-        hits: list[CounterHit] = []
-        resets: dict[str, int] = {}
-        for check in checks:
-            start = int(now // check.window_seconds) * check.window_seconds
-            end = start + check.window_seconds
-            hits.append(
-                CounterHit(
-                    name=f"rate:{check.name}:{start}",
-                    limit=max(0, check.limit),
-                    expires_at=datetime.fromtimestamp(end, UTC),
-                )
-            )
-            resets[check.name] = max(1, math.ceil(end - now))
-        refused_index, counts = self._store.hit_counters(hits)
-        remaining = {
-            check.name: max(0, check.limit - count)
-            for check, count in zip(checks, counts, strict=True)
+        windows = [self._window(check, now) for check in checks]
+        counters = [counter for counter, _ in windows]
+        resets = {
+            check.name: max(1, math.ceil(end - now))
+            for check, (_, end) in zip(checks, windows, strict=True)
         }
-        refused = None if refused_index is None else checks[refused_index]
-        if refused is not None:
+        taken = self._take_local(checks, counters)
+        needed = [i for i, took in enumerate(taken) if not took]
+        sizes = {i: self._lease_size(checks[i].limit) for i in needed}
+        while True:
+            hits = [
+                CounterHit(
+                    name=counters[i],
+                    limit=max(0, checks[i].limit),
+                    expires_at=datetime.fromtimestamp(windows[i][1], UTC),
+                    amount=sizes[i],
+                )
+                for i in needed
+            ]
+            try:
+                refused_at, counts = self._store.hit_counters(hits)
+            except BaseException:
+                self._give_back(checks, counters, taken)
+                raise
+            if refused_at is None or all(size == 1 for size in sizes.values()):
+                break
+            # A whole lease does not fit any more: near the limit, count one at a time.
+            sizes = dict.fromkeys(needed, 1)
+        remaining = {check.name: check.limit for check in checks}
+        if refused_at is not None:
+            self._give_back(checks, counters, taken)
+            refused = checks[needed[refused_at]]
             remaining[refused.name] = 0
-        return RateDecision(refused, remaining, resets)
+            return RateDecision(refused, remaining, resets)
+        with self._lock:
+            for i, count in zip(needed, counts, strict=True):
+                check = checks[i]
+                lease = self._leases.get(check.name)
+                if lease is None or lease.counter != counters[i]:
+                    lease = _Lease(counters[i], 0, count)
+                    self._leases[check.name] = lease
+                lease.left += sizes[i] - 1
+                lease.shared = count
+            for check in checks:
+                lease = self._leases[check.name]
+                remaining[check.name] = max(0, check.limit - lease.shared + lease.left)
+            if len(self._leases) > 10_000:
+                # Bounded: drop leases of ended windows (their requests were counted).
+                for name in [n for n, lease in self._leases.items() if lease.left == 0]:
+                    del self._leases[name]
+        return RateDecision(None, remaining, resets)
 
     def acquire(self, name: str, cap: int) -> bool:
         expires = datetime.fromtimestamp(self._clock(), UTC) + _SLOT_TTL
@@ -264,4 +385,12 @@ class StoreLimiter:
         self._store.release_counters({f"slots:{name}": 1})
 
     def close(self) -> None:
-        """Nothing to release: the store belongs to the gateway."""
+        """Give back the unused requests of this process's leases (the store stays open)."""
+        with self._lock:
+            unused = {lease.counter: lease.left for lease in self._leases.values() if lease.left}
+            self._leases.clear()
+        if unused:
+            try:
+                self._store.release_counters(unused)
+            except Exception:  # closing: the leases lapse with their windows anyway
+                logger.warning("Could not give back rate-limit leases")

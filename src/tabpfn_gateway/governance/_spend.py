@@ -24,22 +24,41 @@ logger = logging.getLogger(__name__)
 
 
 class _Granted:
-    """The seam's admission over an engine ``Admission``: settled with the meter's credits."""
+    """The seam's admission over an engine ``Admission``: settled with the meter's credits.
 
-    def __init__(self, admission: Admission) -> None:
+    When the meter carries a ``deferred`` list (the async face), a settlement or refund that
+    writes somewhere is put there, to be run off the event loop; else it runs at once.
+    """
+
+    def __init__(self, admission: Admission, meter: Meter) -> None:
         self._admission = admission
+        self._meter = meter
 
-    def settle(self, meter: Meter) -> None:
+    def _settle(self, credits: int | None) -> None:
         try:
-            self._admission.settle(meter.credits)
+            self._admission.settle(credits)
         except Exception:  # the seam's settle never raises; the reservation stays held
             logger.exception("Could not settle a budget reservation")
 
-    def refund(self) -> None:
+    def _refund(self) -> None:
         try:
             self._admission.refund()
         except Exception:
             logger.exception("Could not refund a budget reservation")
+
+    def settle(self, meter: Meter) -> None:
+        credits = meter.credits
+        if meter.deferred is not None and self._admission.needs_io:
+            meter.deferred.append(lambda: self._settle(credits))
+        else:
+            self._settle(credits)
+
+    def refund(self) -> None:
+        deferred = self._meter.deferred
+        if deferred is not None and self._admission.needs_io:
+            deferred.append(self._refund)
+        else:
+            self._refund()
 
 
 class GovernancePolicy:
@@ -87,19 +106,35 @@ class GovernancePolicy:
             meter.admission = None
             if isinstance(ahead, BaseException):
                 raise ahead
-            return _Granted(ahead)
-        return _Granted(self.decide(caller, operation, meter.credits))
+            return _Granted(ahead, meter)
+        return _Granted(self.decide(caller, operation, meter.credits), meter)
 
     def decides_in_memory(self, caller: Caller, operation: str) -> bool:
         """Whether ``admit`` would do no I/O for this call (cached, no shared counters)."""
         effective = self.engine.cached(caller.key_id)
         return effective is not None and self.engine.decides_in_memory(effective, operation)
 
+    def decide_in_memory(
+        self, caller: Caller, operation: str, credits: int | None
+    ) -> Admission | None:
+        """``decide`` if it needs no I/O (see ``PolicyEngine.admit_in_memory``), else None."""
+        admission = self.engine.admit_in_memory(
+            caller.key, operation, client_address=client_address.get(), credits=credits
+        )
+        if admission is not None:
+            publish_headers(admission.headers)
+        return admission
+
     # -- pricing -------------------------------------------------------------------------
 
     def wants_price(self, caller: Caller) -> bool:
         """Whether a prediction by ``caller`` should be priced before it is forwarded."""
         return self.engine.wants_price(self.engine.applicable(caller.key), "predict")
+
+    def wants_price_cached(self, caller: Caller) -> bool | None:
+        """``wants_price`` from the policy cache (no I/O); None when it is not cached."""
+        effective = self.engine.cached(caller.key_id)
+        return None if effective is None else self.engine.wants_price(effective, "predict")
 
     def _fit_rows(self, fit_id: str | None) -> int:
         if fit_id is None:

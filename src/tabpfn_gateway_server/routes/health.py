@@ -63,6 +63,8 @@ def build_health_router(*, metrics_enabled: bool) -> APIRouter:
             if not _is_metrics_token(key, gateway.settings.metrics_token):
                 await gateway.proxy.authenticate(key, scope=SCOPE_ADMIN)
             registry: GatewayMetrics = request.app.state.metrics
-            return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
+            # Off the event loop: the budget gauge reads the store at scrape time.
+            body = await anyio.to_thread.run_sync(registry.render)
+            return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return router
