@@ -15,6 +15,7 @@
     │   ├── KeyNotFound               KEY_NOT_FOUND
     │   └── FittedModelNotFound       FITTED_MODEL_NOT_FOUND
     ├── Conflict                      CONFLICT              a unique name or id is taken
+    │   └── IdempotencyKeyReused      IDEMPOTENCY_KEY_REUSED  a request id another caller used
     ├── StoreError                    STORE_ERROR           the store failed for a reason of its own
     │   ├── StoreUnavailable          STORE_UNAVAILABLE     database unreachable (retryable)
     │   └── SchemaNotCurrent          SCHEMA_NOT_CURRENT    migrations are missing: run `db upgrade`
@@ -69,6 +70,7 @@ __all__ = [
     "FittedModelNotFound",
     "GatewayError",
     "HostNotAllowed",
+    "IdempotencyKeyReused",
     "InsufficientScope",
     "InvalidData",
     "InvalidKey",
@@ -204,6 +206,14 @@ class FittedModelNotFound(NotFound):
 class Conflict(GatewayError):
     error_code = "CONFLICT"
     default_message = "That name or id is already taken."
+
+
+class IdempotencyKeyReused(Conflict):
+    """A request id (``Idempotency-Key``) that another caller already used: its stored answer
+    belongs to that caller and is not replayed to anyone else."""
+
+    error_code = "IDEMPOTENCY_KEY_REUSED"
+    default_message = "That request id was already used by another caller; use a new one."
 
 
 class StoreError(GatewayError):

@@ -23,6 +23,7 @@ HTTP_STATUS_BY_CODE: dict[str, int] = {
     "KEY_NOT_FOUND": 404,
     "FITTED_MODEL_NOT_FOUND": 404,
     "CONFLICT": 409,
+    "IDEMPOTENCY_KEY_REUSED": 409,
     "STORE_ERROR": 500,
     # A database outage is the gateway's trouble, never the caller's key: 503, not 401.
     "STORE_UNAVAILABLE": 503,

@@ -8,6 +8,7 @@ batches, so a busy key costs no write per request.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from tabpfn_gateway.errors import (
     Conflict,
     CredentialNotFound,
+    IdempotencyKeyReused,
     InsufficientScope,
     InvalidKey,
     InvalidRequest,
@@ -74,6 +76,11 @@ ROTATION_REPLAY_WINDOW: Final = timedelta(hours=24)
 _MAX_NAME_LENGTH = 200
 _MAX_REQUEST_ID_LENGTH = 200
 _CREATE_ATTEMPTS = 5
+# Sealed rotation replays: version | HMAC tag of the actor (16) | nonce (12) | AES-GCM output.
+# Version 1 (nonce | output, bound to key id and request id only) is never replayed: it names
+# no caller.
+_SEALED_VERSION = b"\x02"
+_ACTOR_TAG_LENGTH = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,13 @@ class KeyManager:
                 info=b"key rotation replay",
             ).derive(pepper)
         )
+        # Binds a sealed replay to the actor who rotated, without storing the actor's name.
+        self._rotation_actor_key = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=b"tabpfn-gateway/v1",
+            info=b"key rotation replay actor",
+        ).derive(pepper)
         self._clock = clock
         self._monotonic = monotonic
         self._last_used_flush = last_used_flush
@@ -381,7 +395,10 @@ class KeyManager:
         if record.revoked_at is not None:
             return record
         now = self._clock()
-        return self._change(record, {"revoked_at": now}, actor, "key.revoke", now)
+        # A revoked key's sealed rotation replay could only ever be refused: drop it now.
+        return self._change(
+            record, {"revoked_at": now, "rotation_ciphertext": None}, actor, "key.revoke", now
+        )
 
     def disable(self, key_id: str, *, actor: str = "system") -> ApiKey:
         """Refuse the key until ``enable`` (idempotent)."""
@@ -438,9 +455,12 @@ class KeyManager:
 
         Rotating again with the same ``request_id`` (a retried request) answers with the same
         new key, for up to ``ROTATION_REPLAY_WINDOW`` and while no other rotation came in
-        between (only the latest request id is kept). Concurrent rotations are settled by a
-        compare-and-set on the stored hash: the loser gets ``Conflict``. Only one previous
-        secret is kept: rotating twice ends the first secret's grace at once.
+        between (only the latest request id is kept). Only the same ``actor`` gets it back
+        (anyone else: ``IdempotencyKeyReused``), never once the key is revoked (``KeyRevoked``)
+        or expired (``KeyExpired``); replays and refused replays are audited
+        (``key.rotate.replayed``, ``key.rotate.replay_refused``). Concurrent rotations are
+        settled by a compare-and-set on the stored hash: the loser gets ``Conflict``. Only one
+        previous secret is kept: rotating twice ends the first secret's grace at once.
         """
         if not isinstance(grace, timedelta) or grace < timedelta(0):
             raise InvalidRequest("grace must be a non-negative timedelta.")
@@ -456,7 +476,7 @@ class KeyManager:
         record = self.get(key_id)
         now = self._clock()
         if request_id is not None and record.rotation_request_id == request_id:
-            return self._replay_rotation(record, request_id, now)
+            return self._replay_rotation(record, request_id, actor, now)
         if record.revoked_at is not None:
             raise KeyRevoked("A revoked key cannot be rotated; create a new key.")
         if record.expires_at is not None and now >= record.expires_at:
@@ -483,7 +503,9 @@ class KeyManager:
             "rotated_at": now,
             "rotation_request_id": request_id,
             "rotation_ciphertext": (
-                self._seal_rotation(plaintext, record.key_id, request_id) if request_id else None
+                self._seal_rotation(plaintext, record.key_id, request_id, actor)
+                if request_id
+                else None
             ),
         }
         audit = self._audit(
@@ -507,29 +529,63 @@ class KeyManager:
         self._changed(record.key_id)
         if not won:
             if request_id is not None and updated.rotation_request_id == request_id:
-                return self._replay_rotation(updated, request_id, now)
+                return self._replay_rotation(updated, request_id, actor, now)
             raise Conflict("The key was rotated concurrently; look at it again and retry.")
         logger.info("Rotated key id %s", updated.key_id)
         return CreatedKey(record=updated, plaintext=plaintext)
 
-    def _seal_rotation(self, plaintext: str, key_id: str, request_id: str) -> bytes:
-        nonce = os.urandom(12)
-        aad = f"{key_id}\x00{request_id}".encode()
-        return nonce + self._rotation_aead.encrypt(nonce, plaintext.encode("ascii"), aad)
+    def _actor_tag(self, key_id: str, actor: str) -> bytes:
+        message = f"{key_id}\x00{actor}".encode("utf-8", "surrogatepass")
+        digest = hmac.new(self._rotation_actor_key, message, "sha256").digest()
+        return digest[:_ACTOR_TAG_LENGTH]
 
-    def _replay_rotation(self, record: ApiKey, request_id: str, now: datetime) -> CreatedKey:
+    @staticmethod
+    def _rotation_aad(key_id: str, request_id: str, actor: str) -> bytes:
+        return f"{key_id}\x00{request_id}\x00{actor}".encode("utf-8", "surrogatepass")
+
+    def _seal_rotation(self, plaintext: str, key_id: str, request_id: str, actor: str) -> bytes:
+        nonce = os.urandom(12)
+        aad = self._rotation_aad(key_id, request_id, actor)
+        return (
+            _SEALED_VERSION
+            + self._actor_tag(key_id, actor)
+            + nonce
+            + self._rotation_aead.encrypt(nonce, plaintext.encode("ascii"), aad)
+        )
+
+    def _replay_rotation(
+        self, record: ApiKey, request_id: str, actor: str, now: datetime
+    ) -> CreatedKey:
         gone = Conflict(
             f"Rotation request {request_id!r} was already applied and its new key can no "
             "longer be shown; rotate again with a new request id."
         )
+        # The request id is no secret (the key.rotate audit event names it): the new key is
+        # answered only to the actor who rotated, and never for a key that is gone.
+        if record.revoked_at is not None:
+            self._refuse_replay(record, request_id, actor, now, "revoked")
+            raise KeyRevoked("The key was revoked after this rotation; its new key is not shown.")
+        if record.expires_at is not None and now >= record.expires_at:
+            self._refuse_replay(record, request_id, actor, now, "expired")
+            raise KeyExpired("The key expired after this rotation; its new key is not shown.")
         sealed = record.rotation_ciphertext
         if sealed is None or record.rotated_at is None:
             raise gone
         if now - record.rotated_at > ROTATION_REPLAY_WINDOW:
             raise gone
-        aad = f"{record.key_id}\x00{request_id}".encode()
+        header = len(_SEALED_VERSION) + _ACTOR_TAG_LENGTH
+        if not sealed.startswith(_SEALED_VERSION) or len(sealed) <= header + 12:
+            raise gone  # sealed before replays named their caller
+        if not hmac.compare_digest(sealed[1:header], self._actor_tag(record.key_id, actor)):
+            self._refuse_replay(record, request_id, actor, now, "another_actor")
+            raise IdempotencyKeyReused(
+                f"Rotation request {request_id!r} was made by another caller; only that caller "
+                "can replay it. Rotate with a request id of your own."
+            )
+        nonce, ciphertext = sealed[header : header + 12], sealed[header + 12 :]
+        aad = self._rotation_aad(record.key_id, request_id, actor)
         try:
-            plaintext = self._rotation_aead.decrypt(sealed[:12], sealed[12:], aad).decode("ascii")
+            plaintext = self._rotation_aead.decrypt(nonce, ciphertext, aad).decode("ascii")
             parsed = parse_key(plaintext)
         except (InvalidTag, UnicodeDecodeError, InvalidKey):
             # Sealed under another pepper, or damaged: the key cannot be recovered.
@@ -539,7 +595,29 @@ class KeyManager:
             is None
         ):
             raise gone
+        # A replay hands out a key: audited before it is answered, or not answered at all.
+        self._store.record_audit(
+            self._audit(actor, "key.rotate.replayed", record.key_id, now, request_id=request_id)
+        )
+        logger.info("Replayed the rotation of key id %s to %s", record.key_id, actor)
         return CreatedKey(record=record, plaintext=plaintext)
+
+    def _refuse_replay(
+        self, record: ApiKey, request_id: str, actor: str, now: datetime, reason: str
+    ) -> None:
+        self._store.record_audit(
+            self._audit(
+                actor,
+                "key.rotate.replay_refused",
+                record.key_id,
+                now,
+                request_id=request_id,
+                reason=reason,
+            )
+        )
+        logger.warning(
+            "Refused to replay a rotation of key id %s to %s (%s)", record.key_id, actor, reason
+        )
 
     def _change(
         self,
