@@ -4,6 +4,7 @@
     ├── ConfigurationError            CONFIGURATION_ERROR   a setting is missing or invalid
     ├── InvalidRequest                INVALID_REQUEST       the caller sent something malformed
     │   ├── PayloadTooLarge           PAYLOAD_TOO_LARGE
+    │   ├── HeadersTooLarge           HEADERS_TOO_LARGE     431, request line + headers past 64 KB
     │   ├── InvalidUpload             INVALID_UPLOAD        a broken, expired or foreign upload
     │   ├── HostNotAllowed            HOST_NOT_ALLOWED      a Host header outside ALLOWED_HOSTS
     │   ├── InvalidData               INVALID_DATA          bad X/y for an estimator (+ValueError)
@@ -69,6 +70,7 @@ __all__ = [
     "EgressRefused",
     "FittedModelNotFound",
     "GatewayError",
+    "HeadersTooLarge",
     "HostNotAllowed",
     "IdempotencyKeyReused",
     "InsufficientScope",
@@ -161,6 +163,13 @@ class InvalidRequest(GatewayError):
 class PayloadTooLarge(InvalidRequest):
     error_code = "PAYLOAD_TOO_LARGE"
     default_message = "The request body exceeds the configured limit."
+
+
+class HeadersTooLarge(InvalidRequest):
+    """The request line and headers together exceed the server's limit (431)."""
+
+    error_code = "HEADERS_TOO_LARGE"
+    default_message = "The request line and headers exceed the limit."
 
 
 class InvalidUpload(InvalidRequest):

@@ -17,8 +17,13 @@ from tabpfn_gateway_server.apidocs import install_api_docs
 from tabpfn_gateway_server.direct import DirectRoutes
 from tabpfn_gateway_server.errors import install_error_handlers
 from tabpfn_gateway_server.governance import GovernanceContextMiddleware
+from tabpfn_gateway_server.httpserver import MAX_HEADER_BYTES
 from tabpfn_gateway_server.metrics import GatewayMetrics
-from tabpfn_gateway_server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from tabpfn_gateway_server.middleware import (
+    BodyLimitMiddleware,
+    HeaderLimitMiddleware,
+    RequestContextMiddleware,
+)
 from tabpfn_gateway_server.ratelimit import limiter_for
 from tabpfn_gateway_server.routes import (
     admin,
@@ -132,6 +137,7 @@ def create_app(
             (hosted.PREDICT_PATH, settings.max_upload_bytes),
         ],
     )
+    app.add_middleware(HeaderLimitMiddleware, limit=MAX_HEADER_BYTES)
     app.add_middleware(GovernanceContextMiddleware, trusted=settings.trusted_proxy_networks())
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     # The hot paths first: a request is matched against the routes in this order.

@@ -11,13 +11,18 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tabpfn_gateway.errors import GatewayError, PayloadTooLarge
+from tabpfn_gateway.errors import GatewayError, HeadersTooLarge, PayloadTooLarge
 from tabpfn_gateway.logs import trace_id_var
 from tabpfn_gateway_server.errors import error_response
 from tabpfn_gateway_server.metrics import GatewayMetrics
 from tabpfn_gateway_server.tracing import REQUEST_ID_HEADER, request_trace_ids
 
-__all__ = ["TRACE_HEADER", "BodyLimitMiddleware", "RequestContextMiddleware"]
+__all__ = [
+    "TRACE_HEADER",
+    "BodyLimitMiddleware",
+    "HeaderLimitMiddleware",
+    "RequestContextMiddleware",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +140,31 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class HeaderLimitMiddleware:
+    """Refuses a request whose line and headers exceed ``limit`` bytes with 431
+    HEADERS_TOO_LARGE, before any route runs.
+
+    Exact, under any ASGI server; ``serve`` also stops reading an unfinished head past the
+    limit (``tabpfn_gateway_server.httpserver``), so no worker buffers megabytes of headers.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Each header line is "name: value\r\n"; the request line holds the target.
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        for name, value in scope.get("headers", ()):
+            size += len(name) + len(value) + 4
+            if size > self.limit:
+                trace_id = str(scope.get("state", {}).get("trace_id", ""))
+                error = HeadersTooLarge(f"The request line and headers exceed {self.limit} bytes.")
+                await error_response(error, trace_id)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

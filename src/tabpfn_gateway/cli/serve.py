@@ -69,6 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from tabpfn_gateway.config import get_settings
     from tabpfn_gateway.logs import setup_logging
+    from tabpfn_gateway_server.httpserver import uvicorn_http_options
     from tabpfn_gateway_server.logfilter import install_access_log_filter
 
     settings = get_settings()
@@ -83,6 +84,8 @@ def _serve(args: argparse.Namespace) -> int:
         # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; the app decides
         # instead, from TABPFN_GATEWAY_TRUSTED_PROXIES (tabpfn_gateway.netpolicy).
         "proxy_headers": False,
+        # Request heads past 64 KB: 431 while they arrive, not megabytes held by a worker.
+        **uvicorn_http_options(),
     }
     if args.workers == 1:
         from tabpfn_gateway_server import create_app
