@@ -24,6 +24,7 @@ from tabpfn_gateway_server.middleware import (
     HeaderLimitMiddleware,
     RequestContextMiddleware,
 )
+from tabpfn_gateway_server.openapi import install_error_docs
 from tabpfn_gateway_server.ratelimit import limiter_for
 from tabpfn_gateway_server.routes import (
     admin,
@@ -119,6 +120,7 @@ def create_app(
         openapi_url="/openapi.json",
     )
     install_api_docs(app)
+    install_error_docs(app)
     app.state.gateway = gateway
     app.state.settings = settings
     app.state.metrics = metrics

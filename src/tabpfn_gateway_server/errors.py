@@ -49,12 +49,13 @@ def error_response(
     ``WWW-Authenticate`` on 401."""
     status = status if status is not None else http_status(error)
     upstream_trace = error.trace_id
-    # tabpfn-client validates 404/409 bodies with ``trace_id: UUID | None``; keep it a UUID.
-    if upstream_trace is not None and status in (404, 409) and not _is_uuid(upstream_trace):
-        upstream_trace = None
     own_trace = trace_id or None
-    if own_trace is not None and status in (404, 409) and not _is_uuid(own_trace):
-        own_trace = None  # a caller's own X-Request-ID: still in the X-Trace-Id header
+    if status in (404, 409):
+        # tabpfn-client validates 404/409 bodies with ``trace_id: UUID | None`` and the
+        # documented schema says ``format: uuid``: the dashed form, or none (a caller's own
+        # X-Request-ID that is no UUID is still in the X-Trace-Id header).
+        upstream_trace = _canonical_uuid(upstream_trace)
+        own_trace = _canonical_uuid(own_trace)
     body = {
         "error_code": error.error_code,
         "message": public_message(error),
@@ -105,12 +106,13 @@ def public_message(error: GatewayError) -> str:
     return redact(error.message)
 
 
-def _is_uuid(value: str) -> bool:
+def _canonical_uuid(value: str | None) -> str | None:
+    if value is None:
+        return None
     try:
-        UUID(value)
+        return str(UUID(value))
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def count_error(request: Request, error_code: str) -> None:

@@ -33,8 +33,11 @@ TOKEN = "tok-fuzz-0001"
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 
 
-def fuzz(url: str, key: str, max_examples: int) -> dict[str, int]:
-    """One schemathesis run; the counts from its summary."""
+def fuzz(
+    url: str, key: str, max_examples: int, label: str, report_dir: str | None = None
+) -> dict[str, int]:
+    """One schemathesis run; the counts from its summary (the full report written to
+    ``report_dir``, when given)."""
     command = [
         SCHEMATHESIS,
         "run",
@@ -55,6 +58,11 @@ def fuzz(url: str, key: str, max_examples: int) -> dict[str, int]:
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     print(done.stdout[-6000:])
+    if report_dir is not None:
+        # The whole report (every failure with its curl line), beyond the summary above.
+        report = Path(report_dir) / f"fuzz-{label}.txt"
+        report.write_text(done.stdout, encoding="utf-8")
+        print(f"full report: {report}")
     return summary_counts(done.stdout)
 
 
@@ -76,6 +84,7 @@ def summary_counts(output: str) -> dict[str, int]:
 
 def main() -> int:
     max_examples = int(sys.argv[1]) if len(sys.argv) > 1 else 25
+    report_dir = sys.argv[2] if len(sys.argv) > 2 else None
     with tempfile.TemporaryDirectory(prefix="tpg-fuzz-") as tmp:
         tmp_path = Path(tmp)
         settings = make_settings(tmp_path, f"sqlite:///{tmp_path}/gateway.db")
@@ -89,7 +98,7 @@ def main() -> int:
         try:
             with serve_in_thread(app) as url:
                 for label, key in (("admin", admin_key), ("inference", tenant.key)):
-                    results[label] = fuzz(url, key, max_examples)
+                    results[label] = fuzz(url, key, max_examples, label, report_dir)
         finally:
             gateway.close()
             gateway.store.close()

@@ -37,7 +37,10 @@ def build_upload_router(settings: Settings) -> APIRouter:
     @router.put(
         UPLOAD_PATH_PREFIX + "{token}",
         summary="Upload one chunk of a dataset (a URL from prepare_*_upload)",
+        # 200 with no body, as a storage signed URL answers.
+        response_class=Response,
         responses={
+            200: {"description": "Stored (passed on to the upstream's storage)."},
             400: {"description": "The upload URL is invalid, expired or not yours."},
             413: {"description": "The body exceeds max_upload_bytes."},
         },

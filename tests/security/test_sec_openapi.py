@@ -1,0 +1,58 @@
+"""The fuzz criterion's ground, checked cheaply: the OpenAPI document lists the error answers each
+operation can give, with the one error body, and real answers fit it (``nox -s fuzz`` does the
+schema-driven run)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from security_support import Stack
+from tabpfn_gateway_server.openapi import ErrorBody
+
+REF = "#/components/schemas/ErrorBody"
+HEX_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def test_every_operation_documents_its_error_answers(stack: Stack) -> None:
+    schema = stack.http.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(schema)
+    assert "ErrorBody" in schema["components"]["schemas"]
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            where = f"{method.upper()} {path}"
+            assert {"400", "431"} <= set(responses), where
+            if operation.get("security"):
+                assert {"401", "403", "404", "429", "503"} <= set(responses), where
+            if "requestBody" in operation:
+                assert {"413", "422"} <= set(responses), where
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    media = response["content"]["application/json"]
+                    assert "$ref" in media["schema"], (where, status)
+    metrics = schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert metrics
+    assert all(media.startswith("text/plain") for media in metrics)
+    upload = schema["paths"]["/gateway/upload/{token}"]["put"]["responses"]["200"]
+    assert "content" not in upload  # answered with no body, as storage does
+
+
+def test_real_error_answers_fit_the_documented_body(stack: Stack) -> None:
+    key = stack.bearer(stack.alice.key)
+    malformed = stack.http.post("/tabpfn/fit", json={"nope": 1}, headers=key)
+    assert malformed.status_code == 422
+    ErrorBody.model_validate(malformed.json())
+    missing = stack.http.post(
+        "/tabpfn/get_fit_status",
+        json={"fitted_train_set_id": "00000000-0000-4000-8000-000000000000"},
+        headers=key,
+    )
+    assert missing.status_code == 404, missing.text
+    body = ErrorBody.model_validate(missing.json())
+    # The documented 404 body says ``format: uuid``: the dashed form.
+    assert body.trace_id is not None
+    assert HEX_UUID.match(body.trace_id), body.trace_id
+    unauthenticated = stack.http.get("/api/v1/admin/keys")
+    assert unauthenticated.status_code == 401
+    ErrorBody.model_validate(unauthenticated.json())
