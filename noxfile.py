@@ -16,7 +16,6 @@ nox.options.sessions = [
     "check_generated",
     "docs",
     "tests",
-    "tests_postgres",
     "build",
 ]
 nox.options.error_on_missing_interpreters = True
@@ -51,18 +50,38 @@ def generate(session: nox.Session) -> None:
     session.run(PY, os.path.join("tools", "unasync.py"))
 
 
+def _test_workers() -> str:
+    """pytest-xdist workers: TABPFN_GATEWAY_TEST_WORKERS, else twice the cores (most tests
+    wait on subprocesses, sockets and databases rather than compute; 4 on this 2-core machine)."""
+    return os.environ.get("TABPFN_GATEWAY_TEST_WORKERS") or str(2 * (os.cpu_count() or 1))
+
+
+def _pytest(session: nox.Session, *marker: str) -> None:
+    # loadscope: a module's tests share one worker, so a module-scoped fixture (the clean venv
+    # holding the built wheel, a served gateway) is built once, not once per worker.
+    workers = ["-n", _test_workers(), "--dist", "loadscope"]
+    session.run(PY, "-m", "pytest", *workers, *marker, *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The suite on the embedded SQLite and memory stores (PostgreSQL tests deselected)."""
-    session.run(PY, "-m", "pytest", "-m", "not postgres", *session.posargs)
+    """The whole suite in parallel: the embedded SQLite and memory stores, and PostgreSQL (on
+    TABPFN_GATEWAY_TEST_DATABASE_URL when set, an admin URL: tests create and drop their own
+    databases; else postgresql://postgres@127.0.0.1:5432/postgres when it answers; else a
+    throwaway cluster started with initdb/pg_ctl; see tests/postgres_support.py)."""
+    _pytest(session)
 
 
-@nox.session
+@nox.session(default=False)
+def tests_sqlite(session: nox.Session) -> None:
+    """Only the tests that need no PostgreSQL."""
+    _pytest(session, "-m", "not postgres")
+
+
+@nox.session(default=False)
 def tests_postgres(session: nox.Session) -> None:
-    """The PostgreSQL tests: on TABPFN_GATEWAY_TEST_DATABASE_URL when set (an admin URL: tests
-    create and drop their own databases), else postgresql://postgres@127.0.0.1:5432/postgres
-    when it answers, else a throwaway cluster (initdb/pg_ctl); see tests/postgres_support.py."""
-    session.run(PY, "-m", "pytest", "-m", "postgres", *session.posargs)
+    """Only the PostgreSQL tests (the database is chosen as in ``tests``)."""
+    _pytest(session, "-m", "postgres")
 
 
 @nox.session
@@ -103,7 +122,8 @@ def build(session: nox.Session) -> None:
         python = os.path.join(venv, "bin", "python")
         # A current pip: the one venv bundles can backtrack for a long time on this tree.
         session.run(python, "-m", "pip", "install", "-q", "--upgrade", "pip")
-        session.run(python, "-m", "pip", "install", "-q", f"{wheel}[server]")
+        # --no-compile: byte-compiling every dependency is half of the install's time.
+        session.run(python, "-m", "pip", "install", "-q", "--no-compile", f"{wheel}[server]")
         # A new user's machine: own HOME and data dir, no project variable.
         env = {key: value for key, value in os.environ.items() if not key.startswith("TABPFN_")}
         env.update(HOME=os.path.join(scratch, "home"), XDG_DATA_HOME=os.path.join(scratch, "data"))

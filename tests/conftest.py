@@ -8,9 +8,37 @@ from collections.abc import Iterator
 
 import pytest
 
-from postgres_support import PG_ENV, ThrowawayUnavailable, resolve_admin_url
+from postgres_support import PG_ENV, ThrowawayPostgres, ThrowawayUnavailable, resolve_admin_url
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+_CLUSTER = pytest.StashKey[ThrowawayPostgres]()
+
+
+def _runs_workers(config: pytest.Config) -> bool:
+    """True in the controller of a pytest-xdist run (nox runs the suite on several workers)."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # With several workers, PostgreSQL is chosen once, here, before they start: they inherit
+    # the URL (so a throwaway cluster is shared, not started per worker), and "no PostgreSQL"
+    # stops the run with one line instead of a crash report from every worker.
+    if not _runs_workers(config) or "not postgres" in (config.option.markexpr or ""):
+        return
+    try:
+        url, cluster = resolve_admin_url(os.environ)
+    except ThrowawayUnavailable as exc:
+        pytest.exit(str(exc), returncode=pytest.ExitCode.TESTS_FAILED)
+    if cluster is not None:
+        os.environ[PG_ENV] = url
+        config.stash[_CLUSTER] = cluster
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cluster = config.stash.get(_CLUSTER, None)
+    if cluster is not None:
+        os.environ.pop(PG_ENV, None)
+        cluster.remove()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
