@@ -36,6 +36,7 @@ from tabpfn_gateway.gateway._invalidation import (
 )
 from tabpfn_gateway.keys.manager import DEFAULT_SCOPES, CreatedKey, KeyManager
 from tabpfn_gateway.logs import register_secret
+from tabpfn_gateway.store.base import CHANGES_COUNTER
 from tabpfn_gateway.store.records import (
     ApiKey,
     AuditEvent,
@@ -231,19 +232,21 @@ class Admin:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _publish(self, message: str) -> None:
+    def _publish(self, message: str, *, counted: bool = False) -> None:
+        # ``counted``: the change's own transaction bumped the counter already.
         if self._bus is not None:
             self._bus.publish(message)
+        if counted:
+            return
         # Every process polls this counter (gateway._changes): the bound holds without a bus.
-        from tabpfn_gateway.gateway._changes import CHANGES
-
         try:
-            self.store.bump_counter(CHANGES)
+            self.store.bump_counter(CHANGES_COUNTER)
         except StoreError:  # the change is made; the key cache TTL bounds the rest
             logger.warning("could not bump the change counter; caches expire on their own")
 
     def _key_changed(self, key_id: str) -> None:
-        self._publish(key_changed(key_id))
+        # KeyManager bumps the change counter in the key change's transaction.
+        self._publish(key_changed(key_id), counted=True)
 
     # -- principals --------------------------------------------------------------------
 
@@ -474,9 +477,10 @@ class Admin:
                     label=credential.label,
                 )
             )
+            tx.bump_counter(CHANGES_COUNTER)
         logger.info("Removed credential %s by %s", credential_id, actor)
         # Keys bound to it are refused on every replica from their next request.
-        self._publish(credential_changed(credential_id))
+        self._publish(credential_changed(credential_id), counted=True)
 
     def upstream_token(self, credential_id: str) -> SecretStr:
         """Deprecated: the decrypted TabPFN token of a credential.

@@ -80,13 +80,25 @@ class _Entry:
 
 
 class _DecisionCache:
-    """Fingerprint -> (caller, token), for at most ``ttl`` seconds; oldest evicted first."""
+    """Fingerprint -> (caller, token), for at most ``ttl`` seconds; oldest evicted first.
+
+    Every drop starts a new generation, and a decision is only stored in the generation its
+    lookup began in: a verification that read the key before a revocation, and finishes
+    after the revocation's invalidation, cannot put the stale decision back.
+    """
 
     def __init__(self, ttl: float, max_entries: int = _MAX_DECISIONS) -> None:
         self._ttl = ttl
         self._max = max_entries
         self._items: dict[bytes, _Entry] = {}
         self._lock = threading.Lock()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """Take it before reading the store; pass it to ``put``."""
+        with self._lock:
+            return self._generation
 
     def get(self, fingerprint: bytes) -> _Entry | None:
         with self._lock:
@@ -100,7 +112,8 @@ class _DecisionCache:
         fingerprint: bytes,
         caller: Caller,
         token: SecretStr | None,
-        base_url: str | None = None,
+        base_url: str | None,
+        generation: int,
     ) -> None:
         if self._ttl <= 0:
             return
@@ -114,6 +127,9 @@ class _DecisionCache:
         if ttl <= 0:
             return
         with self._lock:
+            if generation != self._generation:
+                # Invalidated since the lookup began: the decision may predate the change.
+                return
             self._items.pop(fingerprint, None)
             if len(self._items) >= self._max:
                 self._items.pop(next(iter(self._items)))
@@ -139,6 +155,7 @@ class _DecisionCache:
 
     def drop(self, *, key_id: str | None = None, credential_id: str | None = None) -> None:
         with self._lock:
+            self._generation += 1
             if key_id is None and credential_id is None:
                 self._items.clear()
                 return
@@ -181,19 +198,23 @@ class Authoriser:
         entry = self._usable(self._decisions.get(fingerprint), scope)
         if entry is not None:
             return entry.caller
+        generation = self._decisions.generation
         caller = self._verify(api_key, scope)
-        self._decisions.put(fingerprint, caller, None)
+        self._decisions.put(fingerprint, caller, None, None, generation)
         return caller
 
     def authorise(self, api_key: str | SecretStr, *, scope: str) -> Decision:
         """``authenticate`` plus the TabPFN token of the key's credential."""
         fingerprint = cache_fingerprint(api_key)
+        # Taken before the cache is read: a cached caller without a token may be dropped
+        # while the token is fetched, and must then not come back.
+        generation = self._decisions.generation
         entry = self._usable(self._decisions.get(fingerprint), scope)
         if entry is not None and entry.token is not None:
             return Decision(entry.caller, entry.token, entry.base_url)
         caller = entry.caller if entry is not None else self._verify(api_key, scope)
         token, base_url = self._upstream(caller)
-        self._decisions.put(fingerprint, caller, token, base_url)
+        self._decisions.put(fingerprint, caller, token, base_url, generation)
         return Decision(caller, token, base_url)
 
     def authorise_from_memory(self, api_key: str | SecretStr, *, scope: str) -> Decision | None:

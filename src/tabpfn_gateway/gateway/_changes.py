@@ -1,6 +1,7 @@
-"""The change counter: every admin change bumps one row; each process polls it cheaply and
-drops its cached authorisations when it moves. Revocation reaches every worker and replica
-within about one poll interval on every store, with or without Redis or NOTIFY."""
+"""The change counter: every change to what authorises a call bumps one row (keys and
+credentials in the change's own transaction); each process polls it cheaply and drops its
+cached authorisations when it moves. A revocation is refused by every worker and replica
+within about one poll interval (plus one read) on every store, with or without Redis."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ from collections.abc import Callable
 
 from tabpfn_gateway.gateway._invalidation import ALL
 from tabpfn_gateway.store import Store
+from tabpfn_gateway.store.base import CHANGES_COUNTER
 
-__all__ = ["CHANGES", "ChangeWatcher"]
+__all__ = ["ChangeWatcher"]
 
 logger = logging.getLogger(__name__)
-
-CHANGES = "changes"
 
 
 class ChangeWatcher:
@@ -39,7 +39,7 @@ class ChangeWatcher:
 
     def _read(self) -> int | None:
         try:
-            return self._store.read_counter(CHANGES)
+            return self._store.read_counter(CHANGES_COUNTER)
         except Exception as exc:  # the watcher must survive anything a store does
             logger.debug("change counter unreadable (%s); retrying", type(exc).__name__)
             return None
@@ -49,7 +49,8 @@ class ChangeWatcher:
         value = self._read()
         if value is None:
             return False
-        moved = self._last is not None and value != self._last
+        # Unknown before (the first read failed): drop anyway, it costs one cache refill.
+        moved = value != self._last
         self._last = value
         if moved:
             self._listener(ALL)

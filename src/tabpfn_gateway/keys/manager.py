@@ -40,6 +40,7 @@ from tabpfn_gateway.errors import (
 from tabpfn_gateway.keys.cache import VerifiedKeyCache, cache_fingerprint
 from tabpfn_gateway.keys.format import ADMIN_PREFIX, ParsedKey, new_key_id, new_secret, parse_key
 from tabpfn_gateway.keys.hashing import HMAC_SHA256, KeyHasher, SecretMatch, peppers_from_settings
+from tabpfn_gateway.store.base import CHANGES_COUNTER
 from tabpfn_gateway.store.records import ApiKey, AuditEvent, KeyChanges, Page, new_id, utcnow
 
 if TYPE_CHECKING:
@@ -524,6 +525,7 @@ class KeyManager:
             won = updated is not None and updated.secret_hash == new_hash
             if won:
                 tx.record_audit(audit)
+                tx.bump_counter(CHANGES_COUNTER)
         if updated is None:
             raise KeyNotFound("No gateway key with that id.")
         self._changed(record.key_id)
@@ -633,6 +635,9 @@ class KeyManager:
             updated = tx.update_key(record.key_id, changes)
             if updated is not None:
                 tx.record_audit(audit)
+                # In the change's own transaction: every process that polls the counter sees
+                # the change as soon as it is visible, whoever made it (CLI, library, server).
+                tx.bump_counter(CHANGES_COUNTER)
         if updated is None:
             raise KeyNotFound("No gateway key with that id.")
         self._changed(record.key_id)

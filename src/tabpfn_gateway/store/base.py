@@ -47,9 +47,12 @@ from tabpfn_gateway.store.records import (
     UsageSummary,
 )
 
-__all__ = ["MAX_PAGE_SIZE", "Store"]
+__all__ = ["CHANGES_COUNTER", "MAX_PAGE_SIZE", "Store"]
 
 MAX_PAGE_SIZE = 1000
+#: The counter every change to what authorises a call (keys, credentials, policies) bumps in
+#: its own transaction; every process polls it (``gateway._changes``).
+CHANGES_COUNTER = "changes"
 
 
 @runtime_checkable
