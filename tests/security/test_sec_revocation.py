@@ -38,6 +38,7 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "tok-revocation-0001"
 SECRET = "revocation-secret-0123456789abcdef"
+METRICS_TOKEN = "revocation-metrics-token-0123456789"
 BOUND_SECONDS = 1.0  # the issue's bound: revoked -> refused everywhere within one second
 PROTECTED = "/protected/"
 # Enough new connections that each of two workers answers some (checked, not assumed).
@@ -94,7 +95,9 @@ def _answered_by_one_worker(url: str, status: int) -> int:
     """How many ``PROTECTED`` requests with ``status`` the worker that answers this scrape
     has counted (each worker keeps its own metrics registry)."""
     with httpx.Client(base_url=url, timeout=30) as http:
-        text = http.get("/metrics").text
+        scraped = http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert scraped.status_code == 200, scraped.text
+    text = scraped.text
     pattern = (
         r'^tabpfn_gateway_http_requests_total\{[^}]*route="'
         + re.escape(PROTECTED)
@@ -133,6 +136,7 @@ def sqlite_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], str, st
             secret_key=SECRET,
             upstream_url=upstream,
             key_cache_ttl_seconds="300",
+            metrics_token=METRICS_TOKEN,
         )
         cli(env, "db", "upgrade")
         key = make_key(env)
