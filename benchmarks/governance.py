@@ -3,10 +3,11 @@ small calls, measured in one run against their anchors and printed as ratios.
 
 1. The decision (``PolicyEngine.admit`` + settle), median over many calls, for: no policy (the
    anchor); a rate limit counted in process, in Redis (the ``limits`` library) and in
-   PostgreSQL (and SQLite); a rate limit plus a budget reservation settled afterwards, in
-   SQLite, PostgreSQL and Redis. Next to each networked figure: one bare round trip to the
-   same server (``SELECT 1`` / ``PING``), since a decision that needs the network should add
-   at most about one.
+   PostgreSQL (and SQLite), the database ones with leases (the default: most decisions in
+   memory) and without (``max_lease=1``: a counter write per request); a rate limit plus a
+   budget reservation settled afterwards, in SQLite, PostgreSQL and Redis. Next to each
+   networked figure: one bare round trip to the same server (``SELECT 1`` / ``PING``), since a
+   decision that needs the network should add at most about one.
 2. Forwarded small calls (``GET /protected/`` through the gateway app to FakeTabPFN, in
    process, 8 concurrent callers) with a rate-limit + budget policy on the key vs none.
 
@@ -108,6 +109,14 @@ def _redis_url() -> str | None:
     return url
 
 
+def _pg_round_trip(store: Store, n: int) -> float:
+    """Median µs of one bare round trip: ``SELECT 1`` on a held connection, no transaction."""
+    engine = store.engine  # type: ignore[attr-defined]
+    with engine.connect() as connection:
+        bare = connection.execution_options(isolation_level="AUTOCOMMIT")
+        return _median_us(lambda: bare.exec_driver_sql("SELECT 1"), n)
+
+
 def _sql_store(url: str) -> Store:
     settings = Settings(_env_file=None, database_url=url)  # type: ignore[call-arg]
     migrate.upgrade(settings)
@@ -177,6 +186,14 @@ def decision_costs(n: int) -> list[tuple[str, float, float | None]]:
                 rtt,
             )
         )
+        unleased = PolicyEngine(sqlite, limiter=StoreLimiter(sqlite, max_lease=1))
+        rows.append(
+            (
+                "rate limit, SQLite, no lease",
+                _median_us(lambda: _decision(unleased, limited_sql, "protected", None), n),
+                rtt,
+            )
+        )
         rows.append(
             (
                 "rate limit + budget, SQLite",
@@ -191,11 +208,19 @@ def decision_costs(n: int) -> list[tuple[str, float, float | None]]:
             engine = PolicyEngine(pg, limiter=StoreLimiter(pg), ledger=StoreLedger(pg))
             limited_pg = _key(pg, requests_per_minute=BIG)
             budgeted_pg = _key(pg, requests_per_minute=BIG, budget_credits=BIG)
-            rtt = _median_us(pg.ping, n)
+            rtt = _pg_round_trip(pg, n)
             rows.append(
                 (
                     "rate limit, PostgreSQL",
                     _median_us(lambda: _decision(engine, limited_pg, "protected", None), n),
+                    rtt,
+                )
+            )
+            unleased = PolicyEngine(pg, limiter=StoreLimiter(pg, max_lease=1))
+            rows.append(
+                (
+                    "rate limit, PostgreSQL, no lease",
+                    _median_us(lambda: _decision(unleased, limited_pg, "protected", None), n),
                     rtt,
                 )
             )

@@ -189,3 +189,70 @@ def test_no_store_call_of_a_governed_request_runs_on_the_event_loop(tmp_path: Pa
     for name in ("hit_counters", "reserve_budget", "settle_budget", "list_policies"):
         assert seen[name], name
     assert {name: any(calls) for name, calls in seen.items()} == dict.fromkeys(seen, False)
+
+
+@pytest.fixture
+def pg_store(tmp_path: Path, pg_url: str) -> Iterator[Store]:
+    settings = make_settings(tmp_path, pg_url)
+    migrate.upgrade(settings)
+    store = open_store(settings)
+    yield store
+    store.close()
+
+
+def _statements(store: Store) -> list[tuple[str, bool]]:
+    """Statements the store sends, and whether each ran outside BEGIN/COMMIT (autocommit)."""
+    from sqlalchemy import event
+
+    seen: list[tuple[str, bool]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append((statement.split()[0], bool(conn.connection.dbapi_connection.autocommit)))
+
+    event.listen(store.engine, "before_cursor_execute", before)  # type: ignore[attr-defined]
+    return seen
+
+
+def test_postgres_counters_and_budgets_take_one_statement_each(pg_store: Store) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tabpfn_gateway.store.records import BudgetClaim, CounterHit
+
+    later = datetime.now(UTC) + timedelta(hours=1)
+    pg_store.ping()  # the pool's first connection (its setup queries are not ours)
+    seen = _statements(pg_store)
+    hits = [CounterHit("rate:a", 3, later, amount=2), CounterHit("rate:b", 10, later)]
+    assert pg_store.hit_counters(hits) == (None, [2, 1])
+    claim = BudgetClaim("team-1", "day:2026-12-02", 30, limit=50, expires_at=later)
+    window = BudgetClaim("key-1", "h:3", 5, limit=40, window=("h:1", "h:2"), expires_at=later)
+    assert pg_store.reserve_budget([claim, window]) is None
+    [team, key] = pg_store.settle_budget([claim, window], 25)
+    assert (team.spent, team.reserved, key.spent, key.reserved) == (25, 0, 25, 0)
+    # One statement per call, each its own transaction: one round trip (no pre-ping either).
+    assert seen == [("WITH", True)] * 3
+    # All or nothing: "rate:a" would pass its limit, so "rate:b" is not counted either.
+    refused_at, counts = pg_store.hit_counters(hits)
+    assert (refused_at, counts) == (0, [2, 1])
+    over = BudgetClaim("key-1", "h:3", 20, limit=40, window=("h:1", "h:2"), expires_at=later)
+    small = BudgetClaim("team-1", "day:2026-12-02", 10, limit=50, expires_at=later)
+    assert pg_store.reserve_budget([small, over]) == 1  # 25 + 20 > 40 on the key's budget
+    [team_now] = pg_store.get_budget_counters("team-1", ["day:2026-12-02"])
+    assert (team_now.spent, team_now.reserved) == (25, 0)  # the team's claim rolled back too
+
+
+def test_a_connection_the_server_closed_is_replaced_without_a_ping(pg_store: Store) -> None:
+    import select
+
+    import psycopg
+    import sqlalchemy as sa
+
+    with pg_store.engine.connect() as connection:  # type: ignore[attr-defined]
+        pid = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        raw = connection.connection.dbapi_connection
+    url = pg_store.engine.url.set(drivername="postgresql")  # type: ignore[attr-defined]
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    # The pooled connection's socket turns readable when the server has closed it.
+    select.select([raw.fileno()], [], [], 30)
+    with pg_store.engine.connect() as connection:  # type: ignore[attr-defined]
+        assert connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid

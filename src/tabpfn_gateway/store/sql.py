@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import select
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -85,6 +86,18 @@ class _Refused(Exception):
     def __init__(self, index: int) -> None:
         super().__init__(index)
         self.index = index
+
+
+# The one-statement counters and budgets below apply several conditional writes in one
+# statement; when one of them matches nothing, the statement divides by zero on purpose so
+# that PostgreSQL rolls all of it back (all or nothing without a BEGIN/COMMIT round trip).
+# Their SQL is fixed fragments and numbered placeholders, every value bound (hence S608).
+_REFUSED_SQLSTATE = "22012"
+
+
+def _is_refusal(exc: sa_exc.SQLAlchemyError) -> bool:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == _REFUSED_SQLSTATE
 
 
 # iter_credentials reads this many rows per query, so re-encrypting a large table never holds
@@ -188,7 +201,8 @@ def create_engine_for_url(url: str, settings: Settings | None = None) -> Engine:
 
     SQLite: the parent directory is created, WAL journal, ``busy_timeout``, foreign keys on,
     and transactions begun explicitly so writers can take the write lock up front (see
-    ``_sqlite_begin``). PostgreSQL: a pre-pinged pool sized from settings.
+    ``_sqlite_begin``). PostgreSQL: a pool sized from settings, whose connections are checked
+    for liveness on checkout without a round trip (``_check_liveness_on_checkout``).
     """
     if settings is None:
         from tabpfn_gateway.config import get_settings
@@ -213,16 +227,17 @@ def create_engine_for_url(url: str, settings: Settings | None = None) -> Engine:
             _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
             return engine
         if backend == "postgresql":
-            return sa.create_engine(
+            engine = sa.create_engine(
                 parsed,
                 pool_size=settings.db_pool_size,
                 pool_timeout=settings.db_pool_timeout_seconds,
-                pool_pre_ping=True,
                 # libpq takes whole seconds and treats anything below 2 as 2.
                 connect_args={
                     "connect_timeout": max(2, math.ceil(settings.db_connect_timeout_seconds))
                 },
             )
+            _check_liveness_on_checkout(engine)
+            return engine
         return sa.create_engine(parsed, pool_pre_ping=True)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
         if backend == "postgresql":
@@ -232,6 +247,40 @@ def create_engine_for_url(url: str, settings: Settings | None = None) -> Engine:
         raise InvalidRequest(
             f"Cannot use the database URL ({describe_url(url)}): {type(exc).__name__}."
         ) from exc
+
+
+def _check_liveness_on_checkout(engine: Engine) -> None:
+    """Replace a pooled PostgreSQL connection the server has closed, without a round trip.
+
+    A pre-ping (``SELECT 1`` on every checkout) would add a round trip to every store call.
+    An idle connection has nothing to read; when its socket is readable (the server ended the
+    session: a restart, ``pg_terminate_backend``, an idle timeout) or the driver knows it is
+    closed, it is pinged for real and, if that fails, discarded (the pool then opens a new
+    one). A path that fails silently (no FIN) is found by the first statement instead.
+    """
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
+        if not _looks_closed(dbapi_connection):
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        except Exception as exc:
+            raise sa_exc.DisconnectionError() from exc
+
+
+def _looks_closed(dbapi_connection: Any) -> bool:
+    if getattr(dbapi_connection, "closed", False) or getattr(dbapi_connection, "broken", False):
+        return True
+    try:
+        readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    except (OSError, ValueError, AttributeError):
+        return True
+    return bool(readable)
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
@@ -332,6 +381,23 @@ class SqlStore:
             raise InvalidRequest(
                 f"{what}: a value cannot be stored (out of range or invalid text)."
             ) from exc
+
+    @contextmanager
+    def _one_statement(self, what: str) -> Iterator[Connection]:
+        """A connection for one statement that is its own transaction: on PostgreSQL a
+        single round trip (no BEGIN, no COMMIT). Not inside ``atomic()``."""
+        try:
+            with self._engine.connect() as connection:
+                yield connection.execution_options(isolation_level="AUTOCOMMIT")
+        except sa_exc.SQLAlchemyError as exc:
+            if _is_refusal(exc):
+                raise _Refused(-1) from exc
+            raise self._map_error(exc, what, None) from exc
+
+    def _single_statements(self) -> bool:
+        """Whether counters and budgets use the one-statement forms (PostgreSQL, outside
+        ``atomic()``); SQLite keeps its transactions (in process: no round trips)."""
+        return not self._is_sqlite and self._connection is None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -908,6 +974,10 @@ class SqlStore:
         claims = [check_claim(claim) for claim in claims]
         if not claims:
             return None
+        if self._single_statements() and len({(c.subject_id, c.bucket) for c in claims}) == len(
+            claims
+        ):
+            return self._reserve_in_one_statement(claims)
         table = schema.budget_counters
         try:
             with self._transaction("reserve budget", write=True) as connection:
@@ -952,10 +1022,84 @@ class SqlStore:
             return refused.index
         return None
 
+    def _reserve_in_one_statement(self, claims: Sequence[BudgetClaim]) -> int | None:
+        """``reserve_budget`` on PostgreSQL in one round trip: per claim one conditional
+        upsert (a bucket's first reservation inserts its row), all in one statement that
+        rolls back whole when one claim does not fit; a durable commit (money)."""
+        params: dict[str, Any] = {}
+        parts: list[str] = []
+        for i, claim in enumerate(claims):
+            params[f"s{i}"] = claim.subject_id
+            params[f"b{i}"] = claim.bucket
+            params[f"a{i}"] = claim.amount
+            params[f"e{i}"] = check_aware(claim.expires_at, "expires_at")
+            insert_if = update_if = ""
+            if claim.limit is not None:
+                params[f"l{i}"] = claim.limit
+                earlier = "0"
+                if claim.window:
+                    params[f"w{i}"] = list(claim.window)
+                    earlier = (
+                        "(SELECT COALESCE(SUM(e.spent + e.reserved), 0) FROM budget_counters AS e"  # noqa: S608
+                        f" WHERE e.subject_id = :s{i} AND e.bucket = ANY(:w{i}))"
+                    )
+                insert_if = f"WHERE CAST(:a{i} AS bigint) + {earlier} <= :l{i}"
+                update_if = (
+                    "WHERE budget_counters.spent + budget_counters.reserved + excluded.reserved"
+                    f" + {earlier} <= :l{i}"
+                )
+            parts.append(
+                f"""up{i} AS (
+                    INSERT INTO budget_counters
+                        (subject_id, bucket, spent, reserved, alerted, expires_at)
+                    SELECT CAST(:s{i} AS text), CAST(:b{i} AS text), 0, CAST(:a{i} AS bigint),
+                           0, CAST(:e{i} AS timestamptz)
+                    {insert_if}
+                    ON CONFLICT (subject_id, bucket) DO UPDATE
+                    SET reserved = budget_counters.reserved + excluded.reserved
+                    {update_if}
+                    RETURNING 1 AS taken
+                )"""  # noqa: S608
+            )
+        taken = " + ".join(f"(SELECT count(*) FROM up{i})" for i in range(len(claims)))  # noqa: S608
+        statement = sa.text(
+            f"""
+            WITH {", ".join(parts)}, got AS (SELECT {taken} AS n)
+            SELECT CASE WHEN got.n = {len(claims)} THEN got.n ELSE got.n / (got.n - got.n) END
+            FROM got
+            """  # noqa: S608
+        )
+        try:
+            with self._one_statement("reserve budget") as connection:
+                got = connection.execute(statement, params).scalar_one()
+        except _Refused:
+            got = -1
+        if got == len(claims):
+            return None
+        return self._first_refused(claims)
+
+    def _first_refused(self, claims: Sequence[BudgetClaim]) -> int:
+        """Which claim a refused reservation failed on (for the refusal's message), as the
+        counters stand now; the first limited claim if none looks full any more."""
+        for index, claim in enumerate(claims):
+            if claim.limit is None:
+                continue
+            counters = self.get_budget_counters(claim.subject_id, [claim.bucket, *claim.window])
+            held = sum(c.spent + c.reserved for c in counters)
+            if held + claim.amount > claim.limit:
+                return index
+        return next((i for i, c in enumerate(claims) if c.limit is not None), 0)
+
     def settle_budget(self, claims: Sequence[BudgetClaim], spent: int) -> list[BudgetCounter]:
         claims = [check_claim(claim) for claim in claims]
         spent = check_amount(spent, "spent")
         table = schema.budget_counters
+        if self._single_statements() and len({(c.subject_id, c.bucket) for c in claims}) == len(
+            claims
+        ):
+            settled = self._settle_in_one_statement(claims, spent)
+            if settled is not None:
+                return settled
         counters: list[BudgetCounter] = []
         with self._transaction("settle budget", write=True) as connection:
             for claim in claims:
@@ -978,6 +1122,47 @@ class SqlStore:
                     row = connection.execute(settle).mappings().one()
                 counters.append(_budget_counter(row))
         return counters
+
+    def _settle_in_one_statement(
+        self, claims: Sequence[BudgetClaim], spent: int
+    ) -> list[BudgetCounter] | None:
+        """``settle_budget`` on PostgreSQL in one round trip (every claim's update in one
+        statement); None, with nothing changed, when a bucket's row is missing (then the
+        transaction path creates it)."""
+        params: dict[str, Any] = {"spent": spent}
+        parts: list[str] = []
+        for i, claim in enumerate(claims):
+            params[f"s{i}"] = claim.subject_id
+            params[f"b{i}"] = claim.bucket
+            params[f"a{i}"] = claim.amount
+            parts.append(
+                f"""up{i} AS (
+                    UPDATE budget_counters
+                    SET reserved = CASE WHEN reserved >= CAST(:a{i} AS bigint)
+                                        THEN reserved - CAST(:a{i} AS bigint) ELSE 0 END,
+                        spent = spent + CAST(:spent AS bigint)
+                    WHERE subject_id = :s{i} AND bucket = :b{i}
+                    RETURNING {i} AS ord, subject_id, bucket, spent, reserved, alerted
+                )"""  # noqa: S608
+            )
+        union = " UNION ALL ".join(f"SELECT * FROM up{i}" for i in range(len(claims)))  # noqa: S608
+        statement = sa.text(
+            f"""
+            WITH {", ".join(parts)}, done AS ({union})
+            SELECT ord, subject_id, bucket, spent, reserved, alerted,
+                   CASE WHEN (SELECT count(*) FROM done) = {len(claims)} THEN 0
+                        ELSE ord / 0 END AS verdict
+            FROM done ORDER BY ord
+            """  # noqa: S608
+        )
+        try:
+            with self._one_statement("settle budget") as connection:
+                rows = connection.execute(statement, params).mappings().all()
+        except _Refused:
+            return None
+        if len(rows) != len(claims):
+            return None
+        return [_budget_counter(row) for row in rows]
 
     def get_budget_counters(self, subject_id: str, buckets: Sequence[str]) -> list[BudgetCounter]:
         if not buckets:
@@ -1012,6 +1197,8 @@ class SqlStore:
     def hit_counters(self, hits: Sequence[CounterHit]) -> tuple[int | None, list[int]]:
         if not hits:
             return None, []
+        if self._single_statements() and len({hit.name for hit in hits}) == len(hits):
+            return self._hit_counters_in_one_statement(hits)
         table = schema.rate_counters
         try:
             with self._transaction("hit counters", write=True) as connection:
@@ -1053,6 +1240,64 @@ class SqlStore:
                 )
             return refused.index, [int(found.get(name, 0)) for name in names]
         return None, counts
+
+    def _hit_counters_in_one_statement(
+        self, hits: Sequence[CounterHit]
+    ) -> tuple[int | None, list[int]]:
+        """``hit_counters`` on PostgreSQL in one round trip: every counter's conditional
+        upsert in one statement (all or nothing), committed without waiting for the WAL flush
+        (``set_config(..., true)`` is local to the statement's own transaction)."""
+        params: dict[str, Any] = {}
+        rows: list[str] = []
+        for i, hit in enumerate(hits):
+            params[f"n{i}"] = hit.name
+            params[f"a{i}"] = check_amount(hit.amount, "amount")
+            params[f"l{i}"] = max(0, int(hit.limit))
+            params[f"e{i}"] = check_aware(hit.expires_at, "expires_at")
+            rows.append(
+                f"(CAST(:n{i} AS text), CAST(:a{i} AS bigint), CAST(:l{i} AS bigint), "
+                f"CAST(:e{i} AS timestamptz))"
+            )
+        statement = sa.text(
+            f"""
+            WITH req(name, amount, lim, expires_at) AS (VALUES {", ".join(rows)}),
+            quick AS (SELECT set_config('synchronous_commit', 'off', true) AS done),
+            up AS (
+                INSERT INTO rate_counters (name, count, expires_at)
+                SELECT name, amount, expires_at FROM req WHERE amount <= lim
+                ON CONFLICT (name) DO UPDATE SET count = rate_counters.count + excluded.count
+                WHERE rate_counters.count + excluded.count
+                    <= (SELECT r.lim FROM req AS r WHERE r.name = excluded.name)
+                RETURNING rate_counters.name, rate_counters.count
+            )
+            SELECT up.name,
+                   CASE WHEN (SELECT count(*) FROM up) = {len(hits)} THEN up.count
+                        ELSE up.count / 0 END AS count,
+                   quick.done
+            FROM up, quick
+            """  # noqa: S608
+        )
+        try:
+            with self._one_statement("hit counters") as connection:
+                found = {row[0]: int(row[1]) for row in connection.execute(statement, params)}
+        except _Refused:
+            found = {}
+        if len(found) == len(hits):
+            return None, [found[hit.name] for hit in hits]
+        # Refused (nothing was counted): which counter, and the counts as they stand.
+        table = schema.rate_counters
+        names = [hit.name for hit in hits]
+        with self._transaction("read counters") as connection:
+            current = dict(
+                connection.execute(
+                    sa.select(table.c.name, table.c.count).where(table.c.name.in_(names))
+                ).all()
+            )
+        counts = [int(current.get(name, 0)) for name in names]
+        refused = next(
+            (i for i, hit in enumerate(hits) if counts[i] + hit.amount > max(0, hit.limit)), 0
+        )
+        return refused, counts
 
     def release_counters(self, amounts: Mapping[str, int]) -> None:
         if not amounts:
