@@ -116,6 +116,33 @@ def test_a_failed_call_is_refunded(gateway: Gateway, ann: Tenant) -> None:
     predict(gateway, ann, fit_id, rows=5)  # the whole budget is still there
 
 
+def test_a_call_of_unknown_price_holds_what_is_left(gateway: Gateway, ann: Tenant) -> None:
+    gateway.admin.set_policy(
+        ann.key_id, {"budget_credits": 100, "budget_window": "rolling"}, kind="key"
+    )
+    engine = gateway.policy_engine
+    key = gateway.store.get_key(ann.key_id)
+    assert engine is not None
+    assert key is not None
+    first = engine.admit(key, "predict", credits=None)
+    # While it runs, nothing is left for anyone: calls in flight cannot overshoot together.
+    with pytest.raises(BudgetExhausted):
+        engine.admit(key, "predict", credits=None)
+    with pytest.raises(BudgetExhausted):
+        engine.admit(key, "predict", credits=5)
+    first.settle(30)
+    [status] = engine.budget_status(key)
+    assert (status.spent, status.reserved) == (30, 0)
+    second = engine.admit(key, "predict", credits=None)
+    [status] = engine.budget_status(key)
+    assert (status.spent, status.reserved) == (30, 70)
+    second.refund()
+    third = engine.admit(key, "predict", credits=70)
+    third.settle(70)
+    with pytest.raises(BudgetExhausted):
+        engine.admit(key, "predict", credits=None)
+
+
 def test_tightest_of_key_owner_and_team(gateway: Gateway, ann: Tenant) -> None:
     team = gateway.admin.add_principal("data-team", "team")
     gateway.admin.add_member("data-team", "ann")

@@ -320,11 +320,12 @@ class AsyncGatewayProxy:
         test_set = self._gateway.datasets.of(str(req.test_set_upload_id))
         meter = Meter(nbytes=test_set.nbytes)
         governance = self._gateway.governance
+        budgeted = governance is not None and await _wants_price(governance, caller)
         if (
             governance is not None
+            and budgeted
             and test_set.rows is not None
             and test_set.columns is not None
-            and await _wants_price(governance, caller)
         ):
             # Reserved at the upstream's quote for the test set that streamed through.
             quoter = self._gateway.async_upstream.with_token(
@@ -339,7 +340,7 @@ class AsyncGatewayProxy:
             meter.rows = parsed.metadata.test_set_num_rows
             meter.columns = parsed.metadata.test_set_num_cols
             if governance is not None and (
-                meter.credits is not None or governance.meter_credits == "always"
+                budgeted or meter.credits is not None or governance.meter_credits == "always"
             ):
                 # The final figure: the quote for what the upstream says it predicted.
                 quoter = self._gateway.async_upstream.with_token(

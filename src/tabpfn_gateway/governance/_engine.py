@@ -362,8 +362,9 @@ class PolicyEngine:
     ) -> Admission:
         """Let the call through (an ``Admission`` to settle or refund) or raise a refusal.
 
-        ``credits`` is the call's estimated price (None: unknown; a hard budget then needs at
-        least one credit left). Order: allowlist (403), rate limits, fit slots, budgets (429).
+        ``credits`` is the call's estimated price (None: unknown; the call then holds all that
+        is left of each hard budget until it is settled or refunded). Order: allowlist (403),
+        rate limits, fit slots, budgets (429).
         """
         if effective is None:
             effective = self.applicable(key)
@@ -546,8 +547,15 @@ class PolicyEngine:
             amount = max(0, credits or 0)
             limit: int | None = policy.budget_credits if hard else None
             if hard and credits is None:
-                # Price unknown: let it through only while at least one credit is left.
-                limit = policy.budget_credits - 1
+                # Price unknown: hold all that is left while the call runs, so that calls in
+                # flight together cannot overshoot (each would otherwise reserve nothing).
+                # The reservation is still conditional: it fails if another call took some
+                # of it since the read, and the call is settled at its final figure.
+                counters = self.ledger.counters(policy.target_id, [span.bucket, *span.window])
+                left = policy.budget_credits - sum(c.spent + c.reserved for c in counters)
+                amount = max(0, left)
+                if left <= 0:
+                    limit = -1
             claims.append(
                 BudgetClaim(
                     subject_id=policy.target_id,
