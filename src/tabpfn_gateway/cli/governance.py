@@ -59,7 +59,13 @@ def _register_policy(subparsers: Any) -> None:
     setter.add_argument("--rpm", type=_limit, help="requests per minute")
     setter.add_argument("--rph", type=_limit, help="requests per hour")
     setter.add_argument("--max-concurrent-fits", type=_limit, help="fits running at once")
-    setter.add_argument("--budget", type=_limit, help="TabPFN credits per period")
+    setter.add_argument("--budget", type=_limit, help="budget per period, in --unit")
+    setter.add_argument(
+        "--unit",
+        choices=("credits", "cells", "calls"),
+        help="what the budget counts: TabPFN credits (default), cells (rows x columns of a "
+        "prediction, cloud or hosted) or calls (predictions)",
+    )
     setter.add_argument("--period", choices=("day", "month"), help="budget period")
     setter.add_argument(
         "--window", choices=("calendar", "rolling"), help="UTC calendar period or rolling"
@@ -131,6 +137,7 @@ def _policy_row(policy: Policy) -> dict[str, Any]:
         "budget_period": policy.budget_period,
         "budget_window": policy.budget_window,
         "budget_mode": policy.budget_mode,
+        "budget_unit": policy.budget_unit,
         "alert_thresholds": ",".join(str(t) for t in policy.alert_thresholds),
         "allowed_cidrs": ",".join(policy.allowed_cidrs),
         "updated_at": policy.updated_at,
@@ -149,6 +156,7 @@ def _policy_set(args: argparse.Namespace) -> int:
         ("period", "budget_period"),
         ("window", "budget_window"),
         ("mode", "budget_mode"),
+        ("unit", "budget_unit"),
     ):
         value = getattr(args, option)
         if value is not None:
@@ -189,6 +197,7 @@ def _policy_show(args: argparse.Namespace) -> int:
                     {
                         "level": b.level,
                         "budget": b.budget,
+                        "unit": b.unit,
                         "spent": b.spent,
                         "reserved": b.reserved,
                         "remaining": b.remaining,
@@ -209,7 +218,8 @@ def _policy_show(args: argparse.Namespace) -> int:
                 for budget in data["budgets"]:
                     print(
                         f"  budget ({budget['level']}): {budget['spent']} of {budget['budget']} "
-                        f"credits spent, {budget['remaining']} left until {budget['resets_at']}"
+                        f"{budget['unit']} spent, {budget['remaining']} left until "
+                        f"{budget['resets_at']}"
                     )
             return 0
         policy = admin.get_policy(args.target, kind="principal")
@@ -231,7 +241,10 @@ def _describe(row: dict[str, Any]) -> str:
         if row[name] is not None
     ]
     if row["budget_credits"] is not None:
-        parts.append(f"{row['budget_mode']} {row['budget_window']} {row['budget_period']}")
+        parts.append(
+            f"{row['budget_unit']}, {row['budget_mode']} {row['budget_window']} "
+            f"{row['budget_period']}"
+        )
     if row["allowed_cidrs"]:
         parts.append(f"from {row['allowed_cidrs']}")
     return ", ".join(parts) or "no limits"
@@ -255,6 +268,7 @@ def _policy_list(args: argparse.Namespace) -> int:
             "target_id",
             "requests_per_minute",
             "budget_credits",
+            "budget_unit",
             "budget_mode",
         ],
     )

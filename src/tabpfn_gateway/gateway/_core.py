@@ -386,7 +386,7 @@ class Gateway:
             ahead = governance.decide_in_memory(caller, operation, meter.credits)
             if ahead is None:
                 ahead = await anyio.to_thread.run_sync(
-                    lambda: governance.decide(caller, operation, meter.credits)
+                    lambda: governance.decide_for(caller, operation, meter)
                 )
             meter.admission = ahead
         except GatewayError as exc:  # recorded by metered, like a refusal made inline

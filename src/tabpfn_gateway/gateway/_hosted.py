@@ -18,7 +18,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -265,9 +265,11 @@ class HostedGateway:
         scan = scanner_for(content_type)
         # The announced size is what the spend policy can see when it admits the call; the
         # meter holds the counted rows, columns and bytes when it settles.
-        meter = Meter(nbytes=content_length)
+        # Rows and columns are known only once the body has streamed: a cell budget is
+        # reserved then, before the body's last chunk leaves (see _ScannedBody).
+        meter = Meter(nbytes=content_length, cells_later=True)
         async with gateway.ametered(caller, HOSTED_OPERATION, meter):
-            streamed = _ScannedBody(self, caller, scan, body, limit)
+            streamed = _ScannedBody(self, caller, scan, body, limit, meter.reserve_cells)
             headers = endpoint.request_headers()
             headers["Content-Type"] = content_type or "application/json"
             headers["Accept"] = "application/json"
@@ -441,7 +443,12 @@ class _Sent:
 
 class _ScannedBody:
     """The request body on its way upstream: counted, scanned, cut off past the limit, and
-    stopped before any more of it leaves when it names a ``model_id`` the caller does not own."""
+    stopped before any more of it leaves when it names a ``model_id`` the caller does not own.
+
+    With ``reserve_cells`` (a cell budget applies), the last chunk is held back until the
+    whole body has been scanned and its rows x columns reserved: a refused reservation ends
+    the request before the container has a complete body to predict on.
+    """
 
     def __init__(
         self,
@@ -450,17 +457,20 @@ class _ScannedBody:
         scan: BodyScan,
         body: AsyncIterable[bytes],
         limit: int,
+        reserve_cells: Callable[[int | None], None] | None = None,
     ) -> None:
         self._hosted = hosted
         self._caller = caller
         self._scan = scan
         self._body = body
         self._limit = limit
+        self._reserve_cells = reserve_cells
         self._checked = False
         self.count = 0
         self.failure: GatewayError | None = None
 
     async def iterate(self) -> AsyncIterator[bytes]:
+        held: bytes | None = None
         try:
             async for chunk in self._body:
                 if not chunk:
@@ -470,9 +480,21 @@ class _ScannedBody:
                     raise PayloadTooLarge(f"Prediction bodies are limited to {self._limit} bytes.")
                 self._scan.feed(chunk)
                 await self._check_model_id()
-                yield chunk
+                if self._reserve_cells is None:
+                    yield chunk
+                    continue
+                if held is not None:
+                    yield held
+                held = chunk
             self._scan.close()
             await self._check_model_id()
+            reserve = self._reserve_cells
+            if reserve is not None:
+                sized = Meter()
+                _fill_meter(sized, self._scan, self.count)
+                await anyio.to_thread.run_sync(reserve, sized.cells)
+                if held is not None:
+                    yield held
         except GatewayError as exc:
             self.failure = exc
             raise

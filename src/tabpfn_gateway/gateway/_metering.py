@@ -38,6 +38,19 @@ class Meter:
     #: Set (to a list) by the async face: a settlement or refund that needs I/O is put here
     #: by the policy, and run by that face off the event loop when the call has ended.
     deferred: list[Callable[[], None]] | None = field(default=None, repr=False)
+    #: Set by the caller when rows and columns are known only once the body has streamed
+    #: (a hosted prediction): a cell budget is then reserved through ``reserve_cells``.
+    cells_later: bool = False
+    #: Set by the policy when ``cells_later`` left something to reserve: call it (blocking)
+    #: with the call's rows x columns before the call may complete; it raises the refusal.
+    reserve_cells: Callable[[int | None], None] | None = field(default=None, repr=False)
+
+    @property
+    def cells(self) -> int | None:
+        """Rows x columns, when both are known (what a cell budget counts)."""
+        if self.rows is None or self.columns is None:
+            return None
+        return self.rows * self.columns
 
 
 @dataclass(frozen=True)

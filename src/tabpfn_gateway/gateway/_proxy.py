@@ -318,7 +318,8 @@ class AsyncGatewayProxy:
         )
         await self._check_upload(caller, req.test_set_upload_id)
         test_set = self._gateway.datasets.of(str(req.test_set_upload_id))
-        meter = Meter(nbytes=test_set.nbytes)
+        # The test set's shape, when it streamed through: what a cell budget reserves.
+        meter = Meter(rows=test_set.rows, columns=test_set.columns, nbytes=test_set.nbytes)
         governance = self._gateway.governance
         budgeted = governance is not None and await _wants_price(governance, caller)
         if (

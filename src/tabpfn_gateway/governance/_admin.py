@@ -239,6 +239,7 @@ def _policy_details(policy: Policy) -> dict[str, Any]:
         "budget_period": policy.budget_period,
         "budget_window": policy.budget_window,
         "budget_mode": policy.budget_mode,
+        "budget_unit": policy.budget_unit,
         "alert_thresholds": list(policy.alert_thresholds),
         "allowed_cidrs": list(policy.allowed_cidrs),
     }

@@ -1,5 +1,6 @@
 """The policy engine: may this key spend this now? Allowlist, rate limits, fits in flight and
-credit budgets, decided in that order; then settle or refund what was reserved."""
+budgets (in credits, cells or calls), decided in that order; then settle or refund what was
+reserved."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from tabpfn_gateway.governance._policy import (
     effective_policy,
 )
 from tabpfn_gateway.store.base import Store
-from tabpfn_gateway.store.records import ApiKey, BudgetClaim, utcnow
+from tabpfn_gateway.store.records import ApiKey, BudgetClaim, Policy, utcnow
 
 if TYPE_CHECKING:
     from tabpfn_gateway.config import Settings
@@ -45,8 +46,11 @@ __all__ = ["Admission", "BudgetStatus", "BudgetUsage", "PolicyEngine"]
 
 logger = logging.getLogger(__name__)
 
-#: Operations that spend TabPFN credits (reserved before, settled after).
-PRICED_OPERATIONS = frozenset({"predict"})
+#: Operations that spend from budgets (reserved before, settled after): cloud and hosted
+#: predictions.
+PRICED_OPERATIONS = frozenset({"predict", "hosted_predict"})
+#: Of those, the ones that cost TabPFN credits (a self-hosted container has none).
+CREDIT_OPERATIONS = frozenset({"predict"})
 #: Operations that hold a fit slot while they run.
 FIT_OPERATIONS = frozenset({"fit", "submit_fit_job"})
 #: Operations that do not count as requests: an upload rides on the prepare call that
@@ -69,6 +73,7 @@ class BudgetStatus:
     spent: int
     reserved: int
     resets_at: datetime
+    unit: str = "credits"
 
     @property
     def remaining(self) -> int:
@@ -91,11 +96,30 @@ class BudgetUsage:
         return self.spent / self.budget if self.budget > 0 else 0.0
 
 
+def counts(policy: Policy, operation: str) -> bool:
+    """Whether ``policy``'s budget counts ``operation``: a credit budget counts the calls
+    that cost credits; a cell or call budget counts every prediction, cloud or hosted."""
+    if policy.budget_credits is None or operation not in PRICED_OPERATIONS:
+        return False
+    return policy.budget_unit != "credits" or operation in CREDIT_OPERATIONS
+
+
+def budget_subject(policy: Policy) -> str:
+    """The counters' subject of ``policy``'s budget: each unit counts on counters of its own,
+    so a budget whose unit changes starts from zero rather than mixing credits and cells."""
+    if policy.budget_unit == "credits":
+        return policy.target_id
+    return f"{policy.target_id}#{policy.budget_unit}"
+
+
 @dataclass
 class Admission:
-    """A call the policy let through. ``settle(credits)`` after it succeeded, ``refund()``
-    after it failed: exactly one of them, once (later calls do nothing). ``headers`` are the
-    IETF RateLimit fields for the answer."""
+    """A call the policy let through. ``settle(credits, cells)`` after it succeeded,
+    ``refund()`` after it failed: exactly one of them, once (later calls do nothing).
+    ``headers`` are the IETF RateLimit fields for the answer. ``claims`` are the budget
+    reservations, ``claim_sources`` and ``units`` say whose and in what unit each is;
+    ``late`` are cell budgets still to reserve with ``reserve_cells`` (admitted with
+    ``defer_cells``: the call's size is known only once its body has streamed)."""
 
     engine: PolicyEngine | None = None
     claims: tuple[BudgetClaim, ...] = ()
@@ -103,8 +127,35 @@ class Admission:
     slots: tuple[str, ...] = ()
     estimate: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    claim_sources: tuple[PolicySource, ...] = ()
+    units: tuple[str, ...] = ()
+    cells: int = 0
+    late: tuple[PolicySource, ...] = ()
+    operation: str = ""
     _done: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def wants_cells(self) -> bool:
+        """Whether cell budgets wait for ``reserve_cells`` before the call may complete."""
+        return bool(self.late)
+
+    def reserve_cells(self, cells: int | None) -> None:
+        """Reserve the deferred cell budgets for a call of ``cells`` rows x columns (None:
+        unknown: it holds all that is left); ``BudgetExhausted`` if one has too little
+        left (what was reserved stays held until ``refund``). Blocking (a database write)."""
+        late, self.late = self.late, ()
+        if not late or self.engine is None:
+            return
+        try:
+            claims, sources, units = self.engine._reserve_sources(late, self.operation, None, cells)
+        except PolicyRefused as refusal:
+            self.engine._refused(refusal)
+            raise
+        self.claims += claims
+        self.claim_sources += sources
+        self.units += units
+        self.cells = max(0, cells or 0)
 
     @property
     def priced(self) -> bool:
@@ -125,18 +176,23 @@ class Admission:
             return False
         return bool(self.claims) or (bool(self.slots) and not self.engine.limiter.in_process)
 
-    def settle(self, credits: int | None) -> None:
-        """Turn the reservation into ``credits`` spent (None: the estimate), free the slot."""
+    def settle(self, credits: int | None, cells: int | None = None) -> None:
+        """Turn the reservations into what was spent: ``credits`` on credit budgets, ``cells``
+        on cell budgets (None: the estimates), one call on call budgets; free the slot."""
         if not self._finish() or self.engine is None:
             return
-        spent = self.estimate if credits is None else max(0, int(credits))
+        spent = {
+            "credits": self.estimate if credits is None else max(0, int(credits)),
+            "cells": self.cells if cells is None else max(0, int(cells)),
+            "calls": 1,
+        }
         self.engine._settle(self, spent)
 
     def refund(self) -> None:
         """Give back what was reserved and the slot: the call failed."""
         if not self._finish() or self.engine is None:
             return
-        self.engine._settle(self, 0)
+        self.engine._settle(self, {})
 
 
 class _FallbackLimiter:
@@ -331,7 +387,7 @@ class PolicyEngine:
         if effective.empty:
             return True
         policies = [s.policy for s in effective.sources]
-        if operation in PRICED_OPERATIONS and any(p.budget_credits is not None for p in policies):
+        if any(counts(p, operation) for p in policies):
             return False
         if self.limiter.in_process:
             return True
@@ -344,9 +400,17 @@ class PolicyEngine:
         return not (rates or slots)
 
     def wants_price(self, effective: EffectivePolicy, operation: str) -> bool:
-        """Whether a budget applies to this call, so its credits should be quoted first."""
-        return operation in PRICED_OPERATIONS and any(
-            s.policy.budget_credits is not None for s in effective.sources
+        """Whether a credit budget applies to this call, so its credits should be quoted first."""
+        return any(
+            s.policy.budget_unit == "credits" and counts(s.policy, operation)
+            for s in effective.sources
+        )
+
+    def counts_cells(self, effective: EffectivePolicy, operation: str) -> bool:
+        """Whether a cell budget applies to this call (its rows x columns are reserved)."""
+        return any(
+            s.policy.budget_unit == "cells" and counts(s.policy, operation)
+            for s in effective.sources
         )
 
     # -- the decision ----------------------------------------------------------------------
@@ -358,12 +422,16 @@ class PolicyEngine:
         *,
         client_address: str | None = None,
         credits: int | None = None,
+        cells: int | None = None,
+        defer_cells: bool = False,
         effective: EffectivePolicy | None = None,
     ) -> Admission:
         """Let the call through (an ``Admission`` to settle or refund) or raise a refusal.
 
-        ``credits`` is the call's estimated price (None: unknown; the call then holds all that
-        is left of each hard budget until it is settled or refunded). Order: allowlist (403),
+        ``credits`` is the call's estimated price and ``cells`` its rows x columns (None:
+        unknown; the call then holds all that is left of each hard budget in that unit until
+        it is settled or refunded). With ``defer_cells``, cell budgets are left for
+        ``Admission.reserve_cells`` (the size is not known yet). Order: allowlist (403),
         rate limits, fit slots, budgets (429).
         """
         if effective is None:
@@ -371,7 +439,9 @@ class PolicyEngine:
         if effective.empty:
             return Admission()
         try:
-            return self._admit(key, operation, client_address, credits, effective)
+            return self._admit(
+                key, operation, client_address, credits, cells, defer_cells, effective
+            )
         except PolicyRefused as refusal:
             self._refused(refusal)
             raise
@@ -394,7 +464,7 @@ class PolicyEngine:
         if effective.empty:
             return Admission()
         policies = [s.policy for s in effective.sources]
-        if operation in PRICED_OPERATIONS and any(p.budget_credits is not None for p in policies):
+        if any(counts(p, operation) for p in policies):
             return None
         if (
             operation in FIT_OPERATIONS
@@ -438,14 +508,20 @@ class PolicyEngine:
         operation: str,
         client_address: str | None,
         credits: int | None,
+        cells: int | None,
+        defer_cells: bool,
         effective: EffectivePolicy,
     ) -> Admission:
         if not address_allowed(client_address, effective.allowed_cidrs):
             raise IpNotAllowed()
         headers = {} if operation in RATE_EXEMPT else self._check_rates(effective)
         slots = self._take_slots(effective, operation)
+        budgeted = [s for s in effective.sources if counts(s.policy, operation)]
+        late = tuple(s for s in budgeted if defer_cells and s.policy.budget_unit == "cells")
         try:
-            claims = self._reserve(effective, operation, credits)
+            claims, claim_sources, units = self._reserve_sources(
+                [s for s in budgeted if s not in late], operation, credits, cells
+            )
         except BaseException:
             for name in slots:
                 self.limiter.release(name)
@@ -457,6 +533,11 @@ class PolicyEngine:
             slots=slots,
             estimate=max(0, credits or 0),
             headers=headers,
+            claim_sources=claim_sources,
+            units=units,
+            cells=max(0, cells or 0),
+            late=late,
+            operation=operation,
         )
 
     def _rate_checks(self, effective: EffectivePolicy) -> tuple[list[RateCheck], dict[str, str]]:
@@ -530,35 +611,41 @@ class PolicyEngine:
             taken.append(name)
         return tuple(taken)
 
-    def _reserve(
-        self, effective: EffectivePolicy, operation: str, credits: int | None
-    ) -> tuple[BudgetClaim, ...]:
-        if operation not in PRICED_OPERATIONS:
-            return ()
+    def _reserve_sources(
+        self,
+        sources: Sequence[PolicySource],
+        operation: str,
+        credits: int | None,
+        cells: int | None,
+    ) -> tuple[tuple[BudgetClaim, ...], tuple[PolicySource, ...], tuple[str, ...]]:
+        """Reserve the budgets of ``sources`` for one call, all or none (one ledger write);
+        ``BudgetExhausted`` naming the first that has too little left."""
         now = self._clock()
         claims: list[BudgetClaim] = []
-        claim_sources: list[tuple[PolicySource, datetime]] = []
-        for source in effective.sources:
+        claim_sources: list[tuple[PolicySource, datetime, int | None]] = []
+        for source in sources:
             policy = source.policy
             if policy.budget_credits is None:
                 continue
+            unit = policy.budget_unit
+            known = credits if unit == "credits" else cells if unit == "cells" else 1
             span = budget_span(policy.budget_period, policy.budget_window, now)
             hard = policy.budget_mode == "hard"
-            amount = max(0, credits or 0)
+            amount = max(0, known or 0)
             limit: int | None = policy.budget_credits if hard else None
-            if hard and credits is None:
-                # Price unknown: hold all that is left while the call runs, so that calls in
+            if hard and known is None:
+                # Size unknown: hold all that is left while the call runs, so that calls in
                 # flight together cannot overshoot (each would otherwise reserve nothing).
                 # The reservation is still conditional: it fails if another call took some
                 # of it since the read, and the call is settled at its final figure.
-                counters = self.ledger.counters(policy.target_id, [span.bucket, *span.window])
+                counters = self.ledger.counters(budget_subject(policy), [span.bucket, *span.window])
                 left = policy.budget_credits - sum(c.spent + c.reserved for c in counters)
                 amount = max(0, left)
                 if left <= 0:
                     limit = -1
             claims.append(
                 BudgetClaim(
-                    subject_id=policy.target_id,
+                    subject_id=budget_subject(policy),
                     bucket=span.bucket,
                     amount=amount,
                     limit=limit if limit is None or limit >= 0 else -1,
@@ -567,9 +654,9 @@ class PolicyEngine:
                     expires_at=span.expires_at + timedelta(days=1),
                 )
             )
-            claim_sources.append((source, span.resets_at))
+            claim_sources.append((source, span.resets_at, known))
         if not claims:
-            return ()
+            return (), (), ()
         if any(c.limit is not None and c.limit < 0 for c in claims):
             refused_index: int | None = next(
                 i for i, c in enumerate(claims) if c.limit is not None and c.limit < 0
@@ -577,24 +664,31 @@ class PolicyEngine:
         else:
             refused_index = self.ledger.reserve(claims)
         if refused_index is not None:
-            source, resets_at = claim_sources[refused_index]
-            budget = source.policy.budget_credits or 0
+            source, resets_at, known = claim_sources[refused_index]
+            policy = source.policy
+            unit = policy.budget_unit
+            budget = policy.budget_credits or 0
             wait = max(1, int((resets_at - now).total_seconds()))
-            raise BudgetExhausted(
-                f"The {source.policy.budget_period}ly credit budget ({budget} credits, "
+            refusal = BudgetExhausted(
+                f"The {policy.budget_period}ly {unit[:-1]} budget ({budget} {unit}, "
                 f"{source.level}) has too little left for this call"
-                + (f" ({credits} credits)." if credits is not None else "."),
+                + (f" ({known} {unit})." if known is not None else "."),
                 retry_after=wait,
                 details={
                     "policy": f"{source.level}-budget",
                     "limit": budget,
                     "remaining": self._remaining(claims[refused_index], budget),
-                    "window_seconds": _PERIOD_SECONDS[source.policy.budget_period],
+                    "window_seconds": _PERIOD_SECONDS[policy.budget_period],
                     "reset_seconds": wait,
-                    "unit": "credits",
+                    "unit": unit,
                 },
             )
-        return tuple(claims)
+            raise refusal
+        return (
+            tuple(claims),
+            tuple(source for source, _, _ in claim_sources),
+            tuple(source.policy.budget_unit for source, _, _ in claim_sources),
+        )
 
     def _remaining(self, claim: BudgetClaim, budget: int) -> int:
         try:
@@ -606,20 +700,23 @@ class PolicyEngine:
 
     # -- accounting ------------------------------------------------------------------------
 
-    def _settle(self, admission: Admission, spent: int) -> None:
+    def _settle(self, admission: Admission, spent: dict[str, int]) -> None:
+        """Settle each unit's claims with what was spent in it (``{}``: a refund)."""
         for name in admission.slots:
             try:
                 self.limiter.release(name)
             except Exception:
                 logger.exception("Could not release a fit slot")
-        if not admission.claims:
-            return
-        counters = self.ledger.settle(admission.claims, spent)
-        if spent <= 0:
-            return
-        budgeted = [s for s in admission.sources if s.policy.budget_credits is not None]
-        for source, claim, counter in zip(budgeted, admission.claims, counters, strict=False):
-            self._maybe_alert(source, claim, counter.spent)
+        for unit in dict.fromkeys(admission.units):
+            picked = [i for i, u in enumerate(admission.units) if u == unit]
+            claims = [admission.claims[i] for i in picked]
+            amount = spent.get(unit, 0)
+            counters = self.ledger.settle(claims, amount)
+            if amount <= 0:
+                continue
+            sources = [admission.claim_sources[i] for i in picked]
+            for source, claim, counter in zip(sources, claims, counters, strict=False):
+                self._maybe_alert(source, claim, counter.spent)
 
     def _maybe_alert(self, source: PolicySource, claim: BudgetClaim, bucket_spent: int) -> None:
         policy = source.policy
@@ -661,7 +758,7 @@ class PolicyEngine:
             if policy.budget_credits is None:
                 continue
             span = budget_span(policy.budget_period, policy.budget_window, now)
-            counters = self.ledger.counters(policy.target_id, [span.bucket, *span.window])
+            counters = self.ledger.counters(budget_subject(policy), [span.bucket, *span.window])
             found.append(
                 BudgetStatus(
                     level=source.level,
@@ -673,6 +770,7 @@ class PolicyEngine:
                     spent=sum(c.spent for c in counters),
                     reserved=sum(c.reserved for c in counters),
                     resets_at=span.resets_at,
+                    unit=policy.budget_unit,
                 )
             )
         return found

@@ -32,6 +32,7 @@ POLICY_FIELDS = (
     "budget_period",
     "budget_window",
     "budget_mode",
+    "budget_unit",
     "alert_thresholds",
     "allowed_cidrs",
 )
@@ -120,6 +121,9 @@ def build_policy(
             "budget_window", values["budget_window"], ("calendar", "rolling")
         ),
         budget_mode=_choice("budget_mode", values["budget_mode"], ("hard", "soft")),  # type: ignore[arg-type]
+        budget_unit=_choice(  # type: ignore[arg-type]
+            "budget_unit", values["budget_unit"], ("credits", "cells", "calls")
+        ),
         alert_thresholds=_thresholds(values["alert_thresholds"]),
         allowed_cidrs=_cidrs(values["allowed_cidrs"]),
         updated_at=utcnow(),

@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 class _Granted:
-    """The seam's admission over an engine ``Admission``: settled with the meter's credits.
+    """The seam's admission over an engine ``Admission``: settled with the meter's credits
+    and cells. Cell budgets left for later are offered to the caller as
+    ``meter.reserve_cells``.
 
     When the meter carries a ``deferred`` list (the async face), a settlement or refund that
     writes somewhere is put there, to be run off the event loop; else it runs at once.
@@ -33,10 +35,12 @@ class _Granted:
     def __init__(self, admission: Admission, meter: Meter) -> None:
         self._admission = admission
         self._meter = meter
+        if admission.wants_cells:
+            meter.reserve_cells = admission.reserve_cells
 
-    def _settle(self, credits: int | None) -> None:
+    def _settle(self, credits: int | None, cells: int | None) -> None:
         try:
-            self._admission.settle(credits)
+            self._admission.settle(credits, cells)
         except Exception:  # the seam's settle never raises; the reservation stays held
             logger.exception("Could not settle a budget reservation")
 
@@ -47,11 +51,11 @@ class _Granted:
             logger.exception("Could not refund a budget reservation")
 
     def settle(self, meter: Meter) -> None:
-        credits = meter.credits
+        credits, cells = meter.credits, meter.cells
         if meter.deferred is not None and self._admission.needs_io:
-            meter.deferred.append(lambda: self._settle(credits))
+            meter.deferred.append(lambda: self._settle(credits, cells))
         else:
-            self._settle(credits)
+            self._settle(credits, cells)
 
     def refund(self) -> None:
         deferred = self._meter.deferred
@@ -92,13 +96,33 @@ class GovernancePolicy:
 
     # -- the seam ------------------------------------------------------------------------
 
-    def decide(self, caller: Caller, operation: str, credits: int | None) -> Admission:
-        """The engine's decision for this call (may do I/O; raises a refusal)."""
+    def decide(
+        self,
+        caller: Caller,
+        operation: str,
+        credits: int | None,
+        *,
+        cells: int | None = None,
+        defer_cells: bool = False,
+    ) -> Admission:
+        """The engine's decision for this call (may do I/O; raises a refusal). ``cells``:
+        its rows x columns; ``defer_cells``: they are known only later (``reserve_cells``)."""
         admission = self.engine.admit(
-            caller.key, operation, client_address=client_address.get(), credits=credits
+            caller.key,
+            operation,
+            client_address=client_address.get(),
+            credits=credits,
+            cells=cells,
+            defer_cells=defer_cells,
         )
         publish_headers(admission.headers)
         return admission
+
+    def decide_for(self, caller: Caller, operation: str, meter: Meter) -> Admission:
+        """``decide`` with what ``meter`` knows before the call."""
+        return self.decide(
+            caller, operation, meter.credits, cells=meter.cells, defer_cells=meter.cells_later
+        )
 
     def admit(self, caller: Caller, operation: str, meter: Meter) -> _Granted:
         ahead: Any = meter.admission
@@ -107,7 +131,7 @@ class GovernancePolicy:
             if isinstance(ahead, BaseException):
                 raise ahead
             return _Granted(ahead, meter)
-        return _Granted(self.decide(caller, operation, meter.credits), meter)
+        return _Granted(self.decide_for(caller, operation, meter), meter)
 
     def decides_in_memory(self, caller: Caller, operation: str) -> bool:
         """Whether ``admit`` would do no I/O for this call (cached, no shared counters)."""

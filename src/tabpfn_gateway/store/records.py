@@ -16,6 +16,7 @@ __all__ = [
     "BudgetCounter",
     "BudgetMode",
     "BudgetPeriod",
+    "BudgetUnit",
     "BudgetWindow",
     "CounterHit",
     "CredentialKind",
@@ -42,6 +43,7 @@ PolicyTargetType = Literal["principal", "key"]
 BudgetPeriod = Literal["day", "month"]
 BudgetWindow = Literal["calendar", "rolling"]
 BudgetMode = Literal["hard", "soft"]
+BudgetUnit = Literal["credits", "cells", "calls"]
 #: What a credential reaches: the TabPFN cloud API, or a self-hosted inference container.
 CredentialKind = Literal["cloud", "hosted"]
 #: What a key is now: usable, or refused for one reason (revoked wins over disabled over expired).
@@ -256,8 +258,10 @@ class Policy:
     """Spend governance for one principal (user or team) or one key. ``None`` is "no limit".
 
     Rate limits count requests per minute and per hour; ``max_concurrent_fits`` caps fits in
-    flight; ``budget_credits`` is a TabPFN-credit budget per ``budget_period`` (``day`` or
-    ``month``), a UTC calendar period or a rolling window (the last 24 hours / 30 days);
+    flight; ``budget_credits`` is a budget per ``budget_period`` (``day`` or ``month``), a
+    UTC calendar period or a rolling window (the last 24 hours / 30 days), counted in
+    ``budget_unit``: TabPFN ``credits`` (cloud predictions), ``cells`` (rows x columns of
+    every prediction, cloud or hosted) or ``calls`` (predictions);
     ``hard`` refuses past it, ``soft`` only alerts. ``alert_thresholds`` are percents of the
     budget that raise an alert once per period. ``allowed_cidrs`` (keys only) limit where a
     key may be used from.
@@ -272,6 +276,7 @@ class Policy:
     budget_period: BudgetPeriod = "month"
     budget_window: BudgetWindow = "calendar"
     budget_mode: BudgetMode = "hard"
+    budget_unit: BudgetUnit = "credits"
     alert_thresholds: tuple[int, ...] = ()
     allowed_cidrs: tuple[str, ...] = ()
     updated_at: datetime = field(default_factory=utcnow)

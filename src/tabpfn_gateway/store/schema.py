@@ -243,6 +243,7 @@ policies = sa.Table(
     sa.Column("budget_period", _text(), nullable=False),
     sa.Column("budget_window", _text(), nullable=False),
     sa.Column("budget_mode", _text(), nullable=False),
+    sa.Column("budget_unit", _text(), nullable=False),
     sa.Column("alert_thresholds", IntTuple(), nullable=False),
     sa.Column("allowed_cidrs", StringTuple(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),

@@ -929,6 +929,7 @@ class StoreContractTests:
             budget_period="day",
             budget_window="rolling",
             budget_mode="soft",
+            budget_unit="cells",
             alert_thresholds=(50, 80, 100),
             allowed_cidrs=("10.0.0.0/8", "2001:db8::/32"),
             updated_at=make.tick(),

@@ -146,6 +146,7 @@ class BudgetView:
     period: str
     resets_at: datetime
     href: str
+    unit: str = "credits"
 
     @property
     def percent(self) -> int:
@@ -171,6 +172,7 @@ def budget_views(gateway: Gateway, keys: list[KeyView], limit: int) -> list[Budg
                 status.period,
                 status.resets_at,
                 href,
+                status.unit,
             )
             found.setdefault((status.level, status.name), budget)
     return sorted(found.values(), key=lambda b: (-b.percent, b.name))[:limit]

@@ -730,7 +730,7 @@ def _policy_changes(form: dict[str, str], *, for_key: bool) -> dict[str, Any]:
         else:
             label = name.replace("_", " ")
             raise InvalidRequest(f"{label.capitalize()} must be a whole number, or empty.")
-    for name in ("budget_period", "budget_window", "budget_mode"):
+    for name in ("budget_period", "budget_window", "budget_mode", "budget_unit"):
         if form.get(name):
             changes[name] = form[name]
     thresholds = [t.strip().rstrip("%") for t in form.get("alert_thresholds", "").split(",")]

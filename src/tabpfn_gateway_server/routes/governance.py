@@ -59,6 +59,7 @@ class PolicyIn(BaseModel):
     budget_period: Literal["day", "month"] | None = None
     budget_window: Literal["calendar", "rolling"] | None = None
     budget_mode: Literal["hard", "soft"] | None = None
+    budget_unit: Literal["credits", "cells", "calls"] | None = None
     alert_thresholds: list[int] | None = Field(default=None, max_length=20)
     allowed_cidrs: list[str] | None = Field(default=None, max_length=100)
 
@@ -75,6 +76,7 @@ class PolicyOut(BaseModel):
     budget_period: str
     budget_window: str
     budget_mode: str
+    budget_unit: str = "credits"
     alert_thresholds: list[int]
     allowed_cidrs: list[str]
     updated_at: datetime
@@ -135,6 +137,7 @@ class BudgetOut(BaseModel):
     reserved: int
     remaining: int
     resets_at: datetime
+    unit: str = "credits"
 
     @classmethod
     def of(cls, status: BudgetStatus) -> BudgetOut:
@@ -148,6 +151,7 @@ class BudgetOut(BaseModel):
             reserved=status.reserved,
             remaining=status.remaining,
             resets_at=status.resets_at,
+            unit=status.unit,
         )
 
 
