@@ -19,11 +19,12 @@ from tabpfn_gateway.gateway import Gateway
 from tabpfn_gateway.sessions import AdminSessions, session_id_for
 from tabpfn_gateway.store import open_store
 from tabpfn_gateway.store.records import Principal, UsageEvent, new_id, utcnow
-from tabpfn_gateway.testing import FakeTabPFN
+from tabpfn_gateway.testing import FakeHostedTabPFN, FakeTabPFN, serve_in_thread
 from tabpfn_gateway_server import create_app
 
 TOKEN = "tok-console-test-1"
 XSS = "<script>alert(1)</script>"
+HOSTED_BEARER = "tok-console-container-2"
 
 
 @dataclass
@@ -403,6 +404,68 @@ def test_create_team_credential_and_key_then_revoke(signed_in: Console) -> None:
     admin_actor = "key:" + signed_in.admin_key.split("_")[1]
     actions = {e.action for e in signed_in.gateway.admin.list_audit(actor=admin_actor).items}
     assert {"principal.add", "credential.add", "key.create", "key.revoke"} <= actions
+
+
+def test_add_a_hosted_container_verified_like_the_cli(signed_in: Console) -> None:
+    container = FakeHostedTabPFN(tokens=[HOSTED_BEARER])
+    client = signed_in.client
+    team = signed_in.gateway.admin.add_principal("secure-team", "team", actor="test")
+    page = f"/console/principals/{team.id}"
+    form = client.get(page).text
+    assert f'action="{page}/hosted-credentials"' in form
+    with serve_in_thread(container.app) as url:
+        endpoint = url + "/predict"
+
+        def post(**data: str) -> httpx.Response:
+            fields = {"label": "gpu box", "endpoint_url": endpoint, "verify": "on"}
+            fields.update(data)
+            return client.post(
+                f"{page}/hosted-credentials", data={**fields, "csrf_token": signed_in.csrf(page)}
+            )
+
+        refused = post(bearer_token="not-the-token")
+        assert refused.status_code == 401
+        assert "refused this token" in refused.text
+        assert "not-the-token" not in refused.text
+        bad_url = post(endpoint_url="ftp://box.internal/predict", bearer_token=HOSTED_BEARER)
+        assert bad_url.status_code == 400
+        assert "endpoint_url must be an absolute http" in bad_url.text
+        assert signed_in.gateway.admin.list_credentials(owner=team.id).items == []
+        # The container was asked once (the refused token); the bad URL never left.
+        assert [r.status for r in container.requests] == [401]
+
+        answer = post(bearer_token=HOSTED_BEARER)
+        assert answer.status_code == 303, answer.text
+        assert answer.headers["location"] == f"{page}?notice=hosted-credential-added"
+        assert [r.status for r in container.requests] == [401, 200]
+        assert container.requests[-1].token == HOSTED_BEARER
+    [stored] = signed_in.gateway.admin.list_credentials(owner=team.id).items
+    assert (stored.kind, stored.endpoint_url, stored.label) == ("hosted", endpoint, "gpu box")
+    assert stored.verified_at is not None
+    team_page = client.get(answer.headers["location"]).text
+    assert "self-hosted container is stored" in team_page
+    assert endpoint in team_page
+    assert HOSTED_BEARER not in team_page
+    assert f'<option value="{stored.id}">gpu box</option>' in team_page
+    # Without verification (and without a token: it is optional) nothing is asked upstream.
+    unverified = client.post(
+        f"{page}/hosted-credentials",
+        data={"label": "open box", "endpoint_url": "http://10.9.8.7/predict",
+              "csrf_token": signed_in.csrf(page)},
+    )  # fmt: skip
+    assert unverified.status_code == 303
+    kinds = sorted(
+        (c.label, c.verified_at is None)
+        for c in signed_in.gateway.admin.list_credentials(owner=team.id).items
+    )
+    assert kinds == [("gpu box", False), ("open box", True)]
+    admin_actor = "key:" + signed_in.admin_key.split("_")[1]
+    added = [
+        e
+        for e in signed_in.gateway.admin.list_audit(actor=admin_actor).items
+        if e.action == "credential.add"
+    ]
+    assert {e.details["kind"] for e in added} == {"hosted"}
 
 
 def test_disable_enable_and_rotate_a_key(signed_in: Console) -> None:

@@ -58,6 +58,9 @@ NOTICES = {
     "signed-out": "You are signed out.",
     "principal-added": "Added.",
     "credential-added": "The TabPFN token is stored, encrypted.",
+    "hosted-credential-added": (
+        "The self-hosted container is stored; its bearer token, if any, is encrypted."
+    ),
     "credential-removed": "The credential is removed; keys bound to it are refused from now on.",
     "key-revoked": "The key is revoked. Every replica refuses it from its next request.",
     "key-disabled": "The key is disabled until you enable it again.",
@@ -405,6 +408,30 @@ class Console:
             f"{CONSOLE_PREFIX}/principals/{principal_id}?notice=credential-added", 303
         )
 
+    async def add_hosted_credential(self, request: Request, principal_id: str) -> Response:
+        """Store a self-hosted inference container (its ``/predict`` URL, an optional bearer
+        token), asked for one tiny prediction first when ``verify`` is on (as the CLI does)."""
+        context, form = await self.change(request)
+        token_text = form.get("bearer_token", "")
+        verifier = _hosted_verifier(self.gateway) if form.get("verify") == "on" else None
+        try:
+            await _run(
+                self.gateway.admin.add_hosted_credential,
+                principal_id,
+                form.get("label", ""),
+                endpoint_url=form.get("endpoint_url", ""),
+                token=SecretStr(token_text) if token_text else None,
+                verify=verifier,
+                actor=context.actor,
+            )
+        except GatewayError as exc:
+            return await self.principal(
+                request, principal_id, error=exc.message, status=http_status(exc)
+            )
+        return RedirectResponse(
+            f"{CONSOLE_PREFIX}/principals/{principal_id}?notice=hosted-credential-added", 303
+        )
+
     async def remove_credential(self, request: Request, credential_id: str) -> Response:
         context, _ = await self.change(request)
         credential = await _run(self.gateway.admin.get_credential, credential_id)
@@ -743,6 +770,18 @@ def _policy_changes(form: dict[str, str], *, for_key: bool) -> dict[str, Any]:
     return changes
 
 
+def _hosted_verifier(gateway: Gateway) -> Callable[[Any], Any]:
+    """The CLI's check of a container: one tiny prediction, at most 30 s to connect."""
+    from tabpfn_gateway.hosted import verify_hosted_endpoint
+
+    timeout = max(gateway.settings.upstream_connect_timeout_seconds, 30.0)
+
+    def verify(endpoint: Any) -> Any:
+        return verify_hosted_endpoint(endpoint, timeout=timeout)
+
+    return verify
+
+
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -764,6 +803,11 @@ def build_console_router(console: Console) -> APIRouter:
     router.add_api_route("/principals/{principal_id}", c.principal, methods=["GET"])
     router.add_api_route(
         "/principals/{principal_id}/credentials", c.add_credential, methods=["POST"]
+    )
+    router.add_api_route(
+        "/principals/{principal_id}/hosted-credentials",
+        c.add_hosted_credential,
+        methods=["POST"],
     )
     router.add_api_route(
         "/credentials/{credential_id}/remove", c.remove_credential, methods=["POST"]
