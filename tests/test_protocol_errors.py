@@ -25,6 +25,7 @@ from tabpfn_gateway.errors import (
     UpstreamForbidden,
     UpstreamNotFound,
     UpstreamRateLimited,
+    UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
     UsageLimitReached,
@@ -53,13 +54,13 @@ def sync_client(handler: Handler) -> ProtocolClient:
 
 
 STATUS_CASES: list[tuple[int, object, dict[str, str], type[UpstreamError]]] = [
-    (400, {"message": "bad body"}, {}, UpstreamError),
+    (400, {"message": "bad body"}, {}, UpstreamRejected),
     (401, {"message": "invalid token"}, {}, UpstreamAuthenticationFailed),
     (402, {"message": "pay up"}, {}, UsageLimitReached),
     (403, {"message": "verify your e-mail"}, {}, UpstreamForbidden),
     (404, {"message": "no such thing"}, {}, UpstreamNotFound),
     (408, {"message": "request timeout"}, {}, UpstreamUnavailable),
-    (422, {"detail": [{"loc": ["body"], "msg": "field required"}]}, {}, UpstreamError),
+    (422, {"detail": [{"loc": ["body"], "msg": "field required"}]}, {}, UpstreamRejected),
     (426, {"message": "upgrade tabpfn-client"}, {}, ClientTooOld),
     (429, {"message": "slow down"}, {"Retry-After": "12"}, UpstreamRateLimited),
     (429, {"message": "limit", "current_usage": 10, "usage_limit": 10}, {}, UsageLimitReached),

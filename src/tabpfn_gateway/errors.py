@@ -40,6 +40,7 @@
     └── UpstreamError                 UPSTREAM_ERROR        TabPFN (or a gateway) answered an error
         ├── UpstreamAuthenticationFailed  UPSTREAM_AUTHENTICATION_FAILED 401
         ├── UpstreamForbidden         UPSTREAM_FORBIDDEN    403, e.g. e-mail not verified
+        ├── UpstreamRejected          UPSTREAM_REJECTED     400/422: the request is invalid there
         ├── UsageLimitReached         USAGE_LIMIT_REACHED   402, or 429 with a usage body
         ├── UpstreamRateLimited       UPSTREAM_RATE_LIMITED 429 with Retry-After (retryable)
         ├── UpstreamNotFound          UPSTREAM_NOT_FOUND    404 (a fitted model the upstream lacks)
@@ -104,6 +105,7 @@ __all__ = [
     "UpstreamKindMismatch",
     "UpstreamNotFound",
     "UpstreamRateLimited",
+    "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "UsageLimitReached",
@@ -367,6 +369,14 @@ class UpstreamError(GatewayError):
 class UpstreamAuthenticationFailed(UpstreamError):
     error_code = "UPSTREAM_AUTHENTICATION_FAILED"
     default_message = "The upstream rejected the token."
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream answered 400 or 422: the request was invalid there (an upload not yet
+    complete, a config it refuses). The caller's to fix, so the gateway answers 400."""
+
+    error_code = "UPSTREAM_REJECTED"
+    default_message = "The upstream refused the request as invalid."
 
 
 class UpstreamForbidden(UpstreamError):

@@ -56,3 +56,25 @@ def test_real_error_answers_fit_the_documented_body(stack: Stack) -> None:
     unauthenticated = stack.http.get("/api/v1/admin/keys")
     assert unauthenticated.status_code == 401
     ErrorBody.model_validate(unauthenticated.json())
+
+
+def test_an_upstream_refusing_the_request_is_400_not_a_bad_gateway(stack: Stack) -> None:
+    # Found by the fuzz run: a fit on a prepared upload whose chunks never came. The upstream
+    # answers 400 (the caller's to fix); passing it on as 502 told clients to retry.
+    key = stack.bearer(stack.alice.key)
+    prepared = stack.http.post(
+        "/tabpfn/prepare_train_set_upload",
+        json={"x_train_info": {"format": "parquet"}, "y_train_info": {"format": "parquet"}},
+        headers=key,
+    )
+    assert prepared.status_code == 200, prepared.text
+    upload_id = prepared.json()["train_set_upload_id"]
+    for path in ("/tabpfn/fit", "/tabpfn/submit_fit_job"):
+        response = stack.http.post(
+            path,
+            json={"train_set_upload_id": upload_id, "task_config": {"task": "classification"}},
+            headers=key,
+        )
+        assert response.status_code == 400, response.text
+        body = ErrorBody.model_validate(response.json())
+        assert body.error_code == "UPSTREAM_REJECTED"

@@ -50,6 +50,8 @@ HTTP_STATUS_BY_CODE: dict[str, int] = {
     # The setup flow answers a rejected TabPFN token with 401, as the seed design did.
     "UPSTREAM_AUTHENTICATION_FAILED": 401,
     "UPSTREAM_FORBIDDEN": 403,
+    # The upstream found the request invalid: the caller's to fix, not a bad gateway.
+    "UPSTREAM_REJECTED": 400,
     "USAGE_LIMIT_REACHED": 429,
     "UPSTREAM_RATE_LIMITED": 429,
     "UPSTREAM_NOT_FOUND": 404,

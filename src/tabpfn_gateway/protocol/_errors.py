@@ -40,6 +40,7 @@ from tabpfn_gateway.errors import (
     UpstreamKindMismatch,
     UpstreamNotFound,
     UpstreamRateLimited,
+    UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
     UsageLimitReached,
@@ -177,6 +178,8 @@ def error_from_response(
         cls = UsageLimitReached
     elif status == 403:
         cls = UpstreamForbidden
+    elif status in (400, 422):
+        cls = UpstreamRejected
     elif status == 404:
         cls = UpstreamFittedModelNotFound if fitted_model else UpstreamNotFound
     elif status == 426:
