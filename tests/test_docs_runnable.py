@@ -257,7 +257,7 @@ def test_server_md_blocks_run(tmp_path: Path, upstream: str) -> None:
                 tmp_path,
             )
         )
-        assert answer["principal_name"] == "alice"
+        assert answer["principal_name"].startswith("setup:alice-")
         user_key = answer["api_key"]
         parse_key(user_key)
 

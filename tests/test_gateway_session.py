@@ -207,7 +207,7 @@ def test_setup_verifies_the_token_and_creates_everything_at_once(
     gateway: Gateway, fake: FakeTabPFN
 ) -> None:
     result = gateway.setup(TOKENS[1], name="carol")
-    assert result.principal.name == "carol"
+    assert result.principal.name.startswith("setup:carol-")
     assert gateway.store.get_credential(result.credential.id) is not None
     record = gateway.keys.verify(result.key.plaintext, scope="inference")
     assert record.credential_id == result.credential.id
@@ -223,7 +223,8 @@ def test_setup_verifies_the_token_and_creates_everything_at_once(
 def test_setup_with_a_rejected_token_stores_nothing(gateway: Gateway, token: str) -> None:
     with pytest.raises(UpstreamAuthenticationFailed):
         gateway.setup(token, name="mallory")
-    assert gateway.store.get_principal_by_name("mallory") is None
+    names = [p.name for p in gateway.store.list_principals(limit=100).items]
+    assert not [name for name in names if name.startswith("setup:")]
     assert gateway.store.list_credentials(limit=10).items == []
 
 
@@ -234,6 +235,6 @@ def test_setup_when_the_upstream_is_unreachable(tmp_path: Path) -> None:
         with pytest.raises(UpstreamUnavailable) as info:
             gw.setup(TOKENS[0], name="dave")
         assert info.value.retryable
-        assert gw.store.get_principal_by_name("dave") is None
+        assert gw.store.list_principals(limit=10).items == []
     finally:
         gw.close()

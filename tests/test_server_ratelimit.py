@@ -61,3 +61,41 @@ def test_limiter_choice_and_bad_urls() -> None:
     assert isinstance(limiter_for(None, 5), MemoryAttemptLimiter)
     with pytest.raises(ConfigurationError):
         limiter_for("not-a-redis-url", 5)
+
+
+def test_memory_reservations_count_at_once_and_refunds_take_them_back() -> None:
+    clock = Clock()
+    limiter = MemoryAttemptLimiter(2, window=60, clock=clock)
+    first = limiter.reserve("10.0.0.1")
+    limiter.reserve("10.0.0.1")
+    # Counted when reserved, before any outcome: a third concurrent attempt is refused.
+    with pytest.raises(TooManyAttempts):
+        limiter.reserve("10.0.0.1")
+    limiter.refund(first)
+    limiter.reserve("10.0.0.1")
+    with pytest.raises(TooManyAttempts):
+        limiter.check("10.0.0.1")
+    clock.now += 61
+    limiter.refund(first)  # long gone from the window: nothing to take back, no error
+    limiter.reserve("10.0.0.1")
+
+
+def test_redis_reservations_are_atomic_across_replicas() -> None:
+    url = redis_url_or_skip()
+    address = f"203.0.113.{uuid.uuid4().int % 250}-{uuid.uuid4().hex[:8]}"
+    first = RedisAttemptLimiter(url, 2, name="test-reserve")
+    second = RedisAttemptLimiter(url, 2, name="test-reserve")
+    try:
+        held = first.reserve(address)
+        second.reserve(address)
+        with pytest.raises(TooManyAttempts) as info:
+            first.reserve(address)
+        assert info.value.retry_after is not None
+        assert info.value.retry_after >= 1
+        second.refund(held)
+        first.reserve(address)
+        with pytest.raises(TooManyAttempts):
+            second.reserve(address)
+    finally:
+        first.close()
+        second.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -63,11 +64,13 @@ if TYPE_CHECKING:
     from tabpfn_gateway.store.records import Membership, Policy, PruneReport
 
 __all__ = [
+    "SETUP_PRINCIPAL_PREFIX",
     "Admin",
     "HostedVerifier",
     "RotationReport",
     "TokenVerifier",
     "UrlTokenVerifier",
+    "check_setup_label",
     "key_id_of",
 ]
 
@@ -85,6 +88,9 @@ UrlTokenVerifier = Callable[[SecretStr, str], Any]
 HostedVerifier = Callable[["HostedEndpoint"], Any]
 
 _PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}")
+#: The name prefix of principals made by self-service setup (admin names cannot hold ':').
+SETUP_PRINCIPAL_PREFIX = "setup:"
+_SETUP_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 _MAX_LABEL_LENGTH = 200
 _VALID_STATUSES = {"VALID", "VALID_LIMIT_REACHED"}
 
@@ -108,6 +114,20 @@ def key_id_of(text: str) -> str:
         if text.startswith(prefix):
             return text[len(prefix) : len(prefix) + KEY_ID_LENGTH]
     return text
+
+
+def check_setup_label(requested: str | None) -> str | None:
+    """``requested`` (a setup's ``name``, stripped) if it is 1-64 characters of letters, digits
+    and . _ @ + - starting with a letter or digit; else ``InvalidRequest``. None stays None."""
+    if requested is None:
+        return None
+    label = requested.strip() if isinstance(requested, str) else ""
+    if not _SETUP_LABEL.fullmatch(label):
+        raise InvalidRequest(
+            "name is 1-64 characters of letters, digits and . _ @ + -, starting with a "
+            "letter or digit."
+        )
+    return label
 
 
 class Admin:
@@ -269,6 +289,26 @@ class Admin:
                 _event(actor, "principal.add", "principal", stored.id, name=name, kind=kind)
             )
         logger.info("Added %s %s (%s) by %s", kind, name, stored.id, actor)
+        return stored
+
+    def add_setup_principal(self, requested: str | None, *, actor: str = "setup") -> Principal:
+        """Add the user principal of a self-service setup, named ``setup:<requested>-<random>``
+        (``requested`` defaults to ``user``).
+
+        Admin-chosen names cannot contain ``:``, so setup can neither take a name an admin
+        means to use nor learn which names exist; the random part keeps two setups asking
+        for the same name apart (neither is refused).
+        """
+        label = check_setup_label(requested) or "user"
+        name = f"{SETUP_PRINCIPAL_PREFIX}{label}-{secrets.token_hex(6)}"
+        now = utcnow()
+        principal = Principal(id=new_id(), name=name, kind="user", created_at=now)
+        with self.store.atomic() as tx:
+            stored = tx.add_principal(principal)
+            tx.record_audit(
+                _event(actor, "principal.add", "principal", stored.id, name=name, kind="user")
+            )
+        logger.info("Added setup user %s (%s) by %s", name, stored.id, actor)
         return stored
 
     def get_principal(self, id_or_name: str) -> Principal:

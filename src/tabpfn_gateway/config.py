@@ -169,6 +169,14 @@ class Settings(BaseSettings):
     setup_attempts_per_minute: int = Field(
         default=10, ge=1, description="Failed setups allowed per client address per minute."
     )
+    setup_successes_per_hour: int = Field(
+        default=10, ge=1, description="Successful setups allowed per client address per hour."
+    )
+    setup_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Setups one process verifies upstream at once (503 SETUP_BUSY past it).",
+    )
     max_json_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest JSON request body accepted (413 past)."
     )

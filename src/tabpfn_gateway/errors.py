@@ -28,6 +28,7 @@
     │   └── MissingApiKey             MISSING_CREDENTIALS   no key given anywhere (SDK)
     ├── InsufficientScope             INSUFFICIENT_SCOPE    the key is fine but may not do this
     ├── SetupDisabled                 SETUP_DISABLED        self-service setup is turned off
+    ├── SetupBusy                     SETUP_BUSY            too many setups at once (retryable)
     ├── TooManyAttempts               TOO_MANY_ATTEMPTS     a client is rate limited (retryable)
     ├── PolicyRefused                 POLICY_REFUSED        a spend policy said no (governance)
     │   ├── RateLimited               RATE_LIMITED          429, over a request-rate limit
@@ -93,6 +94,7 @@ __all__ = [
     "RateLimited",
     "SchemaNotCurrent",
     "SecretKeyMissing",
+    "SetupBusy",
     "SetupDisabled",
     "StoreError",
     "StoreUnavailable",
@@ -288,6 +290,14 @@ class InsufficientScope(GatewayError):
 class SetupDisabled(GatewayError):
     error_code = "SETUP_DISABLED"
     default_message = "Self-service setup is turned off; ask an administrator for a key."
+
+
+class SetupBusy(GatewayError):
+    """This process is verifying as many setups upstream as it may at once; retry shortly."""
+
+    error_code = "SETUP_BUSY"
+    default_message = "Too many setups are being verified right now; retry shortly."
+    retryable = True
 
 
 class TooManyAttempts(GatewayError):

@@ -89,6 +89,12 @@ def create_app(
         )
         metrics.watch_budgets(engine)
     limiter = limiter_for(settings.redis_url, settings.setup_attempts_per_minute)
+    setup_successes = limiter_for(
+        settings.redis_url,
+        settings.setup_successes_per_hour,
+        window=3600.0,
+        name="setup-successes",
+    )
     the_gateway = gateway
     hosted_gateway = HostedGateway(gateway, transport=hosted_transport)
 
@@ -101,6 +107,7 @@ def create_app(
             if stop_tracing is not None:
                 stop_tracing()
             limiter.close()
+            setup_successes.close()
             await hosted_gateway.aclose()
             if owns_gateway:
                 # Flushes buffered usage and key last-use before the process goes.
@@ -125,6 +132,8 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.limiter = limiter
+    app.state.setup_successes = setup_successes
+    app.state.setup_gate = setup.SetupGate(settings.setup_concurrency)
     app.state.hosted = hosted_gateway
     install_error_handlers(app)
     # Innermost: the TabPFN-compatible calls are answered without FastAPI's routing and

@@ -65,7 +65,12 @@ class SetupIn(BaseModel):
 
     tabpfn_token: SecretStr = Field(description="Your TabPFN API token (stored encrypted).")
     name: str | None = Field(
-        default=None, max_length=100, description="Your principal name (default: generated)."
+        default=None,
+        max_length=64,
+        description=(
+            "A label for you: your principal is named setup:<name>-<random> (default label: "
+            "user), apart from the names administrators choose."
+        ),
     )
 
 

@@ -35,7 +35,12 @@ from tabpfn_gateway.gateway._invalidation import (
 )
 from tabpfn_gateway.gateway._metering import Meter, Metering, UpstreamCall
 from tabpfn_gateway.gateway._policy import SpendPolicy
-from tabpfn_gateway.gateway._setup import SetupResult, self_service_setup
+from tabpfn_gateway.gateway._setup import (
+    SetupResult,
+    check_setup_input,
+    create_setup,
+    self_service_setup,
+)
 from tabpfn_gateway.gateway._upload_owners import UploadOwnership
 from tabpfn_gateway.gateway._uploads import UploadSigner
 from tabpfn_gateway.gateway._usage import UsageRecorder
@@ -58,6 +63,8 @@ __all__ = ["Caller", "Gateway", "Meter", "SetupResult", "UpstreamCall"]
 logger = logging.getLogger(__name__)
 
 _UPSTREAM_POOL_SIZE = 100
+_VERIFIER_POOL_SIZE = 20
+_VERIFY_TIMEOUT_SECONDS = 30.0
 
 
 class Gateway:
@@ -89,6 +96,7 @@ class Gateway:
         async_upstream: AsyncProtocolClient | None = None,
         async_upstream_factory: Callable[[], AsyncProtocolClient] | None = None,
         forwarder_factory: Callable[[], Forwarder] | None = None,
+        async_verifier_factory: Callable[[], AsyncProtocolClient] | None = None,
         usage: UsageRecorder | None = None,
         bus: InvalidationBus | None = None,
         policy: SpendPolicy | None = None,
@@ -107,6 +115,8 @@ class Gateway:
         self._async_upstream_factory = async_upstream_factory
         self._forwarder: Forwarder | None = None
         self._forwarder_factory = forwarder_factory
+        self._async_verifier: AsyncProtocolClient | None = None
+        self._async_verifier_factory = async_verifier_factory
         self._async_lock = threading.Lock()
         self.uploads = uploads
         self.usage = usage or UsageRecorder(store, flush_interval=settings.usage_flush_seconds)
@@ -222,6 +232,23 @@ class Gateway:
                     transport = default_async_transport(_UPSTREAM_POOL_SIZE)
                 return AsyncProtocolClient(settings.upstream_url, transport=transport, **timeouts)
 
+            def make_async_verifier() -> AsyncProtocolClient:
+                # Setup's token checks: no retries (a person waits, and each retry would be
+                # one more guess upstream), a short timeout, a small pool of their own.
+                transport = async_upstream_transport
+                if transport is None:
+                    transport = default_async_transport(_VERIFIER_POOL_SIZE)
+                return AsyncProtocolClient(
+                    settings.upstream_url,
+                    transport=transport,
+                    timeout=min(settings.upstream_timeout_seconds, _VERIFY_TIMEOUT_SECONDS),
+                    connect_timeout=min(
+                        settings.upstream_connect_timeout_seconds, _VERIFY_TIMEOUT_SECONDS
+                    ),
+                    max_connections=_VERIFIER_POOL_SIZE,
+                    max_retries=0,
+                )
+
             def make_forwarder() -> Forwarder:
                 from tabpfn_gateway.gateway._forward import Forwarder
 
@@ -239,6 +266,7 @@ class Gateway:
                 upstream=upstream,
                 async_upstream_factory=make_async_upstream,
                 forwarder_factory=make_forwarder,
+                async_verifier_factory=make_async_verifier,
                 uploads=signer,
                 bus=bus if bus is not None else bus_from_settings(settings),
                 policy=policy if policy is not None else _governance(settings, store),
@@ -410,8 +438,9 @@ class Gateway:
         principal, its encrypted credential and an inference key in one transaction.
 
         ``UpstreamAuthenticationFailed`` when the upstream rejects the token;
-        ``UpstreamUnavailable`` (retryable) when it cannot be asked; ``Conflict`` when
-        ``name`` is taken. Nothing is written unless everything is.
+        ``UpstreamUnavailable`` (retryable) when it cannot be asked. The principal is named
+        ``setup:<name>-<random>`` (see ``Admin.add_setup_principal``), so ``name`` is never
+        taken. Nothing is written unless everything is.
         """
         return self_service_setup(
             tabpfn_token,
@@ -423,6 +452,27 @@ class Gateway:
             verify=self.verify_upstream_token,
         )
 
+    async def asetup(
+        self, tabpfn_token: str | SecretStr, *, name: str | None = None, actor: str = "setup"
+    ) -> SetupResult:
+        """``setup`` for async code: the token is verified with the async upstream client (no
+        worker thread waits on a slow upstream), the writes run in a worker thread."""
+        import anyio.to_thread
+
+        token = check_setup_input(tabpfn_token, name)
+        status = await self.averify_upstream_token(token)
+        return await anyio.to_thread.run_sync(
+            lambda: create_setup(
+                token,
+                name,
+                status,
+                actor=actor,
+                settings=self.settings,
+                store=self.store,
+                vault=self.vault,
+            )
+        )
+
     def verify_upstream_token(self, token: SecretStr, base_url: str | None = None) -> TokenStatus:
         """Ask the upstream (``base_url``, default the configured one) whether ``token``
         works (``UpstreamUnavailable`` if it cannot)."""
@@ -432,8 +482,23 @@ class Gateway:
             token,
             base_url=base_url or self.settings.upstream_url,
             transport=self.upstream_transport,
-            timeout=min(self.settings.upstream_timeout_seconds, 30.0),
+            timeout=min(self.settings.upstream_timeout_seconds, _VERIFY_TIMEOUT_SECONDS),
         )
+
+    async def averify_upstream_token(self, token: SecretStr) -> TokenStatus:
+        """``verify_upstream_token`` on the event loop, through the async verifier client."""
+        from tabpfn_gateway.protocol.verify import averify_tabpfn_token
+
+        if self._async_verifier_factory is None:  # a gateway built by hand, without one
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(self.verify_upstream_token, token)
+        if self._async_verifier is None:
+            with self._async_lock:
+                if self._async_verifier is None:
+                    self._async_verifier = self._async_verifier_factory()
+        async with self._async_verifier.with_token(token) as client:
+            return await averify_tabpfn_token(client)
 
     def remove_credential(self, credential_id: str, *, actor: str) -> None:
         """Remove a credential; keys bound to it stop working on every replica."""
@@ -475,6 +540,9 @@ class Gateway:
         forwarder, self._forwarder = self._forwarder, None
         if forwarder is not None:
             await forwarder.aclose()
+        verifier, self._async_verifier = self._async_verifier, None
+        if verifier is not None:
+            await verifier.aclose()
         client = self._async_upstream
         if client is None:
             return

@@ -3,7 +3,6 @@ encrypted credential and an inference key out, in one transaction."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from tabpfn_gateway.config import Settings
-from tabpfn_gateway.errors import InvalidRequest, UpstreamAuthenticationFailed
+from tabpfn_gateway.errors import UpstreamAuthenticationFailed
 from tabpfn_gateway.store import Principal, Store, UpstreamCredential
 
 if TYPE_CHECKING:
@@ -19,9 +18,7 @@ if TYPE_CHECKING:
     from tabpfn_gateway.protocol import TokenStatus
     from tabpfn_gateway.vault import TokenVault
 
-__all__ = ["SetupResult", "self_service_setup"]
-
-_MAX_NAME_LENGTH = 200
+__all__ = ["SetupResult", "check_setup_input", "create_setup", "self_service_setup"]
 
 
 @dataclass(frozen=True)
@@ -45,33 +42,51 @@ def self_service_setup(
 ) -> SetupResult:
     """Verify the token upstream, then create the principal, its encrypted credential and an
     inference key in one transaction (see ``Gateway.setup``)."""
-    from tabpfn_gateway.admin import Admin
-    from tabpfn_gateway.keys import DEFAULT_SCOPES, KeyManager
-    from tabpfn_gateway.protocol import TokenStatus
+    token = check_setup_input(tabpfn_token, name)
+    # Asked once, before the transaction (no network call while it holds the database).
+    status = verify(token)
+    return create_setup(
+        token, name, status, actor=actor, settings=settings, store=store, vault=vault
+    )
+
+
+def check_setup_input(tabpfn_token: str | SecretStr, name: str | None) -> SecretStr:
+    """The token as a ``SecretStr`` once it and ``name`` are well formed (``InvalidRequest``):
+    checked before anything is counted or asked upstream."""
+    from tabpfn_gateway.admin import check_setup_label
     from tabpfn_gateway.vault import check_token_text
 
     token = check_token_text(tabpfn_token, "tabpfn_token")
-    principal_name = _check_principal_name(name) if name is not None else None
-    # Asked once, before the transaction (no network call while it holds the database).
-    status = verify(token)
+    check_setup_label(name)
+    return token
+
+
+def create_setup(
+    token: SecretStr,
+    name: str | None,
+    status: TokenStatus,
+    *,
+    actor: str,
+    settings: Settings,
+    store: Store,
+    vault: TokenVault,
+) -> SetupResult:
+    """After verification answered ``status``: the principal (``setup:<name>-<random>``, see
+    ``Admin.add_setup_principal``), its credential and an inference key, in one transaction.
+    ``UpstreamAuthenticationFailed`` for an invalid token (nothing written)."""
+    from tabpfn_gateway.admin import Admin
+    from tabpfn_gateway.keys import DEFAULT_SCOPES, KeyManager
+    from tabpfn_gateway.protocol import TokenStatus
+
     if status is TokenStatus.INVALID:
         raise UpstreamAuthenticationFailed("The upstream rejected this TabPFN token.")
     with store.atomic() as tx:
         tx_keys = KeyManager.from_settings(settings, store=tx)
         tx_admin = Admin(tx, vault, tx_keys)
-        principal = tx_admin.add_principal(
-            principal_name or f"user-{secrets.token_hex(4)}", "user", actor=actor
-        )
+        principal = tx_admin.add_setup_principal(name, actor=actor)
         # Recorded as verified (verified_at, and the audit's verification) with that answer.
         credential = tx_admin.add_credential(
             principal.id, token, "setup", verify=lambda _token: status, actor=actor
         )
         created = tx_keys.create(principal.id, credential.id, "setup", DEFAULT_SCOPES, actor=actor)
     return SetupResult(principal=principal, credential=credential, key=created)
-
-
-def _check_principal_name(name: str) -> str:
-    cleaned = name.strip() if isinstance(name, str) else ""
-    if not cleaned or len(cleaned) > _MAX_NAME_LENGTH:
-        raise InvalidRequest(f"name must be 1 to {_MAX_NAME_LENGTH} characters.")
-    return cleaned

@@ -13,9 +13,10 @@ from tabpfn_gateway.errors import (
     UpstreamForbidden,
     UsageLimitReached,
 )
+from tabpfn_gateway.protocol.aclient import AsyncProtocolClient
 from tabpfn_gateway.protocol.client import ProtocolClient
 
-__all__ = ["TokenStatus", "verify_tabpfn_token"]
+__all__ = ["TokenStatus", "averify_tabpfn_token", "verify_tabpfn_token"]
 
 
 class TokenStatus(enum.Enum):
@@ -58,6 +59,18 @@ def verify_tabpfn_token(
             return TokenStatus.VALID_LIMIT_REACHED
         except (UpstreamAuthenticationFailed, UpstreamForbidden):
             return TokenStatus.INVALID
+    return TokenStatus.VALID_LIMIT_REACHED if _limit_reached(usage) else TokenStatus.VALID
+
+
+async def averify_tabpfn_token(client: AsyncProtocolClient) -> TokenStatus:
+    """``verify_tabpfn_token`` for async code, over ``client`` carrying the token (a
+    ``with_token`` sibling of a pooled client): no worker thread waits on the upstream."""
+    try:
+        usage = await client.get_api_usage()
+    except UsageLimitReached:
+        return TokenStatus.VALID_LIMIT_REACHED
+    except (UpstreamAuthenticationFailed, UpstreamForbidden):
+        return TokenStatus.INVALID
     return TokenStatus.VALID_LIMIT_REACHED if _limit_reached(usage) else TokenStatus.VALID
 
 
