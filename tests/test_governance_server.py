@@ -133,7 +133,9 @@ def test_budget_used_ratio_per_budget_in_metrics(stack: Stack) -> None:
     put_policy(stack, "keys", stack.ann.key_id, {"budget_credits": 80, "budget_period": "day"})
     team = stack.gateway.admin.add_principal("data-team", "team", actor="test")
     put_policy(stack, "principals", "data-team", {"budget_credits": 1000})
-    put_policy(stack, "principals", "ann", {"requests_per_minute": 100})  # no budget, no series
+    put_policy(
+        stack, "principals", "ann", {"budget_credits": 5, "budget_unit": "calls"}
+    )  # counted in calls, on counters of their own
     fit_id = fit_once(stack.replica.client(stack.ann.key))
     client = stack.replica.client(stack.ann.key)
     client.predict(fit_id, np.ones((5, 4)), ClassifierConfig())  # 20 credits of 80
@@ -141,7 +143,8 @@ def test_budget_used_ratio_per_budget_in_metrics(stack: Stack) -> None:
     ratio = "tabpfn_gateway_budget_used_ratio"
     assert f'{ratio}{{level="key",target="{stack.ann.key_id}"}} 0.25' in metrics
     assert f'{ratio}{{level="team",target="{team.id}"}} 0.0' in metrics
-    assert metrics.count(f"{ratio}{{") == 2
+    assert f'{ratio}{{level="user",target="{stack.ann.principal_id}"}} 0.2' in metrics
+    assert metrics.count(f"{ratio}{{") == 3
     # Bounded: only the most used budgets, most used first.
     engine = stack.gateway.policy_engine
     assert engine is not None

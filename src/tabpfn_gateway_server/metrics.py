@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 MAX_BUDGET_SERIES = 100
 _BUDGET_RATIO = "tabpfn_gateway_budget_used_ratio"
 _BUDGET_RATIO_HELP = (
-    "Credits settled this period over the budget, per budget (level: key, user or team; "
-    f"target: its key id or principal id); the {MAX_BUDGET_SERIES} most used budgets."
+    "Spend settled this period over the budget (in its unit), per budget (level: key, user "
+    f"or team; target: its key id or principal id); the {MAX_BUDGET_SERIES} most used budgets."
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)

@@ -92,7 +92,7 @@ class BudgetUsage:
 
     @property
     def ratio(self) -> float:
-        """Settled credits over the budget (1.0 is all of it; above 1.0 is an overshoot)."""
+        """Settled spend over the budget (1.0 is all of it; above 1.0 is an overshoot)."""
         return self.spent / self.budget if self.budget > 0 else 0.0
 
 
@@ -784,7 +784,7 @@ class PolicyEngine:
             if policy.budget_credits is None:
                 continue
             span = budget_span(policy.budget_period, policy.budget_window, now)
-            counters = self.ledger.counters(policy.target_id, [span.bucket, *span.window])
+            counters = self.ledger.counters(budget_subject(policy), [span.bucket, *span.window])
             found.append(
                 BudgetUsage(
                     level=self._level_of(policy.target_id, policy.target_type),
