@@ -28,7 +28,7 @@ from gateway_support import (
 )
 from security_support import CLI, cli_env, serve_cli
 from tabpfn_gateway import Admin, migrate
-from tabpfn_gateway.errors import KeyRevoked
+from tabpfn_gateway.errors import CredentialNotFound, KeyRevoked
 from tabpfn_gateway.gateway import Gateway, LocalBus, RedisBus
 from tabpfn_gateway.keys import KeyManager, parse_key
 from tabpfn_gateway.store import ApiKey, open_store
@@ -304,3 +304,26 @@ def test_a_lookup_that_began_before_an_invalidation_is_not_cached(
         gateway.authoriser.authenticate(key, scope="inference")
     with pytest.raises(KeyRevoked):
         gateway.authoriser.authorise(key, scope="inference")
+
+
+def test_a_removed_hosted_credential_is_refused_once_the_counter_moves(
+    replica: tuple[Gateway, str],
+) -> None:
+    gateway, _ = replica
+    box = gateway.admin.add_principal("lab", "team", actor="test")
+    credential = gateway.admin.add_hosted_credential(
+        box.id, "box", endpoint_url="http://127.0.0.1:9/predict", token="box-token"
+    )
+    key = gateway.keys.create(box.id, credential.id, "lab-key", actor="test").plaintext
+    caller, _ = gateway.hosted.authorise(key)
+    assert caller.credential_id == credential.id
+    store = open_store(gateway.settings)
+    try:
+        with Admin.from_settings(gateway.settings, store=store) as admin:
+            admin.remove_credential(credential.id, actor="cli")
+    finally:
+        store.close()
+    assert gateway.changes is not None
+    assert gateway.changes.poll() is True
+    with pytest.raises(CredentialNotFound):
+        gateway.hosted.authorise(key)

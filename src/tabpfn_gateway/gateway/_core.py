@@ -153,6 +153,8 @@ class Gateway:
             url_verifier=self.verify_upstream_token,
         )
         self._closed = False
+        # Caches outside the core (the hosted gateway's credentials) hear every invalidation.
+        self._invalidation_listeners: list[Callable[[str], None]] = []
         self.bus.start(self._invalidate)
         # The bus is fast where it exists; the counter holds the bound on every store.
         self.changes: ChangeWatcher | None = None
@@ -352,6 +354,16 @@ class Gateway:
         if engine is not None and (message == ALL or message.startswith(POLICY)):
             target = message[len(POLICY) :] if message.startswith(POLICY) else ALL
             engine.invalidate(None if target == ALL else target)
+        for listener in list(self._invalidation_listeners):
+            try:
+                listener(message)
+            except Exception:  # one broken cache must not keep the others stale
+                logger.exception("An invalidation listener failed")
+
+    def add_invalidation_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(message)`` for every invalidation this process hears (the bus, the
+        change counter, its own admin changes): ``ALL``, ``key:<id>``, ``credential:<id>``..."""
+        self._invalidation_listeners.append(listener)
 
     def add_observer(self, observer: Callable[[UpstreamCall], None]) -> None:
         """Call ``observer`` after every metered operation (the server's metrics hook)."""

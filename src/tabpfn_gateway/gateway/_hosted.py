@@ -36,6 +36,7 @@ from tabpfn_gateway.errors import (
     UpstreamKindMismatch,
 )
 from tabpfn_gateway.gateway._authoriser import Caller
+from tabpfn_gateway.gateway._invalidation import ALL, CREDENTIAL
 from tabpfn_gateway.gateway._metering import Meter
 from tabpfn_gateway.hosted import HostedEndpoint, open_secrets
 from tabpfn_gateway.hosted._scan import BodyScan, JsonBodyScan, scanner_for
@@ -102,12 +103,29 @@ class HostedGateway:
         self._sync_client: httpx.Client | None = None
         self._lock = threading.Lock()
         self._ttl = gateway.settings.key_cache_ttl_seconds
+        # Bumped by every invalidation: a lookup that began before one is not cached.
+        self._generation = 0
         self._credentials: OrderedDict[str, tuple[float, UpstreamCredential]] = OrderedDict()
         self._endpoints: OrderedDict[str, tuple[UpstreamCredential, HostedEndpoint]] = OrderedDict()
         self._owned: OrderedDict[str, None] = OrderedDict()
+        # A removed credential is refused here as soon as the core hears of it (its bus, or
+        # the change counter every process polls), not only when the cache entry expires.
+        gateway.add_invalidation_listener(self.invalidate)
 
     def __repr__(self) -> str:
         return "HostedGateway()"
+
+    def invalidate(self, message: str) -> None:
+        """Forget the cached credential an invalidation message names (``ALL``: every one)."""
+        with self._lock:
+            self._generation += 1
+            if message == ALL:
+                self._credentials.clear()
+                self._endpoints.clear()
+            elif message.startswith(CREDENTIAL):
+                credential_id = message[len(CREDENTIAL) :]
+                self._credentials.pop(credential_id, None)
+                self._endpoints.pop(credential_id, None)
 
     # -- authorisation ---------------------------------------------------------------------
 
@@ -140,6 +158,8 @@ class HostedGateway:
             cached = self._credentials.get(credential_id)
         if cached is not None and now < cached[0]:
             return cached[1]
+        with self._lock:
+            generation = self._generation
         found = self._gateway.store.get_credential(credential_id)
         if found is None:
             raise CredentialNotFound(
@@ -147,6 +167,8 @@ class HostedGateway:
                 "ask an administrator for a new key."
             )
         with self._lock:
+            if generation != self._generation:
+                return found  # invalidated meanwhile: answer, but do not remember it
             self._credentials[credential_id] = (now + self._ttl, found)
             while len(self._credentials) > 10_000:
                 self._credentials.popitem(last=False)
