@@ -155,5 +155,6 @@ def console_screenshots(session: nox.Session) -> None:
 @nox.session(default=False)
 def fuzz(session: nox.Session) -> None:
     """schemathesis over the OpenAPI document, with an admin key and an inference key (not in
-    the default sessions: slow). ``nox -s fuzz -- 100`` runs 100 examples per operation."""
+    the default sessions: slow). ``nox -s fuzz -- 100`` runs 100 examples per operation;
+    ``nox -s fuzz -- 100 DIR`` also writes the full reports to DIR."""
     session.run(PY, os.path.join("tests", "security", "fuzz_gateway.py"), *session.posargs)
