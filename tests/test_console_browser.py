@@ -87,7 +87,7 @@ def test_end_to_end_sign_in_team_key_sdk_chart_revoke(browser: Any, served: Serv
     page.get_by_role("button", name="Add").click()
     page.wait_for_url(re.compile(r".*/console/principals/[0-9a-f]{32}\?notice=principal-added"))
     assert page.get_by_role("heading", level=1).inner_text().endswith("data-science")
-    page.get_by_label("Label").fill("ds TabPFN account")
+    page.get_by_label("Token label").fill("ds TabPFN account")
     page.get_by_label("TabPFN token").fill(TOKEN)
     page.get_by_role("button", name="Store token").click()
     page.wait_for_url(re.compile(r".*notice=credential-added"))
