@@ -85,25 +85,30 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 def test_every_call_reaches_its_credentials_own_cloud(stack: Stack) -> None:
-    X, y = make_classification(n_samples=120, n_features=5, n_informative=3, random_state=3)
-    Xn = np.asarray(X, dtype=float)
+    def data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+        # Each caller its own data: identical content may reuse an upload id (the upstream
+        # deduplicates), which would make the number of PUTs depend on timing.
+        X, y = make_classification(n_samples=120, n_features=5, n_informative=3, random_state=seed)
+        return np.asarray(X, dtype=float), y
 
-    def over_http(name: str) -> None:
+    def over_http(name: str, seed: int) -> None:
+        Xn, y = data(seed)
         with ProtocolClient(stack.url, stack.keys[name], timeout=120) as client:
             assert client.check_token()
             fit = client.fit(Xn[:90], y[:90], ClassifierFitTaskConfig())
             probas = np.asarray(client.predict(fit.fitted_train_set_id, Xn[90:], PROBAS).y_pred)
             assert probas.shape == (30, 2)
 
-    def in_process(name: str) -> None:
+    def in_process(name: str, seed: int) -> None:
+        Xn, y = data(seed)
         session = stack.gateway.session(stack.keys[name])
         fit = session.fit(Xn[:90], y[:90], ClassifierFitTaskConfig())
         assert np.asarray(session.predict(fit.fitted_train_set_id, Xn[90:], PROBAS).y_pred).shape
         assert session.get_settings().dataset_max_size_bytes > 0
 
-    jobs = [(over_http if i % 4 else in_process, "ab"[i % 2]) for i in range(16)]
+    jobs = [(over_http if i % 4 else in_process, "ab"[i % 2], i) for i in range(16)]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        for future in [pool.submit(job, name) for job, name in jobs]:
+        for future in [pool.submit(job, name, seed) for job, name, seed in jobs]:
             future.result()
 
     for name, token in (("a", TOKEN_A), ("b", TOKEN_B)):
