@@ -195,6 +195,23 @@ def test_a_soft_budget_alerts_but_never_refuses(gateway: Gateway, ann: Tenant) -
     assert sorted(e.details["threshold"] for e in audit) == [50, 100]
 
 
+def test_an_alert_names_the_unit_its_budget_counts(gateway: Gateway, ann: Tenant) -> None:
+    gateway.admin.set_policy(
+        ann.key_id,
+        {"budget_credits": 4, "budget_unit": "calls", "alert_thresholds": [50]},
+        kind="key",
+    )
+    seen: list[BudgetAlert] = []
+    gateway.policy_engine.alerts.add_listener(seen.append)
+    fit_id = fitted(gateway, ann)
+    predict(gateway, ann, fit_id, rows=5)
+    predict(gateway, ann, fit_id, rows=5)  # 2 of 4 calls: 50%
+    assert [(a.threshold, a.spent, a.budget, a.unit) for a in seen] == [(50, 2, 4, "calls")]
+    assert seen[0].as_json()["unit"] == "calls"
+    [audit] = gateway.admin.list_audit(action="budget.alert").items
+    assert audit.details["unit"] == "calls"
+
+
 def test_concurrent_fits_are_capped(gateway: Gateway, ann: Tenant) -> None:
     gateway.admin.set_policy(ann.key_id, {"max_concurrent_fits": 1}, kind="key")
     key = gateway.store.get_key(ann.key_id)

@@ -325,3 +325,4 @@ def test_budget_alert_webhook_is_signed_and_retried(tmp_path: Path) -> None:
         40,
     )
     assert alert["subject_id"] == ann.key_id
+    assert alert["unit"] == "credits"  # what spent and budget count

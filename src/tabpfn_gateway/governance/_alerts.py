@@ -41,6 +41,8 @@ class BudgetAlert:
     budget: int
     mode: str
     at: datetime
+    #: What ``spent`` and ``budget`` count: ``credits``, ``cells`` (rows x columns) or ``calls``.
+    unit: str = "credits"
 
     def as_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -161,11 +163,12 @@ class AlertDispatcher:
 
     def fire(self, alert: BudgetAlert) -> None:
         logger.warning(
-            "Budget alert: %s %s at %d%% of %d credits (%s)",
+            "Budget alert: %s %s at %d%% of %d %s (%s)",
             alert.subject_level,
             alert.subject_name,
             alert.threshold,
             alert.budget,
+            alert.unit,
             alert.bucket,
         )
         try:
@@ -182,6 +185,7 @@ class AlertDispatcher:
                         "bucket": alert.bucket,
                         "spent": alert.spent,
                         "budget": alert.budget,
+                        "unit": alert.unit,
                         "mode": alert.mode,
                         "level": alert.subject_level,
                     },

@@ -745,6 +745,7 @@ class PolicyEngine:
                 budget=budget,
                 mode=policy.budget_mode,
                 at=self._clock(),
+                unit=policy.budget_unit,
             )
         )
 
