@@ -82,13 +82,16 @@ class MemoryAttemptLimiter:
             failures.popleft()
         return failures
 
+    def _refuse_when_full(self, failures: deque[float], now: float) -> None:
+        if len(failures) >= self._limit:
+            wait = failures[0] + self._window - now
+            raise TooManyAttempts(retry_after=max(1, math.ceil(wait)))
+
     def check(self, client: str) -> None:
         now = self._clock()
         with self._lock:
             failures = self._recent(client, now)
-            if len(failures) >= self._limit:
-                wait = failures[0] + self._window - now
-                raise TooManyAttempts(retry_after=max(1, math.ceil(wait)))
+            self._refuse_when_full(failures, now)
             if not failures:
                 self._failures.pop(client, None)
 
@@ -101,9 +104,7 @@ class MemoryAttemptLimiter:
         now = self._clock()
         with self._lock:
             failures = self._recent(client, now)
-            if len(failures) >= self._limit:
-                wait = failures[0] + self._window - now
-                raise TooManyAttempts(retry_after=max(1, math.ceil(wait)))
+            self._refuse_when_full(failures, now)
             failures.append(now)
         return Reservation(client, now)
 

@@ -357,7 +357,7 @@ class Gateway:
         for listener in list(self._invalidation_listeners):
             try:
                 listener(message)
-            except Exception:  # one broken cache must not keep the others stale
+            except GatewayError:  # one failed cache must not keep the others stale
                 logger.exception("An invalidation listener failed")
 
     def add_invalidation_listener(self, listener: Callable[[str], None]) -> None:

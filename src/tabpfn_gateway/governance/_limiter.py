@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from tabpfn_gateway.errors import ConfigurationError, StoreUnavailable
+from tabpfn_gateway.errors import ConfigurationError, StoreError, StoreUnavailable
 from tabpfn_gateway.store.base import Store
 from tabpfn_gateway.store.records import CounterHit
 
@@ -392,5 +392,5 @@ class StoreLimiter:
         if unused:
             try:
                 self._store.release_counters(unused)
-            except Exception:  # closing: the leases lapse with their windows anyway
+            except StoreError:  # closing: the leases lapse with their windows anyway
                 logger.warning("Could not give back rate-limit leases")

@@ -269,7 +269,7 @@ def _check_liveness_on_checkout(engine: Engine) -> None:
                 cursor.execute("SELECT 1")
             finally:
                 cursor.close()
-        except Exception as exc:
+        except engine.dialect.loaded_dbapi.Error as exc:  # the driver's own error tree
             raise sa_exc.DisconnectionError() from exc
 
 
