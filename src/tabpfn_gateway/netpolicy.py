@@ -89,8 +89,10 @@ def client_address(
     cannot choose its own address by sending one.
     """
     current = (peer or "").strip() or "unknown"
+    if not trusted:
+        return current  # the common case, on every request: no address parsing
     peer_address = _address(current)
-    if peer_address is None or not trusted or not _within(peer_address, trusted):
+    if peer_address is None or not _within(peer_address, trusted):
         return current
     hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
     for hop in reversed(hops):

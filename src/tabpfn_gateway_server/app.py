@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -16,14 +18,10 @@ from tabpfn_gateway.gateway._hosted import HostedGateway
 from tabpfn_gateway_server.apidocs import install_api_docs
 from tabpfn_gateway_server.direct import DirectRoutes
 from tabpfn_gateway_server.errors import install_error_handlers
-from tabpfn_gateway_server.governance import GovernanceContextMiddleware
+from tabpfn_gateway_server.heap import settle_startup_heap
 from tabpfn_gateway_server.httpserver import MAX_HEADER_BYTES
 from tabpfn_gateway_server.metrics import GatewayMetrics
-from tabpfn_gateway_server.middleware import (
-    BodyLimitMiddleware,
-    HeaderLimitMiddleware,
-    RequestContextMiddleware,
-)
+from tabpfn_gateway_server.middleware import EdgeMiddleware
 from tabpfn_gateway_server.openapi import install_error_docs
 from tabpfn_gateway_server.ratelimit import limiter_for
 from tabpfn_gateway_server.routes import (
@@ -54,6 +52,7 @@ def create_app(
     gateway: Gateway | None = None,
     migrate: bool | None = None,
     hosted_transport: httpx.AsyncBaseTransport | None = None,
+    settle_heap: bool = False,
 ) -> FastAPI:
     """The gateway server as an ASGI app.
 
@@ -64,6 +63,8 @@ def create_app(
     passed in stays the caller's to close. ``migrate`` defaults to ``settings.migrate_on_start``.
     ``hosted_transport``: the httpx transport to self-hosted containers (tests pass
     ``httpx.ASGITransport(FakeHostedTabPFN().app)``); default the network.
+    ``settle_heap``: once started, freeze what startup built out of the garbage collector's
+    way (``tabpfn_gateway_server.heap``); for a process that only serves this app (``serve``).
     """
     if settings is None:
         settings = gateway.settings if gateway is not None else get_settings()
@@ -100,6 +101,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settle_heap:
+            frozen = settle_startup_heap()
+            logger.info("startup heap settled: %d objects frozen", frozen)
         try:
             yield
         finally:
@@ -125,6 +129,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        **_without_native_telemetry(),
     )
     install_api_docs(app)
     install_error_docs(app)
@@ -139,18 +144,18 @@ def create_app(
     # Innermost: the TabPFN-compatible calls are answered without FastAPI's routing and
     # dependency solving, after the trace id, the metrics and the body limit have seen them.
     app.add_middleware(DirectRoutes, routes=tabpfn.router.routes)
-    # Added last = runs first: the trace id exists before a body is refused.
+    # Added last = runs first: the trace id, metrics, governance context and limits.
     app.add_middleware(
-        BodyLimitMiddleware,
-        default_limit=settings.max_json_body_bytes,
-        limits=[
+        EdgeMiddleware,
+        metrics=metrics,
+        trusted=settings.trusted_proxy_networks(),
+        header_limit=MAX_HEADER_BYTES,
+        default_body_limit=settings.max_json_body_bytes,
+        body_limits=[
             (UPLOAD_PATH_PREFIX, settings.max_upload_bytes),
             (hosted.PREDICT_PATH, settings.max_upload_bytes),
         ],
     )
-    app.add_middleware(HeaderLimitMiddleware, limit=MAX_HEADER_BYTES)
-    app.add_middleware(GovernanceContextMiddleware, trusted=settings.trusted_proxy_networks())
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     # The hot paths first: a request is matched against the routes in this order.
     app.include_router(tabpfn.router)
     app.include_router(uploads.build_upload_router(settings))
@@ -171,6 +176,16 @@ def create_app(
     return app
 
 
+def _without_native_telemetry() -> dict[str, Any]:
+    # FastAPI 0.16x traces and measures every request itself once any OpenTelemetry provider
+    # is configured, and asks whether one is on every request. The gateway's tracing is its
+    # own (TABPFN_GATEWAY_OTEL_ENABLED, tabpfn_gateway_server.otel): two server spans per
+    # request would be wrong, and the per-request question is wasted on the hot path.
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
 def create_app_from_env() -> FastAPI:
     """``create_app()`` from the environment: the factory uvicorn workers import."""
     from tabpfn_gateway.logs import setup_logging
@@ -179,4 +194,4 @@ def create_app_from_env() -> FastAPI:
     settings = get_settings()
     setup_logging(settings.log_level, log_format=settings.log_format)
     install_access_log_filter()
-    return create_app(settings)
+    return create_app(settings, settle_heap=True)

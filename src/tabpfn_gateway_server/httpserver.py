@@ -49,7 +49,7 @@ if httptools_impl is not None:
         httptools buffers a header until its end and has no limit of its own (32 MB of
         headers once reached the app). The bytes of an unfinished head are counted as they
         arrive, so a worker holds at most the limit plus one read; a head that ends within
-        a read is measured exactly by ``HeaderLimitMiddleware`` in the app.
+        a read is measured exactly by ``EdgeMiddleware`` in the app.
         """
 
         max_header_bytes = MAX_HEADER_BYTES

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
@@ -37,6 +37,10 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 # under OTHER_KEYS, so a gateway handing out many keys cannot grow the scrape without bound.
 MAX_KEY_ID_LABELS = 100
 OTHER_KEYS = "other"
+
+# The method label: these, else "other" (a client may send any token as its method).
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_MAX_REQUEST_SERIES = 10_000
 
 
 class GatewayMetrics:
@@ -112,6 +116,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.usage_rejected = Gauge(
             "tabpfn_gateway_usage_events_rejected",
             "Usage events the store refused (bad values) and that were dropped, since start.",
@@ -134,9 +139,22 @@ class GatewayMetrics:
         self.errors.labels(error_code).inc()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one HTTP answer by route template, method and status."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_seconds.labels(route, method).observe(seconds)
+        """Count one HTTP answer by route template, method (the standard ones, else
+        ``other``: a client chooses it) and status."""
+        children = self._request_series.get((route, method, status))
+        if children is None:
+            label = method if method in _HTTP_METHODS else "other"
+            children = (
+                self.requests.labels(route, label, str(status)),
+                self.request_seconds.labels(route, label),
+            )
+            # Route templates, methods and statuses are bounded; the cap is a second fence.
+            if len(self._request_series) < _MAX_REQUEST_SERIES:
+                self._request_series[(route, method, status)] = children
+        # The series looked up once, not on every request (labels() takes a lock and
+        # builds a tuple each time).
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_operation(self, call: UpstreamCall) -> None:
         """Count one metered operation (``key_id`` label bounded, see the class)."""

@@ -9,9 +9,10 @@ import uuid
 
 from starlette.types import Scope
 
-__all__ = ["REQUEST_ID_HEADER", "request_trace_ids"]
+__all__ = ["REQUEST_ID_HEADER", "request_trace_ids", "trace_ids_from"]
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_NAME = REQUEST_ID_HEADER.encode()
 
 # https://www.w3.org/TR/trace-context/#traceparent-header: version-traceid-parentid-flags.
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -19,10 +20,10 @@ _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _raw_header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key == name:
-            return str(value.decode("latin-1")).strip()
+            return bytes(value)
     return None
 
 
@@ -54,12 +55,18 @@ def request_trace_ids(scope: Scope) -> tuple[str, str | None]:
     Trace ids are 32 lowercase hex digits (W3C / OpenTelemetry form, also a valid UUID, which
     tabpfn-client expects in 404/409 bodies) unless the caller chose its own request id.
     """
-    raw_request_id = _header(scope, REQUEST_ID_HEADER.encode())
-    request_id = raw_request_id if raw_request_id and _REQUEST_ID.match(raw_request_id) else None
+    return trace_ids_from(_raw_header(scope, b"traceparent"), _raw_header(scope, _REQUEST_ID_NAME))
+
+
+def trace_ids_from(traceparent: bytes | None, request_id: bytes | None) -> tuple[str, str | None]:
+    """``request_trace_ids`` from the raw ``traceparent`` and ``X-Request-ID`` header values
+    (the first of each), for a caller that has already read the headers."""
+    raw_request_id = request_id.decode("latin-1").strip() if request_id is not None else None
+    echoed = raw_request_id if raw_request_id and _REQUEST_ID.match(raw_request_id) else None
     trace_id = (
-        _from_traceparent(_header(scope, b"traceparent"))
-        or request_id
+        _from_traceparent(traceparent.decode("latin-1").strip() if traceparent else None)
+        or echoed
         or _from_active_span()
         or uuid.uuid4().hex
     )
-    return trace_id, request_id
+    return trace_id, echoed

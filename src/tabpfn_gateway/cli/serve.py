@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         from tabpfn_gateway_server import create_app
 
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, settle_heap=True), **options)
     else:
         uvicorn.run(
             "tabpfn_gateway_server:create_app_from_env",

@@ -30,7 +30,7 @@ async def _request_body(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 
 def build_upload_router(settings: Settings) -> APIRouter:
-    """The upload route (``BodyLimitMiddleware`` gives it the upload limit, not the JSON one)."""
+    """The upload route (``EdgeMiddleware`` gives it the upload limit, not the JSON one)."""
     router = APIRouter(tags=["Uploads"])
     limit = settings.max_upload_bytes
 

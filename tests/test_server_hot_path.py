@@ -1,0 +1,112 @@
+"""What the forwarding hot path leaves out: FastAPI's own per-request telemetry (the gateway's
+tracing is its own), an unbounded method label, and a startup heap the garbage collector walks
+on every full collection; each checked in a process of its own where it touches global state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from gateway_support import asgi_client, make_settings
+from tabpfn_gateway_server import create_app
+
+
+def run_python(code: str, tmp_path: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "TABPFN_GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path}/g.db",
+            "TABPFN_GATEWAY_DATA_DIR": str(tmp_path / "data"),
+            "TABPFN_GATEWAY_SECRET_KEY": "hot-path-secret-0123456789abcdef",
+            "TABPFN_GATEWAY_LOG_LEVEL": "WARNING",
+        },
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_a_configured_tracer_provider_gets_no_second_server_span(tmp_path: Path) -> None:
+    # A process that configures OpenTelemetry for itself (a global provider) without the
+    # gateway's tracing on: FastAPI's native telemetry would trace every request itself.
+    out = run_python(
+        """
+        import httpx
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+
+        from tabpfn_gateway_server import create_app_from_env
+
+        from gateway_support import serve_in_thread
+
+        with serve_in_thread(create_app_from_env()) as url:
+            assert httpx.get(url + "/healthz").status_code == 200
+            assert httpx.post(url + "/get_api_usage/").status_code == 401
+        print(len(exporter.get_finished_spans()))
+        """,
+        tmp_path,
+    )
+    assert out.splitlines()[-1] == "0"
+
+
+def test_the_served_app_freezes_its_startup_heap_and_an_embedded_one_does_not(
+    tmp_path: Path,
+) -> None:
+    out = run_python(
+        """
+        import gc
+        import httpx
+        from gateway_support import serve_in_thread
+        from tabpfn_gateway.config import get_settings
+        from tabpfn_gateway_server import create_app, create_app_from_env
+
+        with serve_in_thread(create_app(get_settings())) as url:
+            assert httpx.get(url + "/healthz").status_code == 200
+            embedded = gc.get_freeze_count()
+        with serve_in_thread(create_app_from_env()) as url:
+            assert httpx.get(url + "/healthz").status_code == 200
+            served = gc.get_freeze_count()
+        print(embedded, served)
+        """,
+        tmp_path,
+    )
+    embedded, served = (int(n) for n in out.splitlines()[-1].split())
+    assert embedded == 0
+    # Everything startup built: tens of thousands of objects (about 190,000 measured).
+    assert served > 10_000
+
+
+def test_any_method_a_client_sends_is_one_bounded_label(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, f"sqlite:///{tmp_path}/g.db", metrics_token="scrape-0123456789abcdef"
+    )
+    # In process: uvicorn's httptools parser refuses unknown methods, h11 and other ASGI
+    # servers pass any token through.
+    with asgi_client(create_app(settings)) as client:
+        for n in range(40):
+            client.request(f"METHOD{n}", "/nowhere")
+        client.request("GET", "/nowhere")
+        text = client.get(
+            "/metrics", headers={"Authorization": "Bearer scrape-0123456789abcdef"}
+        ).text
+    methods = {
+        line.split('method="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if line.startswith("tabpfn_gateway_http_requests_total{")
+    }
+    assert "other" in methods
+    assert "GET" in methods
+    assert not any(method.startswith("METHOD") for method in methods)
