@@ -1,6 +1,6 @@
-"""Governance counters in Redis: the limits library's moving window shared by replicas, the
-Lua budget ledger exact under concurrency, and what happens when Redis is down (the default
-fails closed; fall_back counts in the database)."""
+"""Governance counters in Redis: moving windows shared by replicas (one script per request,
+in the limits library's key layout), the Lua budget ledger exact under concurrency, and what
+happens when Redis is down (the default fails closed; fall_back counts in the database)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from gateway_support import make_settings, redis_url_or_skip
 from tabpfn_gateway import migrate
 from tabpfn_gateway.errors import BudgetExhausted, RateLimited, StoreUnavailable
-from tabpfn_gateway.governance import PolicyEngine, RedisLedger, RedisLimiter
+from tabpfn_gateway.governance import PolicyEngine, RateCheck, RedisLedger, RedisLimiter
 from tabpfn_gateway.store import open_store
 from tabpfn_gateway.store.records import ApiKey, BudgetClaim, Policy, Principal
 
@@ -49,6 +49,59 @@ def test_two_replicas_share_one_redis_rate_limit() -> None:
     finally:
         for engine in replicas:
             engine.close()
+
+
+def test_one_round_trip_decides_every_window_and_a_refusal_counts_nothing() -> None:
+    url = redis_url_or_skip()
+    limiter = RedisLimiter(url, prefix=f"tpg-test-{uuid.uuid4().hex}")
+    calls: list[str] = []
+    execute = limiter._client.execute_command
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(str(args[0]))
+        return execute(*args, **kwargs)
+
+    limiter._client.execute_command = counted
+    wide, narrow = RateCheck("user:u:hour", 5, 3600), RateCheck("key:k:minute", 2, 60)
+    try:
+        for left in (1, 0):
+            decision = limiter.hit([wide, narrow])
+            assert decision.refused is None
+            assert decision.remaining == {"user:u:hour": left + 3, "key:k:minute": left}
+            assert 0 < decision.reset_seconds["key:k:minute"] <= 60
+            assert 0 < decision.reset_seconds["user:u:hour"] <= 3600
+        refusal = limiter.hit([wide, narrow])
+        assert refusal.refused == narrow
+        assert 1 <= refusal.reset_seconds["key:k:minute"] <= 60
+        # The refusal counted nothing on the window that had room.
+        assert limiter.hit([wide]).remaining == {"user:u:hour": 2}
+        # One command a decision: the script, by its digest (EVALSHA).
+        assert calls[-4:] == ["EVALSHA"] * 4
+        assert len([c for c in calls if c.startswith("EVAL")]) == 4
+    finally:
+        limiter.close()
+
+
+def test_redis_windows_are_the_limits_librarys() -> None:
+    from limits import RateLimitItemPerSecond
+    from limits.storage import RedisStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    url = redis_url_or_skip()
+    prefix = f"tpg-test-{uuid.uuid4().hex}"
+    limiter = RedisLimiter(url, prefix=prefix)
+    library = MovingWindowRateLimiter(RedisStorage(url, key_prefix=f"{prefix}:rl"))
+    item = RateLimitItemPerSecond(3, 60)
+    check = RateCheck("key:shared:minute", 3, 60)
+    try:
+        assert limiter.hit([check]).refused is None
+        assert library.hit(item, check.name)
+        assert library.get_window_stats(item, check.name).remaining == 1
+        assert limiter.hit([check]).remaining == {check.name: 0}
+        assert not library.hit(item, check.name)
+        assert limiter.hit([check]).refused == check
+    finally:
+        limiter.close()
 
 
 def test_redis_fit_slots_are_shared() -> None:

@@ -1,5 +1,6 @@
-"""Request-rate and concurrency counters: in process, in Redis (the ``limits`` library), or in
-the database (several workers or replicas on one database share them)."""
+"""Request-rate and concurrency counters: in process (the ``limits`` library), in Redis (one
+script per request), or in the database (several workers or replicas on one database share
+them)."""
 
 from __future__ import annotations
 
@@ -76,19 +77,23 @@ class RateLimiter(Protocol):
     def close(self) -> None: ...
 
 
-class _LimitsLimiter:
-    """The ``limits`` library's moving window over one of its storages."""
+class InProcessLimiter:
+    """Moving windows in this process's memory (the ``limits`` library's ``MemoryStorage``):
+    exact for one process; each process counts on its own."""
 
-    in_process = False
+    in_process = True
 
-    def __init__(self, storage: Any) -> None:
+    def __init__(self) -> None:
         from limits import RateLimitItemPerSecond
+        from limits.storage import MemoryStorage
         from limits.strategies import MovingWindowRateLimiter
 
         self._item = RateLimitItemPerSecond
-        self._storage = storage
-        self._limiter = MovingWindowRateLimiter(storage)
+        self._storage = MemoryStorage()
+        self._limiter = MovingWindowRateLimiter(self._storage)
         self._items: dict[tuple[int, int], Any] = {}
+        self._slots: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def _item_for(self, check: RateCheck) -> Any:
         item = self._items.get((check.limit, check.window_seconds))
@@ -115,22 +120,8 @@ class _LimitsLimiter:
         return RateDecision(refused, remaining, resets)
 
     def try_hit(self, checks: Sequence[RateCheck]) -> RateDecision | None:
-        """In memory: ``hit``; in a shared storage: None (every hit is a round trip)."""
-        return self.hit(checks) if self.in_process else None
-
-
-class InProcessLimiter(_LimitsLimiter):
-    """Moving windows in this process's memory (``limits.storage.MemoryStorage``): exact for
-    one process; each process counts on its own."""
-
-    in_process = True
-
-    def __init__(self) -> None:
-        from limits.storage import MemoryStorage
-
-        super().__init__(MemoryStorage())
-        self._slots: dict[str, int] = {}
-        self._lock = threading.Lock()
+        """``hit``: in memory, no I/O."""
+        return self.hit(checks)
 
     def acquire(self, name: str, cap: int) -> bool:
         with self._lock:
@@ -152,6 +143,49 @@ class InProcessLimiter(_LimitsLimiter):
         self._storage.reset()
 
 
+# One request's rate limits, decided in one call: every window is checked before any is
+# counted (a refusal counts nothing), then each counts the request, and the figures for the
+# headers come back with the answer. Redis runs a script atomically, so replicas cannot
+# interleave. The windows are the ``limits`` library's moving windows in its Redis layout
+# (a list per limit of request timestamps, newest first, at most ``limit`` long), so both can
+# count on the same keys; the timestamps are Redis's own clock, one for every replica.
+# KEYS: one list per check. ARGV: limit and window seconds per check.
+# Answer: {0, remaining_1, reset_ms_1, ...} when counted; {i, reset_ms} when check i refused.
+_HIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local stamp = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 * i - 1])
+  local window = tonumber(ARGV[2 * i])
+  if limit <= 0 then
+    return {i, window * 1000}
+  end
+  -- Full when the limit-th newest request is still inside the window; a slot frees when
+  -- it leaves.
+  local entry = tonumber(redis.call('LINDEX', KEYS[i], limit - 1))
+  if entry and entry >= now - window then
+    return {i, math.ceil((entry + window - now) * 1000)}
+  end
+end
+local answer = {0}
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 * i - 1])
+  local window = tonumber(ARGV[2 * i])
+  redis.call('LPUSH', KEYS[i], stamp)
+  redis.call('LTRIM', KEYS[i], 0, limit - 1)
+  redis.call('EXPIRE', KEYS[i], window)
+  -- Drop what has left the window (each entry once), so the length is the window's count.
+  local oldest = tonumber(redis.call('LINDEX', KEYS[i], -1))
+  while oldest and oldest < now - window do
+    redis.call('RPOP', KEYS[i])
+    oldest = tonumber(redis.call('LINDEX', KEYS[i], -1))
+  end
+  answer[2 * i] = limit - redis.call('LLEN', KEYS[i])
+  answer[2 * i + 1] = math.ceil(((oldest or now) + window - now) * 1000)
+end
+return answer
+"""
 # KEYS[1]: the slot counter. ARGV: cap, ttl seconds. One script: atomic in Redis.
 _ACQUIRE = """
 local taken = redis.call('INCR', KEYS[1])
@@ -169,23 +203,22 @@ return 1
 """
 
 
-class RedisLimiter(_LimitsLimiter):
-    """Moving windows in Redis (``limits``' Redis storage: one Lua script per hit, atomic):
-    every replica shares them. Slots are a Lua-guarded counter per name."""
+class RedisLimiter:
+    """Moving windows in Redis, shared by every replica: all the checks of a request are
+    decided by one script (``EVALSHA``: one round trip), atomically. Slots are a Lua-guarded
+    counter per name."""
+
+    in_process = False
 
     def __init__(self, url: str, *, prefix: str = "tabpfn-gateway") -> None:
         try:
             import redis
-            from limits.storage import RedisStorage
         except ImportError as exc:  # pragma: no cover - redis ships with the server extra
             raise ConfigurationError(
                 "Redis rate limits need redis: pip install tabpfn-gateway[server]"
             ) from exc
-        self._redis_module = redis
+        self._errors = (redis.RedisError, OSError)
         try:
-            storage = RedisStorage(
-                url, key_prefix=f"{prefix}:rl", socket_connect_timeout=2, socket_timeout=2
-            )
             self._client: Any = redis.Redis.from_url(
                 url, socket_connect_timeout=2, socket_timeout=2
             )
@@ -193,19 +226,44 @@ class RedisLimiter(_LimitsLimiter):
             raise ConfigurationError(
                 "TABPFN_GATEWAY_REDIS_URL is not a Redis URL (redis://, rediss:// or unix://)."
             ) from exc
-        super().__init__(storage)
         self._prefix = prefix
+        self._hit = self._client.register_script(_HIT)
         self._acquire = self._client.register_script(_ACQUIRE)
         self._release = self._client.register_script(_RELEASE)
 
-    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+    def _window_key(self, check: RateCheck) -> str:
+        # The key ``limits`` gives this window: RedisStorage(key_prefix=f"{prefix}:rl") and
+        # RateLimitItemPerSecond(limit, window).key_for(name).
+        return f"{self._prefix}:rl:LIMITER/{check.name}/{check.limit}/{check.window_seconds}/second"
+
+    def _unavailable(self) -> StoreUnavailable:
         return StoreUnavailable("The rate-limit store (Redis) cannot be reached.")
 
     def hit(self, checks: Sequence[RateCheck]) -> RateDecision:
+        if not checks:
+            return RateDecision(None, {}, {})
+        args: list[int] = []
+        for check in checks:
+            args += [check.limit, check.window_seconds]
         try:
-            return super().hit(checks)
-        except (self._redis_module.RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+            answer = self._hit(keys=[self._window_key(check) for check in checks], args=args)
+        except self._errors as exc:
+            raise self._unavailable() from exc
+        refused_at = int(answer[0])
+        if refused_at:
+            refused = checks[refused_at - 1]
+            wait = max(1, math.ceil(int(answer[1]) / 1000))
+            return RateDecision(refused, {refused.name: 0}, {refused.name: wait})
+        remaining: dict[str, int] = {}
+        resets: dict[str, int] = {}
+        for i, check in enumerate(checks):
+            remaining[check.name] = max(0, int(answer[2 * i + 1]))
+            resets[check.name] = max(0, math.ceil(int(answer[2 * i + 2]) / 1000))
+        return RateDecision(None, remaining, resets)
+
+    def try_hit(self, checks: Sequence[RateCheck]) -> RateDecision | None:
+        """None: every decision is a round trip to Redis."""
+        return None
 
     def acquire(self, name: str, cap: int) -> bool:
         try:
@@ -213,14 +271,14 @@ class RedisLimiter(_LimitsLimiter):
                 keys=[f"{self._prefix}:slots:{name}"],
                 args=[cap, int(_SLOT_TTL.total_seconds())],
             )
-        except (self._redis_module.RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        except self._errors as exc:
+            raise self._unavailable() from exc
         return bool(int(taken))
 
     def release(self, name: str) -> None:
         try:
             self._release(keys=[f"{self._prefix}:slots:{name}"])
-        except (self._redis_module.RedisError, OSError):
+        except self._errors:
             logger.warning("Could not release a concurrency slot in Redis; it lapses by itself")
 
     def close(self) -> None:
