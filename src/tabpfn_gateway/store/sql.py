@@ -962,23 +962,52 @@ class SqlStore:
         if not self._is_sqlite:
             connection.execute(sa.text("SET LOCAL synchronous_commit = off"))
 
-    def _insert_budget_row(self, connection: Connection, claim: BudgetClaim) -> bool:
-        """Insert a bucket's zero row; False if it was there already (a racing insert too)."""
-        result = connection.execute(
-            self._dialect_insert(schema.budget_counters)
-            .values(
-                subject_id=claim.subject_id,
-                bucket=claim.bucket,
-                spent=0,
-                reserved=0,
-                alerted=0,
-                expires_at=check_aware(claim.expires_at, "expires_at"),
+    def _reserve_upsert(self, i: int, claim: BudgetClaim, params: dict[str, Any]) -> str:
+        """Claim ``i``'s conditional upsert (its parameters go into ``params``): it takes the
+        claim's amount only if the limit still holds, checked by the database in the same
+        statement under the row's lock, and a bucket's first reservation inserts its row.
+        ``RETURNING`` gives a row when it took the amount, none when the limit refused.
+        The same SQL on SQLite and PostgreSQL."""
+        params[f"s{i}"] = claim.subject_id
+        params[f"b{i}"] = claim.bucket
+        params[f"a{i}"] = claim.amount
+        params[f"e{i}"] = check_aware(claim.expires_at, "expires_at")
+        # SQLite's upsert needs a WHERE on its SELECT (else ON CONFLICT parses as a join's ON).
+        insert_if, update_if = "WHERE true", ""
+        if claim.limit is not None:
+            params[f"l{i}"] = claim.limit
+            earlier = "0"
+            if claim.window:
+                names = []
+                for j, bucket in enumerate(claim.window):
+                    params[f"w{i}_{j}"] = bucket
+                    names.append(f":w{i}_{j}")
+                earlier = (
+                    "(SELECT COALESCE(SUM(e.spent + e.reserved), 0) FROM budget_counters AS e"  # noqa: S608
+                    f" WHERE e.subject_id = :s{i} AND e.bucket IN ({', '.join(names)}))"
+                )
+            insert_if = f"WHERE CAST(:a{i} AS bigint) + {earlier} <= :l{i}"
+            update_if = (
+                "WHERE budget_counters.spent + budget_counters.reserved + excluded.reserved"
+                f" + {earlier} <= :l{i}"
             )
-            .on_conflict_do_nothing(index_elements=["subject_id", "bucket"])
-            # RETURNING says whether a row went in on every driver (rowcount may not).
-            .returning(schema.budget_counters.c.subject_id)
+        # SQLite has no timestamptz: the bound value is already the column's form there.
+        expires = f":e{i}" if self._is_sqlite else f"CAST(:e{i} AS timestamptz)"
+        return f"""
+            INSERT INTO budget_counters (subject_id, bucket, spent, reserved, alerted, expires_at)
+            SELECT CAST(:s{i} AS text), CAST(:b{i} AS text), 0, CAST(:a{i} AS bigint), 0, {expires}
+            {insert_if}
+            ON CONFLICT (subject_id, bucket) DO UPDATE
+            SET reserved = budget_counters.reserved + excluded.reserved
+            {update_if}
+            RETURNING 1 AS taken"""  # noqa: S608
+
+    def _budget_text(self, sql: str, claims: Sequence[BudgetClaim]) -> sa.TextClause:
+        """``sql`` with each claim's expiry bound as the column's type (UTC wall time on
+        SQLite, timestamptz on PostgreSQL)."""
+        return sa.text(sql).bindparams(
+            *(sa.bindparam(f"e{i}", type_=schema.UTCDateTime()) for i in range(len(claims)))
         )
-        return result.first() is not None
 
     def reserve_budget(self, claims: Sequence[BudgetClaim]) -> int | None:
         claims = [check_claim(claim) for claim in claims]
@@ -988,96 +1017,35 @@ class SqlStore:
             claims
         ):
             return self._reserve_in_one_statement(claims)
-        table = schema.budget_counters
+        # One write transaction (SQLite: BEGIN IMMEDIATE, writers queue for the lock up front)
+        # with one conditional upsert per claim; a claim that does not fit rolls all back.
         try:
             with self._transaction("reserve budget", write=True) as connection:
                 for index, claim in enumerate(claims):
-                    conditions = [
-                        table.c.subject_id == claim.subject_id,
-                        table.c.bucket == claim.bucket,
-                    ]
-                    if claim.limit is not None:
-                        held = table.c.spent + table.c.reserved + claim.amount
-                        if claim.window:
-                            earlier = table.alias("earlier")
-                            held = held + (
-                                sa.select(
-                                    sa.func.coalesce(
-                                        sa.func.sum(earlier.c.spent + earlier.c.reserved), 0
-                                    )
-                                )
-                                .where(
-                                    earlier.c.subject_id == claim.subject_id,
-                                    earlier.c.bucket.in_(list(claim.window)),
-                                )
-                                .scalar_subquery()
-                            )
-                        conditions.append(held <= claim.limit)
-                    # The one conditional write: the limit is checked by the database in the
-                    # same statement that takes the credits, under the row's lock.
-                    reserve = (
-                        table.update()
-                        .where(*conditions)
-                        .values(reserved=table.c.reserved + claim.amount)
-                    )
-                    if connection.execute(reserve).rowcount == 1:
-                        continue
-                    # No match: the limit refused, or the bucket's row does not exist yet
-                    # (its first reservation): then create it and try once more.
-                    if not self._insert_budget_row(connection, claim):
-                        raise _Refused(index)
-                    if connection.execute(reserve).rowcount != 1:
+                    params: dict[str, Any] = {}
+                    upsert = self._budget_text(self._reserve_upsert(0, claim, params), [claim])
+                    if connection.execute(upsert, params).first() is None:
                         raise _Refused(index)
         except _Refused as refused:
             return refused.index
         return None
 
     def _reserve_in_one_statement(self, claims: Sequence[BudgetClaim]) -> int | None:
-        """``reserve_budget`` on PostgreSQL in one round trip: per claim one conditional
-        upsert (a bucket's first reservation inserts its row), all in one statement that
-        rolls back whole when one claim does not fit; a durable commit (money)."""
+        """``reserve_budget`` on PostgreSQL in one round trip: every claim's conditional
+        upsert in one statement that rolls back whole when one claim does not fit; a durable
+        commit (money)."""
         params: dict[str, Any] = {}
-        parts: list[str] = []
-        for i, claim in enumerate(claims):
-            params[f"s{i}"] = claim.subject_id
-            params[f"b{i}"] = claim.bucket
-            params[f"a{i}"] = claim.amount
-            params[f"e{i}"] = check_aware(claim.expires_at, "expires_at")
-            insert_if = update_if = ""
-            if claim.limit is not None:
-                params[f"l{i}"] = claim.limit
-                earlier = "0"
-                if claim.window:
-                    params[f"w{i}"] = list(claim.window)
-                    earlier = (
-                        "(SELECT COALESCE(SUM(e.spent + e.reserved), 0) FROM budget_counters AS e"  # noqa: S608
-                        f" WHERE e.subject_id = :s{i} AND e.bucket = ANY(:w{i}))"
-                    )
-                insert_if = f"WHERE CAST(:a{i} AS bigint) + {earlier} <= :l{i}"
-                update_if = (
-                    "WHERE budget_counters.spent + budget_counters.reserved + excluded.reserved"
-                    f" + {earlier} <= :l{i}"
-                )
-            parts.append(
-                f"""up{i} AS (
-                    INSERT INTO budget_counters
-                        (subject_id, bucket, spent, reserved, alerted, expires_at)
-                    SELECT CAST(:s{i} AS text), CAST(:b{i} AS text), 0, CAST(:a{i} AS bigint),
-                           0, CAST(:e{i} AS timestamptz)
-                    {insert_if}
-                    ON CONFLICT (subject_id, bucket) DO UPDATE
-                    SET reserved = budget_counters.reserved + excluded.reserved
-                    {update_if}
-                    RETURNING 1 AS taken
-                )"""  # noqa: S608
-            )
+        parts = [
+            f"up{i} AS ({self._reserve_upsert(i, claim, params)})" for i, claim in enumerate(claims)
+        ]
         taken = " + ".join(f"(SELECT count(*) FROM up{i})" for i in range(len(claims)))  # noqa: S608
-        statement = sa.text(
+        statement = self._budget_text(
             f"""
             WITH {", ".join(parts)}, got AS (SELECT {taken} AS n)
             SELECT CASE WHEN got.n = {len(claims)} THEN got.n ELSE got.n / (got.n - got.n) END
             FROM got
-            """  # noqa: S608
+            """,  # noqa: S608
+            claims,
         )
         try:
             with self._one_statement("reserve budget") as connection:
@@ -1100,78 +1068,59 @@ class SqlStore:
                 return index
         return next((i for i, c in enumerate(claims) if c.limit is not None), 0)
 
+    def _settle_upsert(self, i: int, claim: BudgetClaim, params: dict[str, Any]) -> str:
+        """Claim ``i``'s settlement as one upsert (parameters into ``params``; ``:spent`` is
+        the caller's): the reservation is given back (never below zero) and ``spent`` added;
+        a bucket with no row yet gets one. The same SQL on SQLite and PostgreSQL."""
+        params[f"s{i}"] = claim.subject_id
+        params[f"b{i}"] = claim.bucket
+        params[f"a{i}"] = claim.amount
+        params[f"e{i}"] = check_aware(claim.expires_at, "expires_at")
+        expires = f":e{i}" if self._is_sqlite else f"CAST(:e{i} AS timestamptz)"
+        return f"""
+            INSERT INTO budget_counters (subject_id, bucket, spent, reserved, alerted, expires_at)
+            VALUES (CAST(:s{i} AS text), CAST(:b{i} AS text), CAST(:spent AS bigint), 0, 0,
+                    {expires})
+            ON CONFLICT (subject_id, bucket) DO UPDATE
+            SET reserved = CASE WHEN budget_counters.reserved >= CAST(:a{i} AS bigint)
+                                THEN budget_counters.reserved - CAST(:a{i} AS bigint) ELSE 0 END,
+                spent = budget_counters.spent + excluded.spent
+            RETURNING {i} AS ord, subject_id, bucket, spent, reserved, alerted"""  # noqa: S608
+
     def settle_budget(self, claims: Sequence[BudgetClaim], spent: int) -> list[BudgetCounter]:
         claims = [check_claim(claim) for claim in claims]
         spent = check_amount(spent, "spent")
-        table = schema.budget_counters
+        if not claims:
+            return []
         if self._single_statements() and len({(c.subject_id, c.bucket) for c in claims}) == len(
             claims
         ):
-            settled = self._settle_in_one_statement(claims, spent)
-            if settled is not None:
-                return settled
+            return self._settle_in_one_statement(claims, spent)
         counters: list[BudgetCounter] = []
         with self._transaction("settle budget", write=True) as connection:
             for claim in claims:
-                where = (table.c.subject_id == claim.subject_id, table.c.bucket == claim.bucket)
-                settle = (
-                    table.update()
-                    .where(*where)
-                    .values(
-                        reserved=sa.case(
-                            (table.c.reserved >= claim.amount, table.c.reserved - claim.amount),
-                            else_=0,
-                        ),
-                        spent=table.c.spent + spent,
-                    )
-                    .returning(*table.c)
-                )
-                row = connection.execute(settle).mappings().first()
-                if row is None:
-                    self._insert_budget_row(connection, claim)
-                    row = connection.execute(settle).mappings().one()
+                params: dict[str, Any] = {"spent": spent}
+                upsert = self._budget_text(self._settle_upsert(0, claim, params), [claim])
+                row = connection.execute(upsert, params).mappings().one()
                 counters.append(_budget_counter(row))
         return counters
 
     def _settle_in_one_statement(
         self, claims: Sequence[BudgetClaim], spent: int
-    ) -> list[BudgetCounter] | None:
-        """``settle_budget`` on PostgreSQL in one round trip (every claim's update in one
-        statement); None, with nothing changed, when a bucket's row is missing (then the
-        transaction path creates it)."""
+    ) -> list[BudgetCounter]:
+        """``settle_budget`` on PostgreSQL in one round trip (every claim's upsert in one
+        statement)."""
         params: dict[str, Any] = {"spent": spent}
-        parts: list[str] = []
-        for i, claim in enumerate(claims):
-            params[f"s{i}"] = claim.subject_id
-            params[f"b{i}"] = claim.bucket
-            params[f"a{i}"] = claim.amount
-            parts.append(
-                f"""up{i} AS (
-                    UPDATE budget_counters
-                    SET reserved = CASE WHEN reserved >= CAST(:a{i} AS bigint)
-                                        THEN reserved - CAST(:a{i} AS bigint) ELSE 0 END,
-                        spent = spent + CAST(:spent AS bigint)
-                    WHERE subject_id = :s{i} AND bucket = :b{i}
-                    RETURNING {i} AS ord, subject_id, bucket, spent, reserved, alerted
-                )"""  # noqa: S608
-            )
+        parts = [
+            f"up{i} AS ({self._settle_upsert(i, claim, params)})" for i, claim in enumerate(claims)
+        ]
         union = " UNION ALL ".join(f"SELECT * FROM up{i}" for i in range(len(claims)))  # noqa: S608
-        statement = sa.text(
-            f"""
-            WITH {", ".join(parts)}, done AS ({union})
-            SELECT ord, subject_id, bucket, spent, reserved, alerted,
-                   CASE WHEN (SELECT count(*) FROM done) = {len(claims)} THEN 0
-                        ELSE ord / 0 END AS verdict
-            FROM done ORDER BY ord
-            """  # noqa: S608
+        statement = self._budget_text(
+            f"WITH {', '.join(parts)} {union} ORDER BY ord",
+            claims,
         )
-        try:
-            with self._one_statement("settle budget") as connection:
-                rows = connection.execute(statement, params).mappings().all()
-        except _Refused:
-            return None
-        if len(rows) != len(claims):
-            return None
+        with self._one_statement("settle budget") as connection:
+            rows = connection.execute(statement, params).mappings().all()
         return [_budget_counter(row) for row in rows]
 
     def get_budget_counters(self, subject_id: str, buckets: Sequence[str]) -> list[BudgetCounter]:
