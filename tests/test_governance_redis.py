@@ -145,6 +145,10 @@ def test_redis_ledger_is_exact_under_concurrency() -> None:
         assert ledger.counters("other", ["b"])[0].reserved == 0
         assert ledger.mark_alert("team", "month:2026-12", 50) is True
         assert ledger.mark_alert("team", "month:2026-12", 50) is False
+        # A settlement answers the counters as they stand (no second call); a zero amount
+        # settles too (Lua's -0 once reached Redis as "-0": not an integer).
+        [counter] = ledger.settle([BudgetClaim("team", "month:2026-12", amount=0)], 0)
+        assert (counter.spent, counter.reserved, counter.alerted) == (20, 180, 50)
     finally:
         ledger.close()
 

@@ -84,16 +84,20 @@ for i = 1, nclaims do
 end
 return -1
 """
+# Answers each counter as it stands after the settlement: spent, reserved, alerted per key.
 _SETTLE = """
 local spent = tonumber(ARGV[1])
+local answer = {}
 for i = 1, #KEYS do
   local amount = tonumber(ARGV[i + 1])
   local reserved = tonumber(redis.call('HGET', KEYS[i], 'reserved') or '0')
   if reserved < amount then amount = reserved end
-  redis.call('HINCRBY', KEYS[i], 'reserved', -amount)
-  redis.call('HINCRBY', KEYS[i], 'spent', spent)
+  -- 0 - amount, not -amount: Lua's -0 reaches Redis as "-0", which is not an integer.
+  answer[3 * i - 1] = redis.call('HINCRBY', KEYS[i], 'reserved', 0 - amount)
+  answer[3 * i - 2] = redis.call('HINCRBY', KEYS[i], 'spent', spent)
+  answer[3 * i] = tonumber(redis.call('HGET', KEYS[i], 'alerted') or '0')
 end
-return 1
+return answer
 """
 _MARK = """
 local alerted = tonumber(redis.call('HGET', KEYS[1], 'alerted') or '0')
@@ -164,8 +168,17 @@ class RedisLedger:
         if not claims:
             return []
         keys = [self._key(c.subject_id, c.bucket) for c in claims]
-        self._call(self._settle, keys, [spent, *(c.amount for c in claims)])
-        return [self.counters(c.subject_id, [c.bucket])[0] for c in claims]
+        answer = self._call(self._settle, keys, [spent, *(c.amount for c in claims)])
+        return [
+            BudgetCounter(
+                subject_id=claim.subject_id,
+                bucket=claim.bucket,
+                spent=int(answer[3 * i]),
+                reserved=int(answer[3 * i + 1]),
+                alerted=int(answer[3 * i + 2]),
+            )
+            for i, claim in enumerate(claims)
+        ]
 
     def counters(self, subject_id: str, buckets: Sequence[str]) -> list[BudgetCounter]:
         try:
