@@ -2,7 +2,7 @@
 small calls, measured in one run against their anchors and printed as ratios.
 
 1. The decision (``PolicyEngine.admit`` + settle), median over many calls, for: no policy (the
-   anchor); a rate limit counted in process, in Redis (the ``limits`` library) and in
+   anchor); a rate limit counted in process, in Redis (one script call per request) and in
    PostgreSQL (and SQLite), the database ones with leases (the default: most decisions in
    memory) and without (``max_lease=1``: a counter write per request); a rate limit plus a
    budget reservation settled afterwards, in SQLite, PostgreSQL and Redis. Next to each
