@@ -25,7 +25,10 @@ from tabpfn_gateway.errors import (
 from tabpfn_gateway.gateway import Gateway
 from tabpfn_gateway.governance import (
     BudgetAlert,
+    InProcessLimiter,
     PolicyEngine,
+    RateCheck,
+    StoreLimiter,
     address_allowed,
     budget_span,
     client_address,
@@ -336,3 +339,16 @@ def test_address_allowed() -> None:
     assert address_allowed("::ffff:10.0.0.1", [["10.0.0.0/8"]])
     assert address_allowed("2001:db8::1", [["2001:db8::/32"]])
     assert not address_allowed("garbage", [["0.0.0.0/0"]])
+
+
+@pytest.mark.parametrize("backend", ["memory", "database"])
+def test_a_refused_request_counts_against_no_window(backend: str) -> None:
+    store = open_store(url="memory://")
+    limiter = InProcessLimiter() if backend == "memory" else StoreLimiter(store)
+    wide, narrow = RateCheck("user:u:hour", 5, 3600), RateCheck("key:k:minute", 2, 60)
+    try:
+        assert [limiter.hit([wide, narrow]).refused for _ in range(3)] == [None, None, narrow]
+        # The wide window counted the two requests let through, not the refused one.
+        assert limiter.hit([wide]).remaining == {"user:u:hour": 2}
+    finally:
+        limiter.close()

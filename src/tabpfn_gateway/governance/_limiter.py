@@ -105,19 +105,22 @@ class InProcessLimiter:
     def hit(self, checks: Sequence[RateCheck]) -> RateDecision:
         remaining: dict[str, int] = {}
         resets: dict[str, int] = {}
-        refused: RateCheck | None = None
-        for check in checks:
-            if check.limit <= 0 or not self._limiter.hit(self._item_for(check), check.name):
-                refused = check
-            if refused is not None:
-                stats = self._limiter.get_window_stats(self._item_for(check), check.name)
-                remaining[check.name] = 0
-                resets[check.name] = max(1, math.ceil(stats.reset_time - time.time()))
-                break
-            stats = self._limiter.get_window_stats(self._item_for(check), check.name)
-            remaining[check.name] = int(stats.remaining)
-            resets[check.name] = max(0, math.ceil(stats.reset_time - time.time()))
-        return RateDecision(refused, remaining, resets)
+        # Every window is checked before any counts the request (a refusal counts nothing);
+        # under the lock no other decision can fill a window in between.
+        with self._lock:
+            for check in checks:
+                item = self._item_for(check)
+                if check.limit <= 0 or not self._limiter.test(item, check.name):
+                    stats = self._limiter.get_window_stats(item, check.name)
+                    wait = max(1, math.ceil(stats.reset_time - time.time()))
+                    return RateDecision(check, {check.name: 0}, {check.name: wait})
+            for check in checks:
+                item = self._item_for(check)
+                self._limiter.hit(item, check.name)
+                stats = self._limiter.get_window_stats(item, check.name)
+                remaining[check.name] = int(stats.remaining)
+                resets[check.name] = max(0, math.ceil(stats.reset_time - time.time()))
+        return RateDecision(None, remaining, resets)
 
     def try_hit(self, checks: Sequence[RateCheck]) -> RateDecision | None:
         """``hit``: in memory, no I/O."""
