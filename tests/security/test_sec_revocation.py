@@ -10,11 +10,16 @@ default) keeps a wide margin under it.
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -88,10 +93,30 @@ def make_admin_key(env: dict[str, str]) -> str:
 # -- serve --workers 2 on SQLite ------------------------------------------------------------
 
 
-def _call(url: str, key: str) -> httpx.Response:
+@dataclass(frozen=True)
+class _Answer:
+    status_code: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _call(url: str, key: str) -> _Answer:
     # A new connection each time: uvicorn's workers share the socket, each accepts some.
-    with httpx.Client(base_url=url, timeout=HANG_GUARD_SECONDS) as http:
-        return http.get(PROTECTED, headers={"Authorization": f"Bearer {key}"})
+    # http.client, not a new httpx.Client per call: httpx builds an SSL context (the CA
+    # bundle read and parsed) for every client, which on a loaded runner made hundreds of
+    # calls take minutes.
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(
+        parts.hostname or "127.0.0.1", parts.port, timeout=HANG_GUARD_SECONDS
+    )
+    try:
+        connection.request("GET", PROTECTED, headers={"Authorization": f"Bearer {key}"})
+        answer = connection.getresponse()
+        return _Answer(answer.status, answer.read())
+    finally:
+        connection.close()
 
 
 def _answered_by_one_worker(url: str, status: int) -> int:
@@ -118,8 +143,8 @@ def _both_workers_answered(url: str, status: int, total: int) -> bool:
     return 0 < _answered_by_one_worker(url, status) < total
 
 
-def _calls_until_both_workers_answer(url: str, key: str, status: int) -> list[httpx.Response]:
-    answers: list[httpx.Response] = []
+def _calls_until_both_workers_answer(url: str, key: str, status: int) -> list[_Answer]:
+    answers: list[_Answer] = []
     for _ in range(MAX_ROUNDS):
         answers += [_call(url, key) for _ in range(ROUNDS)]
         if _both_workers_answered(url, status, len(answers)):
