@@ -20,7 +20,7 @@ from gateway_support import (
     make_settings,
 )
 from tabpfn_gateway import migrate
-from tabpfn_gateway.errors import error_codes
+from tabpfn_gateway.errors import StoreUnavailable, error_codes
 from tabpfn_gateway.gateway import HTTP_STATUS_BY_CODE, Gateway
 from tabpfn_gateway.keys.format import format_key, new_key_id, new_secret
 from tabpfn_gateway.store import open_store
@@ -354,6 +354,32 @@ def test_usage_queries(server: Server) -> None:
         400,
         "INVALID_REQUEST",
     )
+
+
+def test_usage_reads_go_through_admin_and_survive_a_failed_flush(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every usage read (a key's own summary, the report, prune) goes through Admin, which
+    # flushes this process's buffer first and answers from the store when that write fails;
+    # a route flushing or reading the store itself would answer 503 here.
+    c, h = server.client, server.admin()
+    assert c.get("/tabpfn/get_settings", headers=server.user()).status_code == 200
+    assert c.get("/api/v1/usage/summary", headers=server.user()).json()["calls"] == 1
+
+    def refuse(events: object) -> None:
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(server.gateway.store, "record_usage", refuse)
+    assert c.get("/tabpfn/get_settings", headers=server.user()).status_code == 200  # buffered
+    own = c.get("/api/v1/usage/summary", headers=server.user())
+    assert own.status_code == 200, own.text
+    assert own.json()["calls"] == 1  # the store's answer; the unwritten call waits its turn
+    report = c.get("/api/v1/admin/usage/report", params={"by": "key"}, headers=h)
+    assert report.status_code == 200, report.text
+    pruned = c.post("/api/v1/admin/prune", json={"older_than_days": 30}, headers=h)
+    assert pruned.status_code == 200, pruned.text
+    monkeypatch.undo()
+    assert c.get("/api/v1/usage/summary", headers=server.user()).json()["calls"] == 2
 
 
 # -- the error table ----------------------------------------------------------------------------

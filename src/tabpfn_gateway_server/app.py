@@ -78,7 +78,7 @@ def create_app(
         gateway = Gateway.from_settings(settings, generate_secret=True)
     metrics = GatewayMetrics()
     gateway.add_observer(metrics.observe_operation)
-    gateway.usage.add_flush_listener(metrics.usage_written.inc)
+    gateway.add_usage_flush_listener(metrics.usage_written.inc)
     metrics.watch_usage(gateway.usage)
     engine = gateway.policy_engine
     if engine is not None:

@@ -365,7 +365,6 @@ async def usage_report(
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
     """Credits, calls, errors, rows and bytes rolled up as asked (daily roll-ups included)."""
-    await _run(gateway.usage.flush)
     report = await _run(
         gateway.admin.usage_report,
         by,
@@ -388,7 +387,6 @@ async def usage_report(
 )
 async def prune(body: PruneIn, gateway: GatewayDep, caller: AdminCaller) -> PruneOut:
     """Delete raw usage and audit events older than ``older_than_days`` (roll-ups stay)."""
-    await _run(gateway.usage.flush)
     report = await _run(
         gateway.admin.prune, timedelta(days=body.older_than_days), actor=caller.actor
     )
@@ -420,8 +418,8 @@ async def own_usage_summary(
     since, until = _aware(since, "since"), _aware(until, "until")
 
     def summarize(gw: Gateway) -> KeyUsageOut:
-        gw.usage.flush()
-        rows = gw.store.summarize_usage(key_id=caller.key_id, since=since, until=until)
+        # Admin flushes this process's buffered events first, as for every usage read.
+        rows = gw.admin.summarize_usage(key_id=caller.key_id, since=since, until=until)
         engine = gw.policy_engine
         budgets = engine.budget_status(caller.key) if engine is not None else []
         return KeyUsageOut(
