@@ -168,11 +168,13 @@ def test_unmodified_tabpfn_client_fits_and_predicts_through_the_gateway(
     assert {r.token for r in api_calls} == {TOKENS[2]}
     assert all(r.token != key for r in stack.fake.requests)
     stack.gateway.usage.flush()
-    operations = Counter(
-        e.operation
-        for e in stack.gateway.store.list_usage(key_id=setup.json()["key_id"], limit=1000).items
-    )
+    events = stack.gateway.store.list_usage(key_id=setup.json()["key_id"], limit=1000).items
+    operations = Counter(e.operation for e in events)
     assert operations["fit"] == 2
+    # tabpfn-client's fits carry their train sets' shapes and bytes, as in-process fits do.
+    fits = sorted((e.rows, e.columns) for e in events if e.operation == "fit")
+    assert fits == [(160, 5), (240, 6)]
+    assert all((e.bytes or 0) > 0 for e in events if e.operation == "fit")
     assert operations["predict"] >= 2
     # One record per user action: the uploads and prepares of a fit are steps, not records.
     assert operations["upload"] == 0
