@@ -129,8 +129,10 @@ def build(session: nox.Session) -> None:
         env.update(HOME=os.path.join(scratch, "home"), XDG_DATA_HOME=os.path.join(scratch, "data"))
         cli = os.path.join(venv, "bin", "tabpfn-gateway")
         isolated = {"env": env, "include_outer_env": False, "external": True}
-        session.run(cli, "demo", **isolated)
+        # db upgrade first, on the new user's empty database: every migration is applied from
+        # the wheel (after the demo, which migrates too, it would only find the schema current).
         session.run(cli, "db", "upgrade", **isolated)
+        session.run(cli, "demo", **isolated)
         session.run(python, os.path.join("tools", "check_release.py"), "--installed", **isolated)
 
 
