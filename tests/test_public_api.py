@@ -4,6 +4,7 @@ lazily so ``import tabpfn_gateway`` stays light."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import textwrap
@@ -77,6 +78,45 @@ def test_import_is_light() -> None:
     bare, with_estimator = done.stdout.splitlines()
     assert bare == "", f"import tabpfn_gateway loaded {bare}"
     assert with_estimator == "", f"importing GatewayClassifier loaded {with_estimator}"
+
+
+def test_admin_commands_do_not_import_the_data_stack(tmp_path: Path) -> None:
+    # The CLI runs in hundreds of test subprocesses and in every admin's shell: pandas, numpy
+    # and pyarrow (~300 ms) belong to the estimators, not to managing principals and keys.
+    script = textwrap.dedent(
+        """
+        import sys
+        heavy = ["pandas", "numpy", "pyarrow", "sklearn"]
+        import tabpfn_gateway.admin
+        import tabpfn_gateway.gateway
+        import tabpfn_gateway.cli
+        print(",".join(m for m in heavy if m in sys.modules))
+        from tabpfn_gateway.cli import main
+        codes = [main(["db", "upgrade"]), main(["principals", "add", "team-y", "--kind", "team"]),
+                 main(["principals", "list"])]
+        assert codes == [0, 0, 0], codes
+        print(",".join(m for m in heavy if m in sys.modules))
+        """
+    )
+    env = {
+        **os.environ,
+        "TABPFN_GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}",
+        "TABPFN_GATEWAY_SECRET_KEY": "s" * 32,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    lines = done.stdout.splitlines()
+    assert any("team-y" in line for line in lines), done.stdout
+    imported, after_commands = lines[0], lines[-1]
+    assert imported == "", f"importing the admin modules loaded {imported}"
+    assert after_commands == "", f"running admin commands loaded {after_commands}"
 
 
 def test_renamed_names_still_import_with_a_warning() -> None:

@@ -8,8 +8,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack
 from uuid import UUID
 
-import numpy as np
-import pandas as pd
 from pydantic import SecretStr
 
 from tabpfn_gateway.gateway._authoriser import Caller
@@ -28,6 +26,9 @@ from tabpfn_gateway.protocol.messages import (
 from tabpfn_gateway.protocol.options import FitKeywords, FitOptions
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
     from tabpfn_gateway.protocol import FitResult, PredictionResult, ProtocolClient
 
 __all__ = ["SyncGatewaySession"]

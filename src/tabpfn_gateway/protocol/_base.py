@@ -13,12 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import httpx
-import numpy as np
-import pandas as pd
 import tenacity
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 
@@ -49,6 +47,10 @@ from tabpfn_gateway.protocol.messages import (
 from tabpfn_gateway.protocol.options import FitOptions
 from tabpfn_gateway.protocol.results import PredictionResult
 from tabpfn_gateway.protocol.serialization import to_parquet
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 logger = logging.getLogger("tabpfn_gateway.protocol")
 
@@ -413,6 +415,8 @@ def check_fit_options(api_mode: str, text_handling: str) -> None:
 
 def as_frame(data: Any, name: str) -> pd.DataFrame:
     """``data`` as the DataFrame the vendor would build (byte-identical Parquet, same hash)."""
+    import pandas as pd  # here, not at the top: the CLI and the server never build a frame
+
     if isinstance(data, pd.DataFrame):
         frame = data
     else:
@@ -639,6 +643,8 @@ def _contains_none(value: Any) -> bool:
 
 
 def _as_array(values: Any) -> np.ndarray:
+    import numpy as np  # here, not at the top: only decoding a prediction needs it
+
     # The vendor's rule: nulls (e.g. masked logits) become NaN in a float array.
     return np.array(values, dtype=float if _contains_none(values) else None)
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 from uuid import UUID
 
 import httpx
-import numpy as np
-import pandas as pd
 import tenacity
 from pydantic import SecretStr
 
@@ -64,6 +62,10 @@ from tabpfn_gateway.protocol.messages import (
 from tabpfn_gateway.protocol.options import FitKeywords, FitOptions
 from tabpfn_gateway.protocol.results import FitResult, PredictionResult
 from tabpfn_gateway.protocol.serialization import split_chunks
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 __all__ = ["ProtocolClient"]
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import struct
+from typing import TYPE_CHECKING
 
 import google_crc32c
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["crc32c_b64", "parquet_shape", "split_chunks", "to_parquet"]
 
