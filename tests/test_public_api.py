@@ -96,6 +96,7 @@ def test_admin_commands_do_not_import_the_data_stack(tmp_path: Path) -> None:
                  main(["principals", "list"])]
         assert codes == [0, 0, 0], codes
         print(",".join(m for m in heavy if m in sys.modules))
+        print(",".join(m for m in ["tabpfn_gateway.protocol", "httpx"] if m in sys.modules))
         """
     )
     env = {
@@ -114,9 +115,29 @@ def test_admin_commands_do_not_import_the_data_stack(tmp_path: Path) -> None:
     )
     lines = done.stdout.splitlines()
     assert any("team-y" in line for line in lines), done.stdout
-    imported, after_commands = lines[0], lines[-1]
+    imported, after_commands, client = lines[0], lines[-2], lines[-1]
     assert imported == "", f"importing the admin modules loaded {imported}"
     assert after_commands == "", f"running admin commands loaded {after_commands}"
+    # Only verifying a TabPFN token needs the protocol client (~150 ms more).
+    assert client == "", f"principals add/list loaded {client}"
+
+
+def test_the_gateway_package_loads_its_parts_on_first_use() -> None:
+    import tabpfn_gateway.gateway as gateway
+
+    assert set(gateway.__all__) == set(gateway._LAZY)
+    for name in gateway.__all__:
+        assert getattr(gateway, name) is not None, name
+    from tabpfn_gateway.gateway._core import Gateway
+
+    assert gateway.Gateway is Gateway
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        gateway.NoSuchThing  # noqa: B018
+    script = "import sys, tabpfn_gateway.gateway; print('tabpfn_gateway.protocol' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "False"
 
 
 def test_renamed_names_still_import_with_a_warning() -> None:

@@ -184,8 +184,6 @@ class Admin:
         name, publish only, closed by ``close()``). ``upstream_transport``: the httpx
         transport token verification uses (default: the network).
         """
-        import functools
-
         if settings is None:
             from tabpfn_gateway.config import get_settings
 
@@ -214,21 +212,21 @@ class Admin:
             if owns_store:
                 store.close()
             raise
-        from tabpfn_gateway.protocol import verify_tabpfn_token
+        upstream_url, timeout = settings.upstream_url, settings.upstream_connect_timeout_seconds
 
-        verifier = functools.partial(
-            verify_tabpfn_token,
-            base_url=settings.upstream_url,
-            transport=upstream_transport,
-            timeout=settings.upstream_connect_timeout_seconds,
-        )
+        def verifier(token: SecretStr) -> Any:
+            return url_verifier(token, upstream_url)
 
         def url_verifier(token: SecretStr, base_url: str) -> Any:
+            # Imported here: most admin commands verify no token, and the protocol client
+            # (httpx, tenacity, its messages) is ~150 ms of a CLI run.
+            from tabpfn_gateway.protocol import verify_tabpfn_token
+
             return verify_tabpfn_token(
                 token,
                 base_url=base_url,
                 transport=upstream_transport,
-                timeout=settings.upstream_connect_timeout_seconds,
+                timeout=timeout,
             )
 
         admin = cls(store, vault, keys, bus=bus, verifier=verifier, url_verifier=url_verifier)
