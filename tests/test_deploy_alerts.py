@@ -103,9 +103,20 @@ def test_promtool_unit_tests_pass() -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("threshold", "moved", "alert"),
+    [
+        ("> 0.05", "> 0.5", "TabpfnGatewayHighErrorRate"),
+        ("ratio) >= 0.9", "ratio) >= 0.99", "TabpfnGatewayBudgetNearlyExhausted"),
+    ],
+)
+def test_promtool_unit_tests_can_fail(
+    tmp_path: Path, threshold: str, moved: str, alert: str
+) -> None:
     # The same tests against rules whose thresholds moved must fail: they assert something.
-    rules = (PROMETHEUS / "alerts.yml").read_text(encoding="utf-8").replace("> 0.05", "> 0.5")
+    rules = (PROMETHEUS / "alerts.yml").read_text(encoding="utf-8")
+    assert rules.count(threshold) == 1
+    rules = rules.replace(threshold, moved)
     (tmp_path / "alerts.yml").write_text(rules, encoding="utf-8")
     shutil.copy(PROMETHEUS / "alerts_test.yml", tmp_path / "alerts_test.yml")
     result = subprocess.run(
@@ -116,7 +127,7 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode != 0
-    assert "TabpfnGatewayHighErrorRate" in result.stdout + result.stderr
+    assert alert in result.stdout + result.stderr
 
 
 def test_every_alert_is_unit_tested_and_labelled() -> None:
@@ -129,6 +140,26 @@ def test_every_alert_is_unit_tested_and_labelled() -> None:
         annotations = rule["annotations"]
         assert isinstance(annotations, dict)
         assert annotations["runbook"] == f"docs/operations.md#{str(rule['alert']).lower()}"
+
+
+# What issue 14 asks the rules to cover, each with the series its alert must read.
+MUST_ALERT_ON = {
+    "TabpfnGatewayHighErrorRate": "tabpfn_gateway_http_requests_total",
+    "TabpfnGatewayUpstreamFailures": "tabpfn_gateway_operations_total",
+    "TabpfnGatewayHighLatencyP99": "tabpfn_gateway_http_request_duration_seconds_bucket",
+    "TabpfnGatewayDatabaseUnavailable": "tabpfn_gateway_errors_total",
+    "TabpfnGatewayUsageNotWritten": "tabpfn_gateway_usage_events_written_total",
+    "TabpfnGatewayBudgetNearlyExhausted": "tabpfn_gateway_budget_used_ratio",
+}
+
+
+def test_the_rules_cover_what_an_operator_must_act_on() -> None:
+    rules = {str(rule["alert"]): str(rule["expr"]) for rule in alert_rules()}
+    for alert, series in MUST_ALERT_ON.items():
+        assert alert in rules, alert
+        assert series in {name for name, _ in referenced([rules[alert]])}, alert
+    assert "histogram_quantile(0.99," in rules["TabpfnGatewayHighLatencyP99"]
+    assert "STORE_UNAVAILABLE" in rules["TabpfnGatewayDatabaseUnavailable"]
 
 
 @pytest.mark.parametrize("source", ["alerts", "dashboard"])
