@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
 from gateway_support import Tenant, add_admin_key, add_tenant, asgi_client, build_gateway
 from gateway_support import make_settings as base_settings
@@ -21,6 +22,7 @@ from tabpfn_gateway.store import open_store
 from tabpfn_gateway.store.records import Principal, UsageEvent, new_id, utcnow
 from tabpfn_gateway.testing import FakeHostedTabPFN, FakeTabPFN, serve_in_thread
 from tabpfn_gateway_server import create_app
+from tabpfn_gateway_server.console._routes import build_console_router
 
 TOKEN = "tok-console-test-1"
 XSS = "<script>alert(1)</script>"
@@ -298,6 +300,64 @@ def test_changes_without_the_sessions_csrf_token_are_refused(
     )
     assert revoke.status_code == 403
     assert signed_in.gateway.keys.get(signed_in.tenant.key_id).revoked_at is None
+
+
+def console_changes(app: Any) -> list[str]:
+    """Every state-changing console route (sign-in has its own pre-session token), from the
+    router the app includes."""
+    return sorted(
+        route.path
+        for route in build_console_router(app.state.console).routes
+        if isinstance(route, APIRoute)
+        and "POST" in route.methods
+        and route.path != "/console/sign-in"
+    )
+
+
+def test_every_change_needs_the_csrf_token_and_the_same_origin(signed_in: Console) -> None:
+    admin, tenant = signed_in.gateway.admin, signed_in.tenant
+    team = admin.add_principal("forge-team", "team", actor="test")
+    member = admin.add_principal("member-ann", "user", actor="test")
+    admin.add_member(team.id, member.id, actor="test")
+    ids = {
+        "principal_id": team.id,
+        "key_id": tenant.key_id,
+        "credential_id": tenant.credential_id,
+        "user_id": member.id,
+        "action": "revoke",
+    }
+    paths = [path.format(**ids) for path in console_changes(signed_in.app)]
+    # A new route shows up here (and must refuse like the others).
+    assert len(paths) == 15, paths
+    # A form that would change something on every route, were it accepted.
+    form = {
+        "name": "forged",
+        "kind": "team",
+        "label": "forged",
+        "tabpfn_token": TOKEN,
+        "endpoint_url": "http://10.0.0.1/predict",
+        "owner": tenant.principal_id,
+        "credential_id": tenant.credential_id,
+        "grace_hours": "1",
+        "expires_on": "2099-01-01",
+        "budget_credits": "1",
+        "user": member.id,
+    }
+    before = admin.list_audit(limit=1000).items
+    for path in paths:
+        missing = signed_in.client.post(path, data=form)
+        assert missing.status_code == 403, path
+        assert "CSRF_FAILED" in missing.text, path
+        foreign = signed_in.client.post(
+            path,
+            data={**form, "csrf_token": signed_in.csrf()},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert foreign.status_code == 403, path
+    # Nothing changed: no audit event, the key still works, the session is still signed in.
+    assert admin.list_audit(limit=1000).items == before
+    assert signed_in.gateway.authenticate(tenant.key).key_id == tenant.key_id
+    assert signed_in.client.get("/console/").status_code == 200
 
 
 def test_changes_from_another_origin_are_refused(signed_in: Console) -> None:
