@@ -28,11 +28,13 @@ LABEL org.opencontainers.image.title="tabpfn-gateway" \
 RUN groupadd --system --gid 10001 tabpfn-gateway \
  && useradd --system --no-log-init --uid 10001 --gid tabpfn-gateway \
       --home-dir /var/lib/tabpfn-gateway --create-home --shell /usr/sbin/nologin tabpfn-gateway \
- && chmod 0700 /var/lib/tabpfn-gateway
+ && chmod 0700 /var/lib/tabpfn-gateway \
+ && install -d -o root -g root -m 0755 /srv/tabpfn-gateway
 COPY --from=build /opt/tabpfn-gateway /opt/tabpfn-gateway
 COPY deploy/docker/entrypoint.sh /usr/local/bin/tabpfn-gateway-entrypoint
 # Settings come from the environment only: the working directory is root-owned and empty, so no
-# .env file can be picked up there. Migrations run when TABPFN_GATEWAY_MIGRATE_ON_START=true
+# .env file can be picked up there (made above as root: an engine that creates a missing WORKDIR
+# when the container starts, as podman does, would make it the user's). Migrations run when TABPFN_GATEWAY_MIGRATE_ON_START=true
 # (the compose file's one-shot migrate service does it instead, so replicas never race).
 ENV PATH=/opt/tabpfn-gateway/bin:$PATH \
     PYTHONUNBUFFERED=1 \

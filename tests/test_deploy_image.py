@@ -156,6 +156,15 @@ def test_configuration_comes_only_from_the_environment() -> None:
     # The working directory is not the data dir (writable), so no .env can appear there.
     (workdir,) = runtime().values("WORKDIR")
     assert workdir != env["TABPFN_GATEWAY_DATA_DIR"]
+    # Made root-owned by a RUN before USER: podman creates a missing WORKDIR when the container
+    # starts, owned by the container's user, who could then write a .env there.
+    kinds = [kind for kind, _ in runtime().instructions]
+    made_as_root = [
+        value
+        for kind, value in runtime().instructions[: kinds.index("USER")]
+        if kind == "RUN" and f"install -d -o root -g root -m 0755 {workdir}" in value
+    ]
+    assert made_as_root, f"{workdir} is not made root-owned before USER"
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     assert ignored[1] == "*", ".dockerignore starts from nothing"
     assert not any(".env" in line for line in ignored if line.startswith("!"))
