@@ -19,7 +19,7 @@ from gateway_support import IN_CI, build_gateway, make_settings, serve_in_thread
 from tabpfn_gateway import migrate
 from tabpfn_gateway.gateway import Gateway
 from tabpfn_gateway.store import open_store
-from tabpfn_gateway.store.records import UsageEvent, new_id, utcnow
+from tabpfn_gateway.store.records import ApiKey, UsageEvent, new_id, utcnow
 from tabpfn_gateway.testing import FakeTabPFN
 
 CHROMIUM_ENV = "TABPFN_GATEWAY_TEST_CHROMIUM"
@@ -115,6 +115,7 @@ def seed_usage(gateway: Gateway, *, days: int = 30, seed: int = 7) -> None:
             keys.append(created.record)
     for person in ("ada", "grace", "alan"):
         gateway.admin.add_principal(person, "user", actor="seed")
+    spend_budgets(gateway, keys)
     events = []
     for day in range(days):
         when = now - timedelta(days=day)
@@ -138,3 +139,28 @@ def seed_usage(gateway: Gateway, *, days: int = 30, seed: int = 7) -> None:
                     )
                 )
     gateway.store.record_usage(events)
+
+
+def spend_budgets(gateway: Gateway, keys: list[ApiKey]) -> None:
+    """Budgets on two teams and one key, part spent through the policy engine (as calls
+    settle them), so the overview lists budgets nearest their limit."""
+    engine = gateway.policy_engine
+    assert engine is not None
+    admin = gateway.admin
+    by_owner = {key.owner_id: key for key in keys}
+    for name, budget, mode, spent in (
+        ("data-science", 5000, "hard", 4300),
+        ("research", 2000, "soft", 900),
+    ):
+        team = admin.get_principal(name)
+        admin.set_policy(
+            team.id,
+            {"budget_credits": budget, "budget_mode": mode, "alert_thresholds": [80]},
+            actor="seed",
+        )
+        engine.admit(by_owner[team.id], "predict", credits=spent).settle(spent)
+    key = keys[2]
+    admin.set_policy(
+        key.key_id, {"budget_credits": 300, "budget_period": "day"}, kind="key", actor="seed"
+    )
+    engine.admit(key, "predict", credits=120).settle(120)

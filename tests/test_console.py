@@ -803,3 +803,41 @@ def test_a_key_policy_with_an_allowlist_and_a_budget_on_the_overview(
     )
     assert bad.status_code == 400
     assert admin.get_policy(key_id, kind="key") == stored
+
+
+def test_budgets_are_named_by_their_team_user_or_key(signed_in: Console) -> None:
+    # The core names a budget's target by id; the pages name it as people know it, and link
+    # to where it is set: a team's budget over a member's key links to the team, not the user.
+    admin, gateway = signed_in.gateway.admin, signed_in.gateway
+    team = admin.add_principal("budget-team", "team", actor="test")
+    ada = admin.add_principal("ada-budget", "user", actor="test")
+    admin.add_member(team.id, ada.id, actor="test")
+    credential = admin.add_credential(ada.id, TOKEN, "ada token", actor="test")
+    key = gateway.keys.create(ada.id, credential.id, "ada notebook", actor="test").record
+    admin.set_policy(team.id, {"budget_credits": 1000}, actor="test")
+    admin.set_policy(ada.id, {"budget_credits": 500}, actor="test")
+    admin.set_policy(key.key_id, {"budget_credits": 100}, kind="key", actor="test")
+    engine = gateway.policy_engine
+    assert engine is not None
+    engine.admit(key, "predict", credits=90).settle(90)
+    overview = signed_in.client.get("/console/").text
+    budgets = overview[overview.index('id="budgets"') :]
+    budgets = budgets[: budgets.index("</ul>")]
+    items = re.findall(r'<a href="([^"]+)">([^<]+)</a> <span class="kind">([^<]+)</span>', budgets)
+    assert items == [
+        (f"/console/keys/{key.key_id}", "ada notebook", "key"),
+        (f"/console/principals/{ada.id}", "ada-budget", "user"),
+        (f"/console/principals/{team.id}", "budget-team", "team"),
+    ]
+    assert "90 of 100 credits (90%)" in budgets
+    assert team.id not in re.sub(r'href="[^"]*"', "", budgets)
+    page = signed_in.client.get(f"/console/keys/{key.key_id}").text
+    section = page[page.index("Budgets over this key") :]
+    section = section[: section.index("</ul>")]
+    named = re.findall(r'<a href="([^"]+)">([^<]+)</a> <span class="kind">([^<]+)</span>', section)
+    assert named == [
+        (f"/console/keys/{key.key_id}", "ada notebook", "key"),
+        (f"/console/principals/{ada.id}", "ada-budget", "user"),
+        (f"/console/principals/{team.id}", "budget-team", "team"),
+    ]
+    assert ada.id not in re.sub(r'href="[^"]*"', "", section)

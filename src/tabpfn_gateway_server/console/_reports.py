@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TypeVar
 
 from tabpfn_gateway.gateway import Gateway
+from tabpfn_gateway.governance import BudgetStatus
 from tabpfn_gateway.store.records import (
     ApiKey,
     Page,
@@ -24,10 +25,12 @@ from tabpfn_gateway.store.records import (
 )
 
 __all__ = [
+    "BudgetOver",
     "DayTotal",
     "KeyView",
     "Overview",
     "PrincipalTotal",
+    "budgets_over",
     "key_state",
     "load_overview",
     "principals_by_id",
@@ -153,28 +156,60 @@ class BudgetView:
         return min(100 * self.used // self.budget, 999) if self.budget else 100
 
 
-def budget_views(gateway: Gateway, keys: list[KeyView], limit: int) -> list[BudgetView]:
-    """The budgets over these keys (their own, their owner's, their teams'), most used first."""
-    found: dict[tuple[str, str], BudgetView] = {}
+@dataclass(frozen=True, slots=True)
+class BudgetOver:
+    """A budget over a key, named as people know it: the core names its target by id (the
+    key's, or the owner's or team's principal id); the pages show the key's or principal's
+    name, its kind (key, user or team) and link to the page the budget is set on."""
+
+    status: BudgetStatus
+    name: str
+    kind: str
+    href: str
+
+    @property
+    def target_id(self) -> str:
+        return self.status.name
+
+
+def name_budget(status: BudgetStatus, key: ApiKey, principals: dict[str, Principal]) -> BudgetOver:
+    """``status`` (one of ``key``'s budgets) with its target's name, kind and page."""
+    if status.level == "key":
+        return BudgetOver(status, key.name, "key", f"/keys/{key.key_id}")
+    principal = principals.get(status.name)
+    if principal is None:  # removed since the policy was read: show what the core gave
+        return BudgetOver(status, status.name, status.level, f"/principals/{status.name}")
+    return BudgetOver(status, principal.name, principal.kind, f"/principals/{principal.id}")
+
+
+def budgets_over(
+    gateway: Gateway, key: ApiKey, principals: dict[str, Principal]
+) -> list[BudgetOver]:
+    """Every budget over ``key`` (its own, its owner's, its teams'), named."""
+    return [name_budget(s, key, principals) for s in gateway.admin.budget_status(key.key_id)]
+
+
+def budget_views(
+    gateway: Gateway, keys: list[KeyView], principals: dict[str, Principal], limit: int
+) -> list[BudgetView]:
+    """The budgets over these keys (their own, their owner's, their teams'), most used first;
+    a budget over several keys (a team's) is listed once."""
+    found: dict[str, BudgetView] = {}
     for view in keys[:MAX_BUDGET_KEYS]:
-        for status in gateway.admin.budget_status(view.key.key_id):
-            href = (
-                f"/keys/{view.key.key_id}"
-                if status.level == "key"
-                else f"/principals/{view.key.owner_id}"
-            )
+        for named in budgets_over(gateway, view.key, principals):
+            status = named.status
             budget = BudgetView(
-                status.level,
-                status.name,
+                named.kind,
+                named.name,
                 status.budget,
                 status.spent + status.reserved,
                 status.mode,
                 status.period,
                 status.resets_at,
-                href,
+                named.href,
                 status.unit,
             )
-            found.setdefault((status.level, status.name), budget)
+            found.setdefault(named.target_id, budget)
     return sorted(found.values(), key=lambda b: (-b.percent, b.name))[:limit]
 
 
@@ -223,7 +258,7 @@ def load_overview(gateway: Gateway, days: int, now: datetime | None = None) -> O
     keys = list(walk(admin.list_keys))
     views = [v for v in key_views(keys, principals) if v.state == "active"]
     overview.active_keys = len(views)
-    overview.budgets = budget_views(gateway, views, 5)
+    overview.budgets = budget_views(gateway, views, principals, 5)
     expiring = [v for v in views if v.key.expires_at is not None]
     overview.keys_expiring = sorted(expiring, key=lambda v: v.key.expires_at or now)[:5]
     return overview

@@ -515,7 +515,9 @@ class Console:
                 "audit": admin.list_audit(target_id=key.key_id, limit=10).items,
                 "policy": admin.get_policy(key.key_id, kind="key"),
                 "effective": admin.effective_policy(key.key_id),
-                "budgets": admin.budget_status(key.key_id),
+                "budgets": _reports.budgets_over(
+                    self.gateway, key, _reports.principals_by_id(self.gateway)
+                ),
             }
 
         values = await _run(load)
