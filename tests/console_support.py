@@ -122,13 +122,14 @@ def seed_usage(gateway: Gateway, *, days: int = 30, seed: int = 7) -> None:
         for key in keys:
             for _ in range(rng.randint(0, 6)):
                 failed = rng.random() < 0.06
+                status = rng.choice([429, 503]) if failed else 200
                 events.append(
                     UsageEvent(
                         id=new_id(),
                         key_id=key.key_id,
                         owner_id=key.owner_id,
                         operation=rng.choice(["fit", "predict", "predict", "get_settings"]),
-                        status=rng.choice([429, 502]) if failed else 200,
+                        status=status,
                         latency_ms=rng.uniform(20, 900),
                         credential_id=key.credential_id,
                         rows=rng.randint(100, 20_000),
@@ -136,6 +137,13 @@ def seed_usage(gateway: Gateway, *, days: int = 30, seed: int = 7) -> None:
                         bytes=rng.randint(10_000, 5_000_000),
                         credits=None if failed else rng.randint(1, 40),
                         created_at=when - timedelta(minutes=rng.randint(0, 600)),
+                        error_code=(
+                            rng.choice(["RATE_LIMITED", "BUDGET_EXHAUSTED"])
+                            if status == 429
+                            else "UPSTREAM_UNAVAILABLE"
+                            if status == 503
+                            else None
+                        ),
                     )
                 )
     gateway.store.record_usage(events)

@@ -627,14 +627,15 @@ def test_overview_and_usage_show_recorded_calls(signed_in: Console) -> None:
     gateway, tenant = signed_in.gateway, signed_in.tenant
     for _ in range(3):
         record_usage(gateway, tenant, credits=7)
-    record_usage(gateway, tenant, status=429, operation="fit")
+    record_usage(gateway, tenant, status=429, operation="fit", error_code="BUDGET_EXHAUSTED")
     overview = signed_in.client.get("/console/").text
     today = utcnow().date().isoformat()
     assert re.search(rf'data-day="{today}" data-calls="4" data-errors="1"', overview)
     assert 'id="total-calls">4<' in overview
     assert 'id="total-credits">21<' in overview
     assert "ann" in overview
-    assert ">429<" in overview
+    # The refusal says which limit refused it: a 429 is a rate limit or a budget.
+    assert '>429</td><td><code class="error-code">BUDGET_EXHAUSTED</code>' in overview
     usage = signed_in.client.get(f"/console/usage?owner=ann&since={today}&until={today}").text
     assert ">predict<" in usage
     assert ">fit<" in usage
@@ -652,6 +653,23 @@ def test_overview_and_usage_show_recorded_calls(signed_in: Console) -> None:
     bad = signed_in.client.get("/console/usage?by=weekday")
     assert bad.status_code == 400
     assert signed_in.client.get("/console/usage?until=2000-01-01").text.count("No usage") == 1
+
+
+def test_recent_problems_tell_rate_limits_budgets_and_upstream_errors_apart(
+    signed_in: Console,
+) -> None:
+    gateway, tenant = signed_in.gateway, signed_in.tenant
+    record_usage(gateway, tenant, status=429, error_code="RATE_LIMITED")
+    record_usage(gateway, tenant, status=502, error_code="UPSTREAM_ERROR")
+    record_usage(gateway, tenant, status=429)  # written before error codes were kept
+    overview = signed_in.client.get("/console/").text
+    problems = overview[overview.index('id="problems-heading"') :]
+    answers = re.findall(r'class="num">(\d+)</td><td>(.*?)</td></tr>', problems)
+    assert sorted(answers) == [
+        ("429", '<code class="error-code">RATE_LIMITED</code>'),
+        ("429", '<span class="help">not recorded</span>'),
+        ("502", '<code class="error-code">UPSTREAM_ERROR</code>'),
+    ]
 
 
 def test_csv_cells_that_look_like_formulas_are_quoted(signed_in: Console) -> None:

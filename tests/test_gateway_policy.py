@@ -119,8 +119,14 @@ def test_a_refusal_forwards_nothing_and_is_metered_with_its_status(
         ("settle", "get_settings"),
         ("admit", "protected"),
     ]
-    statuses = [e.status for e in gateway.admin.list_usage(key_id=alice.key_id).items]
-    assert sorted(statuses) == [200, 200, 429]
+    events = gateway.admin.list_usage(key_id=alice.key_id).items
+    assert sorted(e.status for e in events) == [200, 200, 429]
+    # The refusal keeps its error code (a 429 may be a rate limit or a budget); successes none.
+    assert sorted((e.status, e.error_code or "") for e in events) == [
+        (200, ""),
+        (200, ""),
+        (429, "USAGE_LIMIT_REACHED"),
+    ]
 
 
 def test_a_failed_call_is_refunded(
@@ -132,6 +138,37 @@ def test_a_failed_call_is_refunded(
         session.check_token()
     assert policy.log == [("admit", "protected"), ("refund", "protected")]
     assert policy.allowance == 2, "the reservation of a failed call comes back"
+    (failed,) = gateway.admin.list_usage(key_id=alice.key_id).items
+    assert failed.status >= 400
+    assert failed.error_code is not None
+    assert failed.error_code.startswith("UPSTREAM_") or failed.error_code.startswith("CREDENTIAL")
+
+
+def test_governance_refusals_are_recorded_with_their_error_code(
+    tmp_path: Path, fake: FakeTabPFN
+) -> None:
+    gw = _gateway(tmp_path, fake)
+    try:
+        tenant = add_tenant(gw, "dora", TOKENS[1])
+        gw.admin.set_policy(tenant.principal_id, {"requests_per_minute": 1}, actor="test")
+        session = gw.session(tenant.key)
+        assert session.check_token() is True
+        with pytest.raises(GatewayError) as refused:
+            session.check_token()
+        assert refused.value.error_code == "RATE_LIMITED"
+        fake.fail_next(5, status=503, path="/protected")
+        gw.admin.clear_policy(tenant.principal_id, actor="test")
+        with pytest.raises(GatewayError) as failed:
+            session.check_token()
+        assert failed.value.error_code == "UPSTREAM_UNAVAILABLE"
+        events = gw.admin.list_usage(key_id=tenant.key_id).items
+        assert [(e.status, e.error_code) for e in reversed(events)] == [
+            (200, None),
+            (429, "RATE_LIMITED"),
+            (503, "UPSTREAM_UNAVAILABLE"),
+        ]
+    finally:
+        gw.close()
 
 
 def test_decisions_are_cached_and_dropped_by_revocation(gateway: Gateway, alice: Tenant) -> None:

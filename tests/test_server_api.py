@@ -346,9 +346,18 @@ def test_usage_queries(server: Server) -> None:
     events = c.get("/api/v1/admin/usage", params={"owner": "ann", "limit": 2}, headers=h).json()
     assert len(events["items"]) == 2
     assert events["next_cursor"] is not None
+    assert [e["error_code"] for e in events["items"]] == [None, None]
+    # A failed call's event carries the code it was answered with.
+    server.fake.fail_next(5, status=503, path="/protected")
+    failed = c.get("/protected/", headers=server.user())
+    assert failed.status_code == 503
+    newest = c.get("/api/v1/admin/usage", params={"owner": "ann", "limit": 1}, headers=h).json()
+    assert [(e["status"], e["error_code"]) for e in newest["items"]] == [
+        (503, failed.json()["error_code"])
+    ]
     own = c.get("/api/v1/usage/summary", headers=server.user()).json()
     assert own["operations"][0]["calls"] == 3
-    assert own["calls"] == 3
+    assert own["calls"] == 4  # and the failed check
     assert_error(
         c.get("/api/v1/admin/usage", params={"since": "2030-01-01T00:00:00"}, headers=h),
         400,

@@ -247,6 +247,9 @@ class UsageEventOut(_RecordOut):
     upstream_trace_id: str | None
     created_at: datetime
     credits: int | None = None
+    #: The error code a refused or failed call was answered with; None when it succeeded
+    #: (and on events recorded before error codes were kept).
+    error_code: str | None = None
 
 
 class UsageSummaryOut(_RecordOut):

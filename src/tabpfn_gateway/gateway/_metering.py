@@ -89,6 +89,7 @@ class Metering:
         meter = meter if meter is not None else Meter()
         started = time.perf_counter()
         status = 200
+        error_code: str | None = None
         try:
             admission = self.policy.admit(caller, operation, meter)
             try:
@@ -99,15 +100,18 @@ class Metering:
             admission.settle(meter)
         except GatewayError as exc:
             status = http_status(exc)
+            error_code = exc.error_code
             meter.trace_id = meter.trace_id or exc.trace_id
             meter.credits = None  # refused or failed: nothing was charged
             raise
         except BaseException:
             status = 500
+            error_code = GatewayError.error_code  # what the server answers for it
             meter.credits = None
             raise
         finally:
-            self._record(caller, operation, status, time.perf_counter() - started, meter)
+            seconds = time.perf_counter() - started
+            self._record(caller, operation, status, seconds, meter, error_code)
 
     @contextmanager
     def step(self, caller: Caller, operation: str) -> Iterator[None]:
@@ -130,7 +134,13 @@ class Metering:
             self._observe(caller, operation, status, time.perf_counter() - started)
 
     def _record(
-        self, caller: Caller, operation: str, status: int, seconds: float, meter: Meter
+        self,
+        caller: Caller,
+        operation: str,
+        status: int,
+        seconds: float,
+        meter: Meter,
+        error_code: str | None = None,
     ) -> None:
         self.usage.record(
             UsageEvent(
@@ -148,6 +158,7 @@ class Metering:
                 bytes=_storable(meter.nbytes),
                 upstream_trace_id=meter.trace_id,
                 credits=_storable(meter.credits),
+                error_code=error_code,
             )
         )
         self._observe(caller, operation, status, seconds)

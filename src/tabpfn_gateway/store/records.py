@@ -202,6 +202,10 @@ class UsageEvent:
     created_at: datetime = field(default_factory=utcnow)
     #: TabPFN credits the call was charged (settled figure); None where nothing is billed.
     credits: int | None = None
+    #: The stable error code a refused or failed call was answered with (RATE_LIMITED,
+    #: BUDGET_EXHAUSTED, UPSTREAM_UNAVAILABLE...); None when it succeeded. The status alone
+    #: cannot tell a rate limit from a budget (both 429).
+    error_code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

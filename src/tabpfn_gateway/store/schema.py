@@ -195,6 +195,7 @@ usage_events = sa.Table(
     sa.Column("upstream_trace_id", _text(), nullable=True),
     _created_at(),
     sa.Column("credits", sa.BigInteger(), nullable=True),
+    sa.Column("error_code", _text(), nullable=True),
     sa.Index(None, "key_id", "created_at"),
     sa.Index(None, "owner_id", "created_at"),
     sa.Index(None, "created_at", "id"),
