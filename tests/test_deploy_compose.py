@@ -240,6 +240,13 @@ def test_configuration_doc_points_at_the_compose_files() -> None:
     assert ".env.example" in text
 
 
+def test_readme_links_the_operations_guide() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "](docs/operations.md)" in readme
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert guide.startswith("# Operations\n")
+
+
 def test_no_real_secret_in_the_deployment_files() -> None:
     example = env_example()
     for name in SECRET_SETTINGS & set(example):
