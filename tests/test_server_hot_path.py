@@ -9,7 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from gateway_support import asgi_client, make_settings
+import httpx
+
+from gateway_support import asgi_client, make_settings, serve_in_thread
 from tabpfn_gateway_server import create_app
 
 
@@ -110,3 +112,35 @@ def test_any_method_a_client_sends_is_one_bounded_label(tmp_path: Path) -> None:
     assert "other" in methods
     assert "GET" in methods
     assert not any(method.startswith("METHOD") for method in methods)
+
+
+def test_the_stack_starts_at_the_edge_and_an_unexpected_error_is_the_documented_500(
+    tmp_path: Path,
+) -> None:
+    from tabpfn_gateway_server.middleware import EdgeMiddleware
+
+    app = create_app(make_settings(tmp_path, f"sqlite:///{tmp_path}/g.db"))
+    # FastAPI's own outer layers (a second last-resort handler, its native telemetry, an
+    # unused body limit) are gone from the hot path: the edge is the whole outside.
+    assert isinstance(app.build_middleware_stack(), EdgeMiddleware)
+
+    async def broken() -> None:
+        raise RuntimeError("an unexpected failure")
+
+    app.add_api_route("/broken", broken)
+    gateway = app.state.gateway
+
+    async def broken_proxy(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("an unexpected failure on the direct path")
+
+    gateway.proxy.get_api_usage = broken_proxy
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        for method, path in (("GET", "/broken"), ("POST", "/get_api_usage/")):
+            answer = client.request(method, path, headers={"Authorization": "Bearer x"})
+            assert answer.status_code == 500, (path, answer.text)
+            body = answer.json()
+            assert body["error_code"] == "GATEWAY_ERROR"
+            assert body["trace_id"] == answer.headers["X-Trace-Id"]
+            assert "unexpected failure" not in answer.text
+        # Still serving.
+        assert client.get("/healthz").status_code == 200

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from tabpfn_gateway import __version__
 from tabpfn_gateway.config import Settings, get_settings
@@ -34,7 +35,7 @@ from tabpfn_gateway_server.routes import (
     uploads,
 )
 
-__all__ = ["create_app", "create_app_from_env"]
+__all__ = ["GatewayApp", "create_app", "create_app_from_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def create_app(
                 # The upstream pool's connections belong to this event loop, which ends here.
                 await the_gateway.close_async_upstream()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="tabpfn-gateway",
         version=__version__,
         description=_DESCRIPTION,
@@ -174,6 +175,40 @@ def create_app(
 
         app.state.stop_tracing = instrument_app(app, gateway)
     return app
+
+
+class GatewayApp(FastAPI):
+    """FastAPI whose outermost layer is the gateway's ``EdgeMiddleware``.
+
+    FastAPI puts three layers of its own around the app's middleware: Starlette's
+    ``ServerErrorMiddleware`` (a last-resort 500; ``EdgeMiddleware`` already answers every
+    unexpected exception with the documented body before that layer could see it),
+    ``ExceptionTelemetryMiddleware`` (FastAPI's native telemetry, switched off here) and
+    ``AppBodyLimitMiddleware`` (a pass-through without ``max_body_size``; ``EdgeMiddleware``
+    enforces the gateway's own limits). On the forwarding hot path they cost about 6% of the
+    event loop's time for nothing, so the stack starts at ``EdgeMiddleware``. Should a
+    FastAPI release put anything else out there, the stack is left as FastAPI built it, and
+    so it is with OpenTelemetry's FastAPI instrumentation (``tabpfn_gateway_server.otel``
+    sets ``trim_outer_layers`` off: its middleware expects Starlette's layer outermost).
+    """
+
+    trim_outer_layers = True
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if not self.trim_outer_layers:
+            return stack
+        layer: Any = stack
+        while _is_redundant_outer_layer(layer, self):
+            layer = layer.app
+        return layer if isinstance(layer, EdgeMiddleware) else stack
+
+
+def _is_redundant_outer_layer(layer: Any, app: FastAPI) -> bool:
+    name = type(layer).__name__
+    if name == "AppBodyLimitMiddleware":
+        return getattr(app, "max_body_size", None) is None
+    return name in ("ServerErrorMiddleware", "ExceptionTelemetryMiddleware")
 
 
 def _without_native_telemetry() -> dict[str, Any]:

@@ -95,6 +95,10 @@ def instrument_app(
     except ImportError:
         raise ConfigurationError(_OTEL_EXTRA) from None
     provider = tracer_provider or _default_tracer_provider()
+    # The instrumentor wraps Starlette's ServerErrorMiddleware and refuses any other
+    # outermost layer: keep the stack as FastAPI builds it (see GatewayApp).
+    if hasattr(app, "trim_outer_layers"):
+        app.trim_outer_layers = False
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=provider,
