@@ -295,19 +295,24 @@ def tabpfn_client_seconds(
 
 
 def bench_end_to_end(
-    direct: str, gateway: str, key: str, rows: int, cols: int, rounds: int, home: Path
-) -> str:
+    direct: str, bare: str, gateway: str, key: str, rows: int, cols: int, rounds: int, home: Path
+) -> list[str]:
     anchor: list[float] = []
+    through_bare: list[float] = []
     ours: list[float] = []
     for i in range(rounds):
-        # Alternating child processes, so drift on a shared machine hits both alike.
+        # Alternating child processes, so drift on a shared machine hits all alike.
         anchor += tabpfn_client_seconds(direct, TOKEN, rows, cols, 3, 1000 * i, home)
-        ours += tabpfn_client_seconds(gateway, key, rows, cols, 3, 1000 * i + 500, home)
-    a, g = statistics.median(anchor), statistics.median(ours)
-    return (
-        f"| tabpfn-client fit + predict_proba {rows:,} x {cols} | {a * 1000:.0f} ms | "
-        f"{g * 1000:.0f} ms | **{g / a:.3f}** | {(g - a) * 1000:+.1f} ms | {len(anchor)} |"
-    )
+        through_bare += tabpfn_client_seconds(bare, TOKEN, rows, cols, 3, 1000 * i + 300, home)
+        ours += tabpfn_client_seconds(gateway, key, rows, cols, 3, 1000 * i + 600, home)
+    a, b, g = (statistics.median(v) for v in (anchor, through_bare, ours))
+    what = f"tabpfn-client fit + predict_proba {rows:,} x {cols}"
+    return [
+        f"| {what}, through the gateway | {a * 1000:.0f} ms | {g * 1000:.0f} ms | "
+        f"**{g / a:.3f}** | {(g - a) * 1000:+.1f} ms | {len(anchor)} |",
+        f"| {what}, through the bare route (API calls only) | {a * 1000:.0f} ms | "
+        f"{b * 1000:.0f} ms | {b / a:.3f} | {(b - a) * 1000:+.1f} ms | {len(anchor)} |",
+    ]
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -371,8 +376,11 @@ def main() -> int:
                 wrk(two, key, 8, 2, script, two_pid, fake_pid)  # warm both workers
                 for c in connections:
                     results[(label, c)] = wrk(two, key, c, seconds, script, two_pid, fake_pid)
-            with serve([CLI, "serve"], env, "/healthz") as (gateway, _):
-                end_to_end = bench_end_to_end(direct, gateway, key, 1_000, 20, rounds, work)
+            with (
+                serve([CLI, "serve"], env, "/healthz") as (gateway, _),
+                serve(uvicorn, bare_env, "/openapi.json") as (bare, _),
+            ):
+                end_to_end = bench_end_to_end(direct, bare, gateway, key, 1_000, 20, rounds, work)
         print_report(results, connections, seconds, end_to_end, memory)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -383,7 +391,7 @@ def print_report(
     results: dict[tuple[str, int], Load],
     connections: list[int],
     seconds: float,
-    end_to_end: str,
+    end_to_end: list[str],
     memory: list[str],
 ) -> None:
     labels = list(dict.fromkeys(label for label, _ in results))
@@ -442,9 +450,10 @@ def print_report(
         "straight to FakeTabPFN at 32 connections, far above any proxy row: it is not what "
         "limits them."
     )
-    print("\n| end to end | directly | through the gateway | ratio | added | runs |")
+    print("\n| end to end | directly | through the proxy | ratio | added | runs |")
     print("|---|---:|---:|---:|---:|---:|")
-    print(end_to_end)
+    for line in end_to_end:
+        print(line)
     print("\n| Upload | Gateway RSS before | Peak RSS | Growth | Throughput |")
     print("|---|---:|---:|---:|---:|")
     for line in memory:

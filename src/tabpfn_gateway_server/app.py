@@ -103,7 +103,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settle_heap:
-            frozen = settle_startup_heap()
+            the_gateway.proxy  # noqa: B018 (loaded on first use: every proxied call needs it)
+            # The Parquet footer reader prices uploads and predictions.
+            frozen = settle_startup_heap(preload=("pyarrow.parquet",))
             logger.info("startup heap settled: %d objects frozen", frozen)
         try:
             yield
