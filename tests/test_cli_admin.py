@@ -188,7 +188,22 @@ def test_keys_lifecycle_in_json(shell: Shell, settings: Settings, credential_id:
         manager.verify(rotated["key"])
     finally:
         store.close()
+    moved = shell.json("keys", "expire", key_id, "--at", "2h")
+    assert moved["expires_at"] != created["expires_at"]
+    assert shell.json("keys", "expire", key_id, "--never")["expires_at"] is None
+    for argv in (("--at", "2001-01-01T00:00:00Z"), ("--at", "whenever")):
+        code, out, err = shell.run("keys", "expire", key_id, *argv)
+        assert code == 1, argv
+        assert "[INVALID_REQUEST]" in err
+        assert out == ""
+    with pytest.raises(SystemExit) as usage:  # argparse: say --at or --never
+        shell.run("keys", "expire", key_id)
+    assert usage.value.code == 2
+    assert shell.json("keys", "show", key_id)["expires_at"] is None  # nothing changed
     assert shell.json("keys", "revoke", key_id)["status"] == "revoked"
+    code, _, err = shell.run("keys", "expire", key_id, "--never")
+    assert code == 1
+    assert "[KEY_REVOKED]" in err
     code, _, err = shell.run("keys", "enable", key_id)
     assert code == 1
     assert "[KEY_REVOKED]" in err

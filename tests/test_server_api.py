@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -402,3 +403,55 @@ def test_every_error_code_has_a_status_and_is_documented() -> None:
         row = re.search(rf"^\|\s*`{code}`\s*\|\s*(\d{{3}})\s*\|", doc, flags=re.MULTILINE)
         assert row is not None, f"{code} is not in the error table of docs/server.md"
         assert int(row.group(1)) == HTTP_STATUS_BY_CODE[code], code
+
+
+def test_admin_moves_and_removes_a_keys_expiry(server: Server) -> None:
+    c, h = server.client, server.admin()
+    key_id, user = server.tenant.key_id, server.user()
+    soon = datetime.now(UTC) + timedelta(days=2)
+    moved = c.put(
+        f"/api/v1/admin/keys/{key_id}/expiry", json={"expires_at": soon.isoformat()}, headers=h
+    )
+    assert moved.status_code == 200, moved.text
+    assert datetime.fromisoformat(moved.json()["expires_at"]) == soon
+    assert c.get("/protected/", headers=user).status_code == 200
+    # A moment ago: the key stops working at once (on the next request, every replica).
+    assert_error(
+        c.put(
+            f"/api/v1/admin/keys/{key_id}/expiry",
+            json={"expires_at": (datetime.now(UTC) - timedelta(minutes=1)).isoformat()},
+            headers=h,
+        ),
+        400,
+        "INVALID_REQUEST",
+    )
+    naive = c.put(
+        f"/api/v1/admin/keys/{key_id}/expiry", json={"expires_at": "2031-01-01T00:00:00"}, headers=h
+    )
+    assert_error(naive, 400, "INVALID_REQUEST")
+    assert_error(
+        c.put(f"/api/v1/admin/keys/{key_id}/expiry", json={}, headers=h), 422, "INVALID_REQUEST"
+    )
+    cleared = c.put(f"/api/v1/admin/keys/{key_id}/expiry", json={"expires_at": None}, headers=h)
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["expires_at"] is None
+    events = c.get(f"/api/v1/admin/audit?target_id={key_id}&action=key.expiry", headers=h).json()[
+        "items"
+    ]
+    assert len(events) == 2
+    assert {e["actor"] for e in events} == {events[0]["actor"]} != {"system"}
+    # Inference keys cannot do it; a revoked key cannot be changed.
+    assert_error(
+        c.put(f"/api/v1/admin/keys/{key_id}/expiry", json={"expires_at": None}, headers=user),
+        403,
+        "INSUFFICIENT_SCOPE",
+    )
+    c.post(f"/api/v1/admin/keys/{key_id}/revoke", headers=h)
+    revoked = c.put(f"/api/v1/admin/keys/{key_id}/expiry", json={"expires_at": None}, headers=h)
+    assert revoked.status_code == 409, revoked.text
+    assert revoked.json()["error_code"] == "CONFLICT"
+    assert_error(
+        c.put("/api/v1/admin/keys/nope/expiry", json={"expires_at": None}, headers=h),
+        404,
+        "KEY_NOT_FOUND",
+    )

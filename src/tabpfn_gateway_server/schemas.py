@@ -170,6 +170,14 @@ class KeyIn(BaseModel):
     admin: bool = Field(default=False, description="An admin key (tpga_ prefix, admin scope).")
 
 
+class ExpiryIn(BaseModel):
+    """When a key stops working."""
+
+    expires_at: datetime | None = Field(
+        description="Timezone-aware and in the future; null: the key no longer expires."
+    )
+
+
 class RotateIn(BaseModel):
     grace_seconds: float = Field(
         default=86_400,

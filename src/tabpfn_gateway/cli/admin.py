@@ -169,6 +169,11 @@ def _register_keys(subparsers: Any) -> None:
     ):
         parser = _command(group, name, help_text, handler)
         parser.add_argument("key_id", help="key id or display prefix (tpg_...)")
+    expire = _command(group, "expire", "move a key's expiry, or remove it", _keys_expire)
+    expire.add_argument("key_id", help="key id or display prefix (tpg_...)")
+    when = expire.add_mutually_exclusive_group(required=True)
+    when.add_argument("--at", help="a duration from now (30d, 12h) or an ISO 8601 time (UTC)")
+    when.add_argument("--never", action="store_true", help="remove the expiry")
     rotate = _command(group, "rotate", "give a key a new secret (printed once)", _keys_rotate)
     rotate.add_argument("key_id", help="key id or display prefix (tpg_...)")
     rotate.add_argument(
@@ -396,6 +401,16 @@ def _keys_create(args: argparse.Namespace) -> int:
         )
         owner = admin.get_principal(created.record.owner_id)
     _show_new_key(created, owner.name, args, "Created")
+    return 0
+
+
+def _keys_expire(args: argparse.Namespace) -> int:
+    expires_at = None if args.never else _parse_expiry(args.at, "--at")
+    admin, _ = _open_admin(args)
+    with admin:
+        record = admin.set_key_expiry(args.key_id, expires_at, actor=_actor())
+        names = admin.owner_names([record.owner_id])
+    emit(_key_row(record, names.get(record.owner_id)), as_json=args.json)
     return 0
 
 
@@ -634,7 +649,8 @@ def _parse_time(text: str, option: str) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-def _parse_expiry(text: str) -> datetime:
+def _parse_expiry(text: str, flag: str = "--expires") -> datetime:
+    # create --expires and expire --at take the same forms.
     if _DURATION.fullmatch(text.strip()):
-        return datetime.now(UTC) + _parse_duration(text, "--expires")
-    return _parse_time(text, "--expires")
+        return datetime.now(UTC) + _parse_duration(text, flag)
+    return _parse_time(text, flag)

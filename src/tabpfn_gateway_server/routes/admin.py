@@ -10,7 +10,7 @@ from typing import Annotated, Literal, TypeVar
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Query, Response
 
-from tabpfn_gateway.errors import InvalidRequest
+from tabpfn_gateway.errors import Conflict, InvalidRequest, KeyDisabled, KeyExpired, KeyRevoked
 from tabpfn_gateway.gateway import Caller, Gateway
 from tabpfn_gateway.store import UpstreamCredential
 from tabpfn_gateway_server.deps import AdminCaller, BearerKey, GatewayDep
@@ -19,6 +19,7 @@ from tabpfn_gateway_server.schemas import (
     CreatedKeyOut,
     CredentialIn,
     CredentialOut,
+    ExpiryIn,
     KeyIn,
     KeyOut,
     PageOut,
@@ -49,7 +50,12 @@ Cursor = Annotated[str | None, Query(description="next_cursor of the previous pa
 
 async def _run(func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
     # Store and vault calls block; keep them off the event loop.
-    return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+    try:
+        return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
+    except (KeyRevoked, KeyDisabled, KeyExpired) as exc:
+        # The key being changed is in a state that refuses the change. The caller's own key
+        # was checked before the route ran: a 401 here would say the admin's key failed.
+        raise Conflict(exc.message) from None
 
 
 # -- principals ----------------------------------------------------------------------------------
@@ -218,6 +224,16 @@ async def rotate_key(
 async def revoke_key(key_id: str, gateway: GatewayDep, caller: AdminCaller) -> KeyOut:
     """Revoke for good; every replica refuses the key from its next request."""
     return KeyOut.of(await _run(gateway.admin.revoke_key, key_id, actor=caller.actor))
+
+
+@admin_router.put("/keys/{key_id}/expiry", response_model=KeyOut)
+async def set_key_expiry(
+    key_id: str, body: ExpiryIn, gateway: GatewayDep, caller: AdminCaller
+) -> KeyOut:
+    """Move the key's expiry, or remove it (``null``); audited as ``key.expiry``, and every
+    replica sees it from its next request. A revoked key, a naive or past time: 4xx."""
+    record = await _run(gateway.admin.set_key_expiry, key_id, body.expires_at, actor=caller.actor)
+    return KeyOut.of(record)
 
 
 @admin_router.post("/keys/{key_id}/disable", response_model=KeyOut)
