@@ -42,6 +42,10 @@ def _leaf_commands(
             args += [action.option_strings[0], "x"]
         elif not action.option_strings and action.nargs not in ("?", "*"):
             args.append("x")
+    for group in parser._mutually_exclusive_groups:
+        if group.required:  # one of them must be given: a flag if there is one ("x" is no time)
+            choice = min(group._group_actions, key=lambda action: action.nargs != 0)
+            args += [choice.option_strings[0], *(["x"] if choice.nargs != 0 else [])]
     return [(*prefix, *args, *_OTHER_INPUT.get(prefix, []))]
 
 
