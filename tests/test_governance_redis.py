@@ -210,3 +210,103 @@ def test_redis_down_falls_back_to_the_database_when_configured(tmp_path: Path) -
         for engine in engines:
             engine.close()
         store.close()
+
+
+def test_a_rate_limit_and_a_budget_are_decided_in_one_round_trip() -> None:
+    url = redis_url_or_skip()
+    prefix = f"tpg-test-{uuid.uuid4().hex}"
+    store = open_store(url="memory://")
+    key = _key_with(store, requests_per_minute=2, budget_credits=50)
+    limiter, ledger = RedisLimiter(url, prefix=prefix), RedisLedger(url, prefix=prefix)
+    engine = PolicyEngine(store, limiter=limiter, ledger=ledger, cache_ttl=60)
+    calls: list[str] = []
+    for client in (limiter._client, ledger._client):
+        execute = client.execute_command
+
+        def counted(*args: object, _execute: object = execute, **kwargs: object) -> object:
+            calls.append(str(args[0]))
+            return _execute(*args, **kwargs)  # type: ignore[operator]
+
+        client.execute_command = counted
+    try:
+        engine.admit(key, "predict", credits=20).settle(20)  # warms the policy cache
+        calls.clear()
+        admission = engine.admit(key, "predict", credits=20)
+        # One command decided both: the combined script, by its digest.
+        assert calls == ["EVALSHA"]
+        assert admission.headers["RateLimit"].startswith('"key-minute";r=0;')
+        admission.settle(15)
+        [status] = engine.budget_status(key)
+        assert (status.spent, status.reserved) == (35, 0)
+        # The rate limit refuses first: nothing is reserved for the refused call.
+        with pytest.raises(RateLimited):
+            engine.admit(key, "predict", credits=10)
+        [status] = engine.budget_status(key)
+        assert (status.spent, status.reserved) == (35, 0)
+    finally:
+        engine.close()
+
+
+def test_a_budget_refusal_in_the_combined_call_leaves_the_request_counted() -> None:
+    # The order of the two calls made one after the other: the rate limits count the
+    # request, then the reservation refuses it.
+    url = redis_url_or_skip()
+    prefix = f"tpg-test-{uuid.uuid4().hex}"
+    store = open_store(url="memory://")
+    key = _key_with(store, requests_per_minute=2, budget_credits=10)
+    engine = PolicyEngine(
+        store,
+        limiter=RedisLimiter(url, prefix=prefix),
+        ledger=RedisLedger(url, prefix=prefix),
+        cache_ttl=60,
+    )
+    try:
+        with pytest.raises(BudgetExhausted) as refused:
+            engine.admit(key, "predict", credits=11)
+        assert refused.value.details["remaining"] == 10
+        engine.admit(key, "predict", credits=10).settle(10)
+        with pytest.raises(RateLimited):
+            engine.admit(key, "predict", credits=0)
+    finally:
+        engine.close()
+
+
+def test_rate_limits_and_budgets_together_are_exact_under_concurrency() -> None:
+    url = redis_url_or_skip()
+    prefix = f"tpg-test-{uuid.uuid4().hex}"
+    store = open_store(url="memory://")
+    # The budget fits 7 calls of 10 credits; the rate limit 12 requests: the budget binds.
+    key = _key_with(store, requests_per_minute=12, budget_credits=70)
+    engine = PolicyEngine(
+        store,
+        limiter=RedisLimiter(url, prefix=prefix),
+        ledger=RedisLedger(url, prefix=prefix),
+        cache_ttl=60,
+    )
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        try:
+            engine.admit(key, "predict", credits=10).settle(10)
+            outcome = "ok"
+        except BudgetExhausted:
+            outcome = "budget"
+        except RateLimited:
+            outcome = "rate"
+        with lock:
+            outcomes.append(outcome)
+
+    try:
+        engine.admit(key, "estimate_cost")  # warms the policy cache (not budgeted)
+        threads = [threading.Thread(target=call) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # 11 requests fit the rate limit after the warm-up one: 7 spend, 4 find no budget left.
+        assert sorted(outcomes) == sorted(["ok"] * 7 + ["budget"] * 4 + ["rate"] * 5)
+        [status] = engine.budget_status(key)
+        assert (status.spent, status.reserved) == (70, 0)
+    finally:
+        engine.close()

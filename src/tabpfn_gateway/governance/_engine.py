@@ -237,6 +237,22 @@ class _FallbackLimiter:
 
 
 @dataclass(frozen=True, slots=True)
+class _ClaimPlan:
+    """The budget claims of one call, before the ledger is asked: each claim's source, when
+    its period resets and the call's size in its unit (None: unknown)."""
+
+    claims: tuple[BudgetClaim, ...]
+    sources: tuple[tuple[PolicySource, datetime, int | None], ...]
+    now: datetime
+
+    def refused_at_once(self) -> int | None:
+        """The first claim refused without asking the ledger (nothing left to hold)."""
+        return next(
+            (i for i, c in enumerate(self.claims) if c.limit is not None and c.limit < 0), None
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _Cached:
     effective: EffectivePolicy
     until: float
@@ -514,10 +530,27 @@ class PolicyEngine:
     ) -> Admission:
         if not address_allowed(client_address, effective.allowed_cidrs):
             raise IpNotAllowed()
-        headers = {} if operation in RATE_EXEMPT else self._check_rates(effective)
-        slots = self._take_slots(effective, operation)
         budgeted = [s for s in effective.sources if counts(s.policy, operation)]
         late = tuple(s for s in budgeted if defer_cells and s.policy.budget_unit == "cells")
+        together = self._admit_in_one_call(
+            effective, operation, [s for s in budgeted if s not in late], credits, cells
+        )
+        if together is not None:
+            headers, (claims, claim_sources, units) = together
+            return Admission(
+                engine=self,
+                claims=claims,
+                sources=effective.sources,
+                estimate=max(0, credits or 0),
+                headers=headers,
+                claim_sources=claim_sources,
+                units=units,
+                cells=max(0, cells or 0),
+                late=late,
+                operation=operation,
+            )
+        headers = {} if operation in RATE_EXEMPT else self._check_rates(effective)
+        slots = self._take_slots(effective, operation)
         try:
             claims, claim_sources, units = self._reserve_sources(
                 [s for s in budgeted if s not in late], operation, credits, cells
@@ -539,6 +572,45 @@ class PolicyEngine:
             late=late,
             operation=operation,
         )
+
+    def _admit_in_one_call(
+        self,
+        effective: EffectivePolicy,
+        operation: str,
+        budgeted: Sequence[PolicySource],
+        credits: int | None,
+        cells: int | None,
+    ) -> (
+        tuple[
+            dict[str, str],
+            tuple[tuple[BudgetClaim, ...], tuple[PolicySource, ...], tuple[str, ...]],
+        ]
+        | None
+    ):
+        """Rate limits and budgets decided in one round trip, when the ledger can do both
+        (``RedisLedger.hit_and_reserve`` with a Redis limiter) and no fit slot is taken in
+        between; the same outcome as the two calls. None: make them one after the other."""
+        hit_and_reserve = getattr(self.ledger, "hit_and_reserve", None)
+        if hit_and_reserve is None or operation in RATE_EXEMPT or not budgeted:
+            return None
+        if operation in FIT_OPERATIONS and any(
+            s.policy.max_concurrent_fits is not None for s in effective.sources
+        ):
+            return None
+        checks, labels = self._rate_checks(effective)
+        if not checks:
+            return None
+        plan = self._claims_for(budgeted, credits, cells)
+        if not plan.claims or plan.refused_at_once() is not None:
+            return None
+        answer = hit_and_reserve(self.limiter, checks, plan.claims)
+        if answer is None:
+            return None
+        decision, refused = answer
+        # A rate-limit refusal reserved nothing; a budget refusal left the request counted,
+        # as the rate limits count it before the reservation when the two calls are made.
+        headers = self._rate_headers(checks, labels, decision)
+        return headers, self._reserved(plan, refused)
 
     def _rate_checks(self, effective: EffectivePolicy) -> tuple[list[RateCheck], dict[str, str]]:
         checks: list[RateCheck] = []
@@ -620,6 +692,19 @@ class PolicyEngine:
     ) -> tuple[tuple[BudgetClaim, ...], tuple[PolicySource, ...], tuple[str, ...]]:
         """Reserve the budgets of ``sources`` for one call, all or none (one ledger write);
         ``BudgetExhausted`` naming the first that has too little left."""
+        plan = self._claims_for(sources, credits, cells)
+        if not plan.claims:
+            return (), (), ()
+        refused = plan.refused_at_once()
+        if refused is None:
+            refused = self.ledger.reserve(plan.claims)
+        return self._reserved(plan, refused)
+
+    def _claims_for(
+        self, sources: Sequence[PolicySource], credits: int | None, cells: int | None
+    ) -> _ClaimPlan:
+        """The ledger claims of ``sources`` for one call (a budget whose call has no known
+        size holds what is left: one ledger read)."""
         now = self._clock()
         claims: list[BudgetClaim] = []
         claim_sources: list[tuple[PolicySource, datetime, int | None]] = []
@@ -655,16 +740,15 @@ class PolicyEngine:
                 )
             )
             claim_sources.append((source, span.resets_at, known))
-        if not claims:
-            return (), (), ()
-        if any(c.limit is not None and c.limit < 0 for c in claims):
-            refused_index: int | None = next(
-                i for i, c in enumerate(claims) if c.limit is not None and c.limit < 0
-            )
-        else:
-            refused_index = self.ledger.reserve(claims)
+        return _ClaimPlan(tuple(claims), tuple(claim_sources), now)
+
+    def _reserved(
+        self, plan: _ClaimPlan, refused_index: int | None
+    ) -> tuple[tuple[BudgetClaim, ...], tuple[PolicySource, ...], tuple[str, ...]]:
+        """The reservation of ``plan`` the ledger made, or the ``BudgetExhausted`` it is."""
+        claims, now = plan.claims, plan.now
         if refused_index is not None:
-            source, resets_at, known = claim_sources[refused_index]
+            source, resets_at, known = plan.sources[refused_index]
             policy = source.policy
             unit = policy.budget_unit
             budget = policy.budget_credits or 0
@@ -685,9 +769,9 @@ class PolicyEngine:
             )
             raise refusal
         return (
-            tuple(claims),
-            tuple(source for source, _, _ in claim_sources),
-            tuple(source.policy.budget_unit for source, _, _ in claim_sources),
+            claims,
+            tuple(source for source, _, _ in plan.sources),
+            tuple(source.policy.budget_unit for source, _, _ in plan.sources),
         )
 
     def _remaining(self, claim: BudgetClaim, budget: int) -> int:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tabpfn_gateway.errors import ConfigurationError, StoreUnavailable
+from tabpfn_gateway.governance._limiter import HIT_SCRIPT, RateCheck, RateDecision, RedisLimiter
 from tabpfn_gateway.store.base import Store
 from tabpfn_gateway.store.records import BudgetClaim, BudgetCounter
 
@@ -106,6 +107,43 @@ redis.call('HSET', KEYS[1], 'alerted', ARGV[1])
 return 1
 """
 _DEFAULT_TTL_SECONDS = 40 * 86400
+# A request's rate limits and its budget reservation in one script (one round trip): the
+# rate-limit script first (a refusal counts nothing and reserves nothing), then the
+# reservation, each as a function of its own keys and arguments (Lua parameters named KEYS
+# and ARGV shadow the globals). The order and the outcome are those of the two calls made one
+# after the other. ARGV: the rate-limit keys' count, their argument count, then both
+# scripts' arguments. Answer: {rate-limit answer, reservation answer (-2: not attempted)}.
+_HIT_AND_RESERVE = (
+    "local function hit(KEYS, ARGV)\n"
+    + HIT_SCRIPT
+    + "\nend\nlocal function reserve(KEYS, ARGV)\n"
+    + _RESERVE
+    + """
+end
+local nkeys = tonumber(ARGV[1])
+local nargs = tonumber(ARGV[2])
+local hit_keys, hit_args, claim_keys, claim_args = {}, {}, {}, {}
+for i = 1, #KEYS do
+  if i <= nkeys then
+    hit_keys[#hit_keys + 1] = KEYS[i]
+  else
+    claim_keys[#claim_keys + 1] = KEYS[i]
+  end
+end
+for i = 3, #ARGV do
+  if i <= nargs + 2 then
+    hit_args[#hit_args + 1] = ARGV[i]
+  else
+    claim_args[#claim_args + 1] = ARGV[i]
+  end
+end
+local decision = hit(hit_keys, hit_args)
+if tonumber(decision[1]) ~= 0 then
+  return {decision, -2}
+end
+return {decision, reserve(claim_keys, claim_args)}
+"""
+)
 
 
 class RedisLedger:
@@ -133,6 +171,7 @@ class RedisLedger:
         self._reserve = self._client.register_script(_RESERVE)
         self._settle = self._client.register_script(_SETTLE)
         self._mark = self._client.register_script(_MARK)
+        self._hit_and_reserve = self._client.register_script(_HIT_AND_RESERVE)
 
     def _key(self, subject_id: str, bucket: str) -> str:
         return f"{self._prefix}:budget:{subject_id}:{bucket}"
@@ -146,6 +185,33 @@ class RedisLedger:
     def reserve(self, claims: Sequence[BudgetClaim]) -> int | None:
         if not claims:
             return None
+        keys, args = self._reserve_call(claims)
+        outcome = int(self._call(self._reserve, keys, args))
+        return None if outcome < 0 else outcome
+
+    def hit_and_reserve(
+        self, limiter: object, checks: Sequence[RateCheck], claims: Sequence[BudgetClaim]
+    ) -> tuple[RateDecision, int | None] | None:
+        """``limiter.hit(checks)`` then, unless it refused, ``reserve(claims)``, in one
+        round trip; None when ``limiter`` is not a Redis limiter (make the two calls).
+
+        The same answers as the two calls: a rate-limit refusal reserves nothing, and a
+        budget refusal leaves the request counted by the rate limits. Both must live on the
+        same Redis (one ``TABPFN_GATEWAY_REDIS_URL``).
+        """
+        if not isinstance(limiter, RedisLimiter) or not checks or not claims:
+            return None
+        hit_keys, hit_args = limiter.hit_call(checks)
+        claim_keys, claim_args = self._reserve_call(claims)
+        answer = self._call(
+            self._hit_and_reserve,
+            [*hit_keys, *claim_keys],
+            [len(hit_keys), len(hit_args), *hit_args, *claim_args],
+        )
+        outcome = int(answer[1])
+        return limiter.decision(checks, answer[0]), None if outcome < 0 else outcome
+
+    def _reserve_call(self, claims: Sequence[BudgetClaim]) -> tuple[list[str], list[Any]]:
         keys = [self._key(c.subject_id, c.bucket) for c in claims]
         args: list[Any] = [len(claims)]
         for claim in claims:
@@ -161,8 +227,7 @@ class RedisLedger:
                 len(claim.window),
                 expires,
             ]
-        outcome = int(self._call(self._reserve, keys, args))
-        return None if outcome < 0 else outcome
+        return keys, args
 
     def settle(self, claims: Sequence[BudgetClaim], spent: int) -> list[BudgetCounter]:
         if not claims:

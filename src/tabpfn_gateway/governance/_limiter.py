@@ -154,7 +154,7 @@ class InProcessLimiter:
 # count on the same keys; the timestamps are Redis's own clock, one for every replica.
 # KEYS: one list per check. ARGV: limit and window seconds per check.
 # Answer: {0, remaining_1, reset_ms_1, ...} when counted; {i, reset_ms} when check i refused.
-_HIT = """
+HIT_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local stamp = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
@@ -230,7 +230,7 @@ class RedisLimiter:
                 "TABPFN_GATEWAY_REDIS_URL is not a Redis URL (redis://, rediss:// or unix://)."
             ) from exc
         self._prefix = prefix
-        self._hit = self._client.register_script(_HIT)
+        self._hit = self._client.register_script(HIT_SCRIPT)
         self._acquire = self._client.register_script(_ACQUIRE)
         self._release = self._client.register_script(_RELEASE)
 
@@ -245,13 +245,23 @@ class RedisLimiter:
     def hit(self, checks: Sequence[RateCheck]) -> RateDecision:
         if not checks:
             return RateDecision(None, {}, {})
+        keys, args = self.hit_call(checks)
+        try:
+            answer = self._hit(keys=keys, args=args)
+        except self._errors as exc:
+            raise self._unavailable() from exc
+        return self.decision(checks, answer)
+
+    def hit_call(self, checks: Sequence[RateCheck]) -> tuple[list[str], list[int]]:
+        """The keys and arguments of ``HIT_SCRIPT`` for ``checks`` (also run inside the
+        budget ledger's combined script, ``RedisLedger.hit_and_reserve``)."""
         args: list[int] = []
         for check in checks:
             args += [check.limit, check.window_seconds]
-        try:
-            answer = self._hit(keys=[self._window_key(check) for check in checks], args=args)
-        except self._errors as exc:
-            raise self._unavailable() from exc
+        return [self._window_key(check) for check in checks], args
+
+    def decision(self, checks: Sequence[RateCheck], answer: Sequence[Any]) -> RateDecision:
+        """The ``RateDecision`` that ``HIT_SCRIPT``'s ``answer`` for ``checks`` says."""
         refused_at = int(answer[0])
         if refused_at:
             refused = checks[refused_at - 1]
