@@ -22,7 +22,7 @@ from gateway_support import (
     redis_url_or_skip,
     serve_in_thread,
 )
-from tabpfn_gateway import migrate
+from tabpfn_gateway import Admin, migrate
 from tabpfn_gateway.cli import main
 from tabpfn_gateway.config import get_settings
 from tabpfn_gateway.diagnostics import Doctor
@@ -116,6 +116,7 @@ def test_a_healthy_sqlite_deployment_passes(
         "files": "ok",
         "redis": "skip",
         "upstream": "ok",
+        "credentials": "skip",
         "token": "skip",
         "hosted": "skip",
     }
@@ -234,6 +235,36 @@ def test_an_unreachable_upstream_fails(
     assert code == 1
     assert checks["upstream"]["status"] == "fail"
     assert "cannot be reached" in checks["upstream"]["detail"]
+
+
+def test_each_credentials_own_cloud_url_is_asked(
+    env: dict[str, str], tmp_path: Path, upstream: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    healthy_sqlite(env, tmp_path)
+    settings = make_settings(tmp_path, env["TABPFN_GATEWAY_DATABASE_URL"], secret_key=SECRET)
+    admin = Admin.from_settings(settings)
+    dead = f"http://127.0.0.1:{free_port()}"
+    try:
+        admin.add_principal("team-urls")
+        # Two credentials on the live URL (asked once), one on a port nobody listens on.
+        for label, url in (("eu", upstream), ("eu-2", upstream), ("gone", dead)):
+            admin.add_credential("team-urls", TOKEN, label, endpoint_url=url, verify=False)
+        code, checks = doctor_json(capsys)
+        assert code == 1
+        check = checks["credentials"]
+        assert check["status"] == "fail"
+        assert check["detail"] == f"1 of 2 URL(s) failed: {dead} cannot be reached (ConnectError)"
+        assert "--upstream-url" in check["fix"]
+        assert TOKEN not in json.dumps(checks["_report"])
+        for credential in admin.list_credentials(owner="team-urls").items:
+            if credential.endpoint_url == dead:
+                admin.remove_credential(credential.id)
+        code, checks = doctor_json(capsys)
+        assert code == 0
+        assert checks["credentials"]["status"] == "ok"
+        assert checks["credentials"]["detail"] == "1 credential URL(s) answered"
+    finally:
+        admin.close()
 
 
 def test_redis_is_checked_when_configured(

@@ -85,6 +85,7 @@ class Doctor:
                 self.check_files,
                 self.check_redis,
                 self.check_upstream,
+                self.check_credential_urls,
                 self.check_token,
                 self.check_hosted,
             ):
@@ -420,6 +421,49 @@ class Doctor:
             )
         return Check("upstream", "ok", f"{url} answered HTTP {response.status_code}")
 
+    def check_credential_urls(self) -> Check:
+        """Each TabPFN cloud URL a stored credential has of its own (``credentials add
+        --upstream-url``) answers, as ``check_upstream`` asks the configured one."""
+        from tabpfn_gateway.store import open_store
+
+        name = "credentials"
+        if not (self._database_ok and self._schema_ok):
+            return Check(name, "skip", "the database or its schema is not usable")
+        try:
+            store = open_store(self._settings)
+            try:
+                credentials = store.list_credentials(limit=1000).items
+            finally:
+                store.close()
+        except GatewayError as exc:
+            return Check(name, "fail", f"cannot list credentials: {exc.message}", None)
+        # Each URL once, in the order first stored; bounded like the hosted containers.
+        urls = list(
+            dict.fromkeys(
+                c.endpoint_url for c in credentials if c.kind != "hosted" and c.endpoint_url
+            )
+        )[:HOSTED_CHECKED]
+        if not urls:
+            return Check(name, "skip", "no credential has a cloud URL of its own")
+        problems: list[str] = []
+        with httpx.Client(
+            transport=self.upstream_transport, timeout=self.timeout_seconds
+        ) as client:
+            for url in urls:
+                try:
+                    client.get(url.rstrip("/") + "/")
+                except httpx.HTTPError as exc:
+                    problems.append(f"{url} cannot be reached ({type(exc).__name__})")
+        if problems:
+            return Check(
+                name,
+                "fail",
+                f"{len(problems)} of {len(urls)} URL(s) failed: " + "; ".join(problems),
+                "Check those URLs, DNS and any outbound proxy or firewall; a credential's own "
+                "URL is set with credentials add --upstream-url.",
+            )
+        return Check(name, "ok", f"{len(urls)} credential URL(s) answered")
+
     def check_token(self) -> Check:
         from tabpfn_gateway.protocol.verify import TokenStatus, verify_tabpfn_token
 
@@ -552,6 +596,7 @@ _AFTER_SETTINGS = (
     "files",
     "redis",
     "upstream",
+    "credentials",
     "token",
     "hosted",
 )
