@@ -672,6 +672,20 @@ def test_recent_problems_tell_rate_limits_budgets_and_upstream_errors_apart(
     ]
 
 
+def test_a_refusal_shows_however_many_calls_succeeded_since(signed_in: Console) -> None:
+    gateway, tenant = signed_in.gateway, signed_in.tenant
+    record_usage(gateway, tenant, status=429, error_code="BUDGET_EXHAUSTED")
+    gateway.store.record_usage(
+        [
+            UsageEvent(new_id(), tenant.key_id, tenant.principal_id, "predict", 200, 5.0)
+            for _ in range(400)
+        ]
+    )
+    overview = signed_in.client.get("/console/").text
+    problems = overview[overview.index('id="problems-heading"') :]
+    assert "BUDGET_EXHAUSTED" in problems
+
+
 def test_csv_cells_that_look_like_formulas_are_quoted(signed_in: Console) -> None:
     record_usage(signed_in.gateway, signed_in.tenant, operation="=HYPERLINK(1)")
     text = signed_in.client.get("/console/usage.csv?by=operation").text

@@ -356,9 +356,16 @@ def test_usage_queries(server: Server) -> None:
     assert [(e["status"], e["error_code"]) for e in newest["items"]] == [
         (503, failed.json()["error_code"])
     ]
+    # Only the refused and failed calls, however many succeeded after them.
+    for _ in range(3):
+        assert c.get("/tabpfn/get_settings", headers=server.user()).status_code == 200
+    errors = c.get(
+        "/api/v1/admin/usage", params={"owner": "ann", "errors_only": "true"}, headers=h
+    ).json()
+    assert [e["status"] for e in errors["items"]] == [503]
     own = c.get("/api/v1/usage/summary", headers=server.user()).json()
-    assert own["operations"][0]["calls"] == 3
-    assert own["calls"] == 4  # and the failed check
+    assert own["operations"][0]["calls"] == 6
+    assert own["calls"] == 7  # and the failed check
     assert_error(
         c.get("/api/v1/admin/usage", params={"since": "2030-01-01T00:00:00"}, headers=h),
         400,

@@ -696,15 +696,23 @@ class Admin:
         owner: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        errors_only: bool = False,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[UsageEvent]:
-        """Usage events matching every filter given (``owner``: id or name), newest first."""
+        """Usage events matching every filter given (``owner``: id or name; ``errors_only``:
+        the refused and failed calls, status 400 or more), newest first."""
         owner_id = self.get_principal(owner).id if owner is not None else None
         since, until = _aware(since, "since"), _aware(until, "until")
         self._flush_usage()
         return self.store.list_usage(
-            key_id=key_id, owner_id=owner_id, since=since, until=until, limit=limit, cursor=cursor
+            key_id=key_id,
+            owner_id=owner_id,
+            since=since,
+            until=until,
+            errors_only=errors_only,
+            limit=limit,
+            cursor=cursor,
         )
 
     def summarize_usage(

@@ -194,11 +194,13 @@ class Store(Protocol):
         owner_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        errors_only: bool = False,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[UsageEvent]:
         """Usage events matching every filter given (``since`` inclusive, ``until``
-        exclusive), newest first, paginated."""
+        exclusive; ``errors_only``: answered with a status of 400 or more), newest first,
+        paginated."""
         ...
 
     def summarize_usage(

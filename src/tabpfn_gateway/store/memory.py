@@ -393,10 +393,17 @@ class MemoryStore:
         owner_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        errors_only: bool = False,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[UsageEvent]:
         records, matches = self._matching_usage(key_id, owner_id, since, until)
+        if errors_only:
+            in_window = matches
+
+            def matches(event: UsageEvent) -> bool:
+                return event.status >= 400 and in_window(event)
+
         return _paginate(records, matches, limit, cursor)
 
     def summarize_usage(

@@ -780,11 +780,14 @@ class SqlStore:
         owner_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        errors_only: bool = False,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[UsageEvent]:
         table = schema.usage_events
         filters = self._usage_filters(key_id, owner_id, since, until)
+        if errors_only:
+            filters.append(table.c.status >= 400)
         return self._page(table, table.c.id, filters, UsageEvent, limit, cursor)
 
     def summarize_usage(

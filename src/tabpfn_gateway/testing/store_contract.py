@@ -585,6 +585,17 @@ class StoreContractTests:
         assert _walk(store.list_usage, 2, owner_id="o1") == _newest_first(events[:3])
         assert _walk(store.list_usage, 2, key_id="k3", owner_id="o1") == []
 
+    def test_usage_errors_only_skips_every_success(self, store: Store, make: _Factory) -> None:
+        refused = make.usage("k1", status=429)
+        failed = make.usage("k2", status=503)
+        # Many successes after them: a page of errors is not a page of the newest events.
+        store.record_usage([refused, failed, *(make.usage("k1") for _ in range(30))])
+        assert store.list_usage(errors_only=True, limit=5).items == [failed, refused]
+        assert _walk(store.list_usage, 1, errors_only=True) == [failed, refused]
+        assert store.list_usage(key_id="k1", errors_only=True).items == [refused]
+        assert store.list_usage(errors_only=True, since=failed.created_at).items == [failed]
+        assert len(_walk(store.list_usage, 10)) == 32
+
     def test_usage_time_window_is_since_inclusive_until_exclusive(
         self, store: Store, make: _Factory
     ) -> None:

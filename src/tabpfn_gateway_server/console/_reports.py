@@ -42,8 +42,6 @@ _PAGE = 1000
 RECENT_PROBLEMS = 10
 # Budgets are looked up for at most this many active keys on the overview.
 MAX_BUDGET_KEYS = 200
-# The latest refusals are looked for among this many of the newest events.
-PROBLEM_SCAN = 250
 
 
 def walk(list_page: Callable[..., Page[T]], **filters: object) -> Iterator[T]:
@@ -251,10 +249,10 @@ def load_overview(gateway: Gateway, days: int, now: datetime | None = None) -> O
         )
     total = per_principal.total
     overview.calls, overview.errors, overview.credits = total.calls, total.errors, total.credits
-    for event in admin.list_usage(since=since, limit=PROBLEM_SCAN).items:
-        if event.status >= 400 and len(overview.problems) < RECENT_PROBLEMS:
-            owner = principals.get(event.owner_id)
-            overview.problems.append(ProblemView(event, owner.name if owner else event.owner_id))
+    # The period's latest refusals and failures, however many calls succeeded since.
+    for event in admin.list_usage(since=since, errors_only=True, limit=RECENT_PROBLEMS).items:
+        owner = principals.get(event.owner_id)
+        overview.problems.append(ProblemView(event, owner.name if owner else event.owner_id))
     keys = list(walk(admin.list_keys))
     views = [v for v in key_views(keys, principals) if v.state == "active"]
     overview.active_keys = len(views)

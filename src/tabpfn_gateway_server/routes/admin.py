@@ -260,6 +260,9 @@ async def list_usage(
     owner: Annotated[str | None, Query(description="Principal id or name.")] = None,
     since: Since = None,
     until: Until = None,
+    errors_only: Annotated[
+        bool, Query(description="Only refused and failed calls (status 400 or more).")
+    ] = False,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> PageOut[UsageEventOut]:
@@ -269,6 +272,7 @@ async def list_usage(
         owner=owner,
         since=since,
         until=until,
+        errors_only=errors_only,
         limit=limit,
         cursor=cursor,
     )
