@@ -220,6 +220,15 @@ def test_admin_keys_and_bad_arguments(shell: Shell, credential_id: str) -> None:
         (("keys", "create", "--owner", "alice", "--name", "x", "--expires", "soon"), "INVALID"),
         (("keys", "rotate", created["key_id"], "--grace", "forever"), "INVALID_REQUEST"),
         (("keys", "show", "tpg_doesnotexist"), "KEY_NOT_FOUND"),
+        # Durations past the calendar's edge: refused, never an OverflowError.
+        (
+            ("keys", "create", "--owner", "alice", "--name", "x", "--expires", "999999999d"),
+            "INVALID",
+        ),
+        (("keys", "expire", created["key_id"], "--at", "99999999999999999999d"), "INVALID"),
+        (("keys", "rotate", created["key_id"], "--grace", "999999999d"), "INVALID_REQUEST"),
+        (("usage", "--since", "999999999d"), "INVALID_REQUEST"),
+        (("db", "prune", "--older-than", "999999999d"), "INVALID_REQUEST"),
         (("credentials", "remove", "nope"), "CREDENTIAL_NOT_FOUND"),
     ]:
         code, out, err = shell.run(*argv)

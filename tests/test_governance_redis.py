@@ -30,6 +30,17 @@ def _key_with(store: object, **policy: object) -> ApiKey:
     return key
 
 
+def _redis_engine(**policy: object) -> tuple[PolicyEngine, ApiKey]:
+    """An engine with rate limits and budgets in Redis (a fresh prefix), and a key with
+    ``policy``."""
+    url = redis_url_or_skip()
+    prefix = f"tpg-test-{uuid.uuid4().hex}"
+    store = open_store(url="memory://")
+    key = _key_with(store, **policy)
+    limiter, ledger = RedisLimiter(url, prefix=prefix), RedisLedger(url, prefix=prefix)
+    return PolicyEngine(store, limiter=limiter, ledger=ledger, cache_ttl=60), key
+
+
 def test_two_replicas_share_one_redis_rate_limit() -> None:
     url = redis_url_or_skip()
     prefix = f"tpg-test-{uuid.uuid4().hex}"
@@ -213,14 +224,9 @@ def test_redis_down_falls_back_to_the_database_when_configured(tmp_path: Path) -
 
 
 def test_a_rate_limit_and_a_budget_are_decided_in_one_round_trip() -> None:
-    url = redis_url_or_skip()
-    prefix = f"tpg-test-{uuid.uuid4().hex}"
-    store = open_store(url="memory://")
-    key = _key_with(store, requests_per_minute=2, budget_credits=50)
-    limiter, ledger = RedisLimiter(url, prefix=prefix), RedisLedger(url, prefix=prefix)
-    engine = PolicyEngine(store, limiter=limiter, ledger=ledger, cache_ttl=60)
+    engine, key = _redis_engine(requests_per_minute=2, budget_credits=50)
     calls: list[str] = []
-    for client in (limiter._client, ledger._client):
+    for client in (engine.limiter._client, engine.ledger._client):  # type: ignore[attr-defined]
         execute = client.execute_command
 
         def counted(*args: object, _execute: object = execute, **kwargs: object) -> object:
@@ -250,16 +256,7 @@ def test_a_rate_limit_and_a_budget_are_decided_in_one_round_trip() -> None:
 def test_a_budget_refusal_in_the_combined_call_leaves_the_request_counted() -> None:
     # The order of the two calls made one after the other: the rate limits count the
     # request, then the reservation refuses it.
-    url = redis_url_or_skip()
-    prefix = f"tpg-test-{uuid.uuid4().hex}"
-    store = open_store(url="memory://")
-    key = _key_with(store, requests_per_minute=2, budget_credits=10)
-    engine = PolicyEngine(
-        store,
-        limiter=RedisLimiter(url, prefix=prefix),
-        ledger=RedisLedger(url, prefix=prefix),
-        cache_ttl=60,
-    )
+    engine, key = _redis_engine(requests_per_minute=2, budget_credits=10)
     try:
         with pytest.raises(BudgetExhausted) as refused:
             engine.admit(key, "predict", credits=11)
@@ -272,17 +269,8 @@ def test_a_budget_refusal_in_the_combined_call_leaves_the_request_counted() -> N
 
 
 def test_rate_limits_and_budgets_together_are_exact_under_concurrency() -> None:
-    url = redis_url_or_skip()
-    prefix = f"tpg-test-{uuid.uuid4().hex}"
-    store = open_store(url="memory://")
     # The budget fits 7 calls of 10 credits; the rate limit 12 requests: the budget binds.
-    key = _key_with(store, requests_per_minute=12, budget_credits=70)
-    engine = PolicyEngine(
-        store,
-        limiter=RedisLimiter(url, prefix=prefix),
-        ledger=RedisLedger(url, prefix=prefix),
-        cache_ttl=60,
-    )
+    engine, key = _redis_engine(requests_per_minute=12, budget_credits=70)
     outcomes: list[str] = []
     lock = threading.Lock()
 

@@ -626,13 +626,26 @@ def _parse_duration(text: str, option: str) -> timedelta:
     match = _DURATION.fullmatch(text)
     if match is None:
         raise InvalidRequest(f"{option} takes a duration like 30m, 24h, 7d or 0, not {text!r}.")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    except OverflowError:
+        raise InvalidRequest(f"{option} is longer than a calendar can hold: {text!r}.") from None
+
+
+def _from_now(delta: timedelta, option: str, text: str) -> datetime:
+    """Now plus ``delta`` (negative: ago); past the calendar's edge is ``InvalidRequest``."""
+    from tabpfn_gateway.errors import InvalidRequest
+
+    try:
+        return datetime.now(UTC) + delta
+    except OverflowError:
+        raise InvalidRequest(f"{option} {text!r} reaches past the calendar's edge.") from None
 
 
 def _parse_past(text: str, option: str) -> datetime:
     """A duration ago (7d) or an ISO 8601 time (UTC when no zone is given)."""
     if _DURATION.fullmatch(text.strip()):
-        return datetime.now(UTC) - _parse_duration(text, option)
+        return _from_now(-_parse_duration(text, option), option, text)
     return _parse_time(text, option)
 
 
@@ -652,5 +665,5 @@ def _parse_time(text: str, option: str) -> datetime:
 def _parse_expiry(text: str, flag: str = "--expires") -> datetime:
     # create --expires and expire --at take the same forms.
     if _DURATION.fullmatch(text.strip()):
-        return datetime.now(UTC) + _parse_duration(text, flag)
+        return _from_now(_parse_duration(text, flag), flag, text)
     return _parse_time(text, flag)

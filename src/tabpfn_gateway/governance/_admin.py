@@ -206,7 +206,10 @@ class GovernanceAdmin:
         keeping daily usage roll-ups; the pruning itself is audited."""
         if older_than < _MIN_RETENTION:
             raise InvalidRequest("Keep at least one day: --older-than must be 1d or more.")
-        cutoff = utcnow() - older_than
+        try:
+            cutoff = utcnow() - older_than
+        except OverflowError:
+            raise InvalidRequest("--older-than reaches back past the calendar's edge.") from None
         report = self.store.prune(cutoff)
         self.store.record_audit(
             _event(

@@ -236,6 +236,10 @@ class _FallbackLimiter:
         self._secondary.close()
 
 
+#: A reservation made: its claims, the policy each came from, and each one's unit.
+_Reserved = tuple[tuple[BudgetClaim, ...], tuple[PolicySource, ...], tuple[str, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class _ClaimPlan:
     """The budget claims of one call, before the ledger is asked: each claim's source, when
@@ -532,33 +536,21 @@ class PolicyEngine:
             raise IpNotAllowed()
         budgeted = [s for s in effective.sources if counts(s.policy, operation)]
         late = tuple(s for s in budgeted if defer_cells and s.policy.budget_unit == "cells")
-        together = self._admit_in_one_call(
-            effective, operation, [s for s in budgeted if s not in late], credits, cells
-        )
+        reservable = [s for s in budgeted if s not in late]
+        slots: tuple[str, ...] = ()
+        together = self._admit_in_one_call(effective, operation, reservable, credits, cells)
         if together is not None:
-            headers, (claims, claim_sources, units) = together
-            return Admission(
-                engine=self,
-                claims=claims,
-                sources=effective.sources,
-                estimate=max(0, credits or 0),
-                headers=headers,
-                claim_sources=claim_sources,
-                units=units,
-                cells=max(0, cells or 0),
-                late=late,
-                operation=operation,
-            )
-        headers = {} if operation in RATE_EXEMPT else self._check_rates(effective)
-        slots = self._take_slots(effective, operation)
-        try:
-            claims, claim_sources, units = self._reserve_sources(
-                [s for s in budgeted if s not in late], operation, credits, cells
-            )
-        except BaseException:
-            for name in slots:
-                self.limiter.release(name)
-            raise
+            headers, reserved = together
+        else:
+            headers = {} if operation in RATE_EXEMPT else self._check_rates(effective)
+            slots = self._take_slots(effective, operation)
+            try:
+                reserved = self._reserve_sources(reservable, operation, credits, cells)
+            except BaseException:
+                for name in slots:
+                    self.limiter.release(name)
+                raise
+        claims, claim_sources, units = reserved
         return Admission(
             engine=self,
             claims=claims,
@@ -580,18 +572,17 @@ class PolicyEngine:
         budgeted: Sequence[PolicySource],
         credits: int | None,
         cells: int | None,
-    ) -> (
-        tuple[
-            dict[str, str],
-            tuple[tuple[BudgetClaim, ...], tuple[PolicySource, ...], tuple[str, ...]],
-        ]
-        | None
-    ):
+    ) -> tuple[dict[str, str], _Reserved] | None:
         """Rate limits and budgets decided in one round trip, when the ledger can do both
         (``RedisLedger.hit_and_reserve`` with a Redis limiter) and no fit slot is taken in
         between; the same outcome as the two calls. None: make them one after the other."""
+        # Asked before the claims are built: a ledger that cannot decide for this limiter
+        # would have them built twice (and an unknown size's counters read twice).
+        combines_with = getattr(self.ledger, "combines_with", None)
         hit_and_reserve = getattr(self.ledger, "hit_and_reserve", None)
-        if hit_and_reserve is None or operation in RATE_EXEMPT or not budgeted:
+        if combines_with is None or hit_and_reserve is None or not combines_with(self.limiter):
+            return None
+        if operation in RATE_EXEMPT or not budgeted:
             return None
         if operation in FIT_OPERATIONS and any(
             s.policy.max_concurrent_fits is not None for s in effective.sources
@@ -689,7 +680,7 @@ class PolicyEngine:
         operation: str,
         credits: int | None,
         cells: int | None,
-    ) -> tuple[tuple[BudgetClaim, ...], tuple[PolicySource, ...], tuple[str, ...]]:
+    ) -> _Reserved:
         """Reserve the budgets of ``sources`` for one call, all or none (one ledger write);
         ``BudgetExhausted`` naming the first that has too little left."""
         plan = self._claims_for(sources, credits, cells)
@@ -742,9 +733,7 @@ class PolicyEngine:
             claim_sources.append((source, span.resets_at, known))
         return _ClaimPlan(tuple(claims), tuple(claim_sources), now)
 
-    def _reserved(
-        self, plan: _ClaimPlan, refused_index: int | None
-    ) -> tuple[tuple[BudgetClaim, ...], tuple[PolicySource, ...], tuple[str, ...]]:
+    def _reserved(self, plan: _ClaimPlan, refused_index: int | None) -> _Reserved:
         """The reservation of ``plan`` the ledger made, or the ``BudgetExhausted`` it is."""
         claims, now = plan.claims, plan.now
         if refused_index is not None:

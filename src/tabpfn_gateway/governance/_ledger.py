@@ -189,6 +189,11 @@ class RedisLedger:
         outcome = int(self._call(self._reserve, keys, args))
         return None if outcome < 0 else outcome
 
+    def combines_with(self, limiter: object) -> bool:
+        """Whether ``hit_and_reserve`` can decide for ``limiter``: a Redis limiter (on the
+        same ``TABPFN_GATEWAY_REDIS_URL``)."""
+        return isinstance(limiter, RedisLimiter)
+
     def hit_and_reserve(
         self, limiter: object, checks: Sequence[RateCheck], claims: Sequence[BudgetClaim]
     ) -> tuple[RateDecision, int | None] | None:

@@ -465,6 +465,10 @@ class KeyManager:
         """
         if not isinstance(grace, timedelta) or grace < timedelta(0):
             raise InvalidRequest("grace must be a non-negative timedelta.")
+        try:
+            self._clock() + grace
+        except OverflowError:
+            raise InvalidRequest("grace reaches past the calendar's edge.") from None
         if request_id is not None and (
             not isinstance(request_id, str)
             or not request_id.strip()
