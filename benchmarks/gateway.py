@@ -39,6 +39,7 @@ CLI = str(Path(sys.executable).parent / "tabpfn-gateway")
 HERE = Path(__file__).resolve().parent
 MB = 1024 * 1024
 SMALL_CALL = "/get_api_usage/"
+REPEATS = 5  # tabpfn-client fit + predict_proba per child process and round
 
 
 def free_port() -> int:
@@ -301,10 +302,13 @@ def bench_end_to_end(
     through_bare: list[float] = []
     ours: list[float] = []
     for i in range(rounds):
-        # Alternating child processes, so drift on a shared machine hits all alike.
-        anchor += tabpfn_client_seconds(direct, TOKEN, rows, cols, 3, 1000 * i, home)
-        through_bare += tabpfn_client_seconds(bare, TOKEN, rows, cols, 3, 1000 * i + 300, home)
-        ours += tabpfn_client_seconds(gateway, key, rows, cols, 3, 1000 * i + 600, home)
+        # Alternating child processes, so drift on a shared machine hits all alike. A fit's
+        # own time varies by several ms run to run: enough runs that the medians settle.
+        anchor += tabpfn_client_seconds(direct, TOKEN, rows, cols, REPEATS, 1000 * i, home)
+        through_bare += tabpfn_client_seconds(
+            bare, TOKEN, rows, cols, REPEATS, 1000 * i + 300, home
+        )
+        ours += tabpfn_client_seconds(gateway, key, rows, cols, REPEATS, 1000 * i + 600, home)
     a, b, g = (statistics.median(v) for v in (anchor, through_bare, ours))
     what = f"tabpfn-client fit + predict_proba {rows:,} x {cols}"
     return [
@@ -328,7 +332,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs, one round")
     parser.add_argument("--seconds", type=float, default=6.0, help="wrk duration per cell")
-    parser.add_argument("--rounds", type=int, default=3, help="tabpfn-client rounds")
+    parser.add_argument("--rounds", type=int, default=6, help="tabpfn-client rounds")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/gateway.py needs wrk (apt-get install wrk)")

@@ -7,18 +7,21 @@ import contextlib
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import anyio
 import httpx
 import numpy as np
 import pytest
+from pydantic import SecretStr
 from sklearn.datasets import make_classification
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tabpfn_gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from tabpfn_gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from tabpfn_gateway.gateway._forward import Forwarder
 from tabpfn_gateway.protocol import AsyncProtocolClient
 from tabpfn_gateway.protocol.aiohttp_transport import AiohttpTransport
 from tabpfn_gateway.protocol.messages import (
@@ -241,3 +244,68 @@ def test_a_closed_transport_says_so() -> None:
         pytest.raises(httpx.TransportError, match="closed"),
     ):
         anyio.run(main, base)
+
+
+class _CountingTransport(AiohttpTransport):
+    """An aiohttp pool that records which methods it sent (to tell two pools apart)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    async def send(self, method: str, url: str, **kwargs: Any) -> Any:
+        self.sent.append(method)
+        return await super().send(method, url, **kwargs)
+
+
+@pytest.mark.parametrize("pool", ["aiohttp", "httpx"])
+def test_forwarded_uploads_stream_once_and_never_follow_a_redirect(pool: str) -> None:
+    seen: list[dict[str, object]] = []
+    chunk = b"y" * 65536
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield chunk
+
+    async def main(base: str) -> UpstreamError:
+        storage = AiohttpTransport() if pool == "aiohttp" else None
+        forwarder = Forwarder(base, transport=storage, storage_transport=storage)
+        try:
+            signed = f"{base}/echo?sig=a%2Fb%3D%3D"
+            await forwarder.put_signed(signed, body(), {"Content-Length": str(8 * len(chunk))})
+            await forwarder.put_signed(signed, body(), {"Content-Type": "application/x"})
+            with pytest.raises(UpstreamError) as refused:
+                await forwarder.put_signed(f"{base}/redirect", body(), {})
+            return refused.value
+        finally:
+            await forwarder.aclose()
+
+    with serve_in_thread(_echo_app(seen)) as base:
+        refused = anyio.run(main, base)
+    assert [s["body"] for s in seen] == [chunk * 8, chunk * 8]
+    assert seen[0]["raw_path"] == b"/echo?sig=a%2Fb%3D%3D"
+    assert seen[0]["headers"]["content-length"] == str(8 * len(chunk))  # type: ignore[index]
+    assert seen[1]["headers"]["transfer-encoding"] == "chunked"  # type: ignore[index]
+    assert all("authorization" not in s["headers"] for s in seen)  # type: ignore[operator]
+    # The storage's 307 is the answer (a storage error), not a hop to 127.0.0.1:9.
+    assert refused.status_code == 307
+    assert refused.details["operation"] == "upload"
+
+
+def test_uploads_use_the_storage_pool_and_api_calls_the_other() -> None:
+    api, storage = _CountingTransport(), _CountingTransport()
+
+    async def content() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    async def main(base: str) -> None:
+        forwarder = Forwarder(base, transport=api, storage_transport=storage)
+        try:
+            await forwarder.call("echo", "POST", "/echo", SecretStr("tok"), body=b"{}")
+            await forwarder.put_signed(f"{base}/echo", content(), {"Content-Length": "3"})
+        finally:
+            await forwarder.aclose()
+
+    with serve_in_thread(_echo_app([])) as base:
+        anyio.run(main, base)
+    assert (api.sent, storage.sent) == (["POST"], ["PUT"])

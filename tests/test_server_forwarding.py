@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway_support import Tenant, add_tenant, asgi_client, build_gateway, make_settings
+from tabpfn_gateway.gateway import UPLOAD_PATH_PREFIX
 from tabpfn_gateway.testing import FakeTabPFN
 from tabpfn_gateway_server import create_app
 from tabpfn_gateway_server.direct import DirectRoutes
@@ -147,6 +148,24 @@ def test_hot_routes_are_answered_directly_with_fastapis_answers(
     # Metrics label direct answers by route template, as FastAPI's router does.
     metrics = app.state.metrics.render().decode()
     assert 'route="/tabpfn/estimate_cost"' in metrics
+
+
+def test_the_upload_route_is_answered_directly_by_its_template(
+    served: tuple[httpx.Client, Tenant],
+) -> None:
+    http, _ = served
+    app = http._transport.app  # type: ignore[attr-defined]
+    template = UPLOAD_PATH_PREFIX + "{token}"
+    refused = http.put(UPLOAD_PATH_PREFIX + "not-a-sealed-token", content=b"x")
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error_code"] == "INVALID_UPLOAD"
+    assert refused.headers["x-trace-id"]
+    # Starlette's matching is kept: a token is one non-empty path segment.
+    for path in (UPLOAD_PATH_PREFIX, UPLOAD_PATH_PREFIX + "a/b"):
+        assert http.put(path, content=b"x").status_code == 404
+    assert ("PUT", template) in _direct_routes(app).paths
+    metrics = app.state.metrics.render().decode()
+    assert f'route="{template}"' in metrics
 
 
 def _direct_routes(app: object) -> DirectRoutes:

@@ -25,6 +25,7 @@ from tabpfn_gateway.protocol.messages import (
     ClassifierConfig,
     ClassifierFitTaskConfig,
     ClassifierPredictParams,
+    EstimateCostRequest,
     FileInfo,
     PrepareTrainSetUploadRequest,
     RegressorConfig,
@@ -412,3 +413,33 @@ def test_a_deduplicated_or_async_fit_is_still_one_fit_with_its_size(tmp_path: Pa
         assert fits[0] == fits[1]
         assert fits[0][:2] == (240, 5)
         assert not [e for e in events if e.operation in ("submit_fit_job", "get_fit_status")]
+
+
+def test_a_prediction_is_priced_by_its_fits_rows_without_reading_the_fit_back(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    X, y = data()
+    reads: list[str] = []
+    store = setup.gateway.store
+    read_fit = store.get_fitted_model
+
+    def counted(model_id: str) -> Any:
+        reads.append(model_id)
+        return read_fit(model_id)
+
+    monkeypatch.setattr(store, "get_fitted_model", counted)
+    with setup.client(setup.alice.key) as client:
+        fit = client.fit(X[:200], y[:200], ClassifierFitTaskConfig())
+        client.predict(fit.fitted_train_set_id, X[200:], PROBAS)
+    # The fit's claim told the pricing its 200 training rows: no store read for them.
+    assert reads == []
+    setup.gateway.usage.flush()
+    predict = next(
+        e for e in store.list_usage(key_id=setup.alice.key_id).items if e.operation == "predict"
+    )
+    quote = EstimateCostRequest(train_rows=200, test_rows=40, raw_columns=X.shape[1])
+    upstream = ProtocolClient(
+        "http://fake.test", TOKENS[0], transport=ASGIBridgeTransport(setup.fake.app)
+    )
+    with upstream:
+        assert predict.credits == upstream.estimate_cost(quote).estimated_cost

@@ -146,7 +146,8 @@ def create_app(
     install_error_handlers(app)
     # Innermost: the TabPFN-compatible calls are answered without FastAPI's routing and
     # dependency solving, after the trace id, the metrics and the body limit have seen them.
-    app.add_middleware(DirectRoutes, routes=tabpfn.router.routes)
+    upload_router = uploads.build_upload_router(settings)
+    app.add_middleware(DirectRoutes, routes=[*tabpfn.router.routes, *upload_router.routes])
     # Added last = runs first: the trace id, metrics, governance context and limits.
     app.add_middleware(
         EdgeMiddleware,
@@ -161,7 +162,7 @@ def create_app(
     )
     # The hot paths first: a request is matched against the routes in this order.
     app.include_router(tabpfn.router)
-    app.include_router(uploads.build_upload_router(settings))
+    app.include_router(upload_router)
     app.include_router(hosted.router)
     app.include_router(health.build_health_router(metrics_enabled=settings.metrics_enabled))
     app.include_router(setup.router)

@@ -254,11 +254,18 @@ class Gateway:
             def make_forwarder() -> Forwarder:
                 from tabpfn_gateway.gateway._forward import Forwarder
 
-                # Its own pool: API calls go here, signed URLs through the protocol client.
-                transport = async_upstream_transport
+                # Pools of its own: API calls in one, uploads to signed URLs in the other
+                # (a long upload must not hold a connection small calls wait for).
+                transport = storage = async_upstream_transport
                 if transport is None:
                     transport = default_async_transport(_UPSTREAM_POOL_SIZE)
-                return Forwarder(settings.upstream_url, transport=transport, **timeouts)
+                    storage = default_async_transport(_UPSTREAM_POOL_SIZE)
+                return Forwarder(
+                    settings.upstream_url,
+                    transport=transport,
+                    storage_transport=storage,
+                    **timeouts,
+                )
 
             gateway = cls(
                 settings=settings,
@@ -393,7 +400,12 @@ class Gateway:
         columns: int | None = None,
     ) -> None:
         """Record that a fit just made upstream belongs to ``caller``'s principal."""
-        self.fits.claim(caller, fitted_train_set_id, task=task, rows=rows, columns=columns)
+        fit_id = self.fits.claim(caller, fitted_train_set_id, task=task, rows=rows, columns=columns)
+        governance = self.governance
+        if fit_id is not None and governance is not None:
+            # Its predictions are priced by its training rows: known here, so the first
+            # prediction does not read them back from the store.
+            governance.prices.remember_fit_rows(fit_id, rows if rows is not None else 0)
 
     def metered(
         self, caller: Caller, operation: str, meter: Meter | None = None

@@ -67,8 +67,9 @@ class FitOwnership:
         task: str,
         rows: int | None = None,
         columns: int | None = None,
-    ) -> None:
-        """Record that a fit just made upstream belongs to ``caller``'s principal."""
+    ) -> str | None:
+        """Record that a fit just made upstream belongs to ``caller``'s principal; the
+        normalised fit id, or None when another principal already owns it."""
         fit_id = normalise_fit_id(fitted_train_set_id)
         if caller.credential_id is None:  # unreachable: no upstream call without a credential
             raise CredentialNotFound()
@@ -89,8 +90,9 @@ class FitOwnership:
                 # The upstream reused an id across principals (a shared token): keep the
                 # first owner; the second is told "not found", never the other's model.
                 logger.warning("fit %s is already owned by another principal", fit_id)
-                return
+                return None
         self._remember(fit_id, caller.owner_id)
+        return fit_id
 
     def _cached(self, fit_id: str) -> str | None:
         with self._lock:

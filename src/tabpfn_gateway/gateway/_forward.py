@@ -12,7 +12,7 @@ headers (``_base.api_headers``), the same error mapping (``_errors``), the same 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,11 @@ from pydantic import SecretStr
 
 from tabpfn_gateway.errors import ConfigurationError, InvalidRequest
 from tabpfn_gateway.protocol import _base
-from tabpfn_gateway.protocol._errors import error_from_response, error_from_transport
+from tabpfn_gateway.protocol._errors import (
+    error_from_response,
+    error_from_storage,
+    error_from_transport,
+)
 
 __all__ = ["Answer", "Forwarder", "Upstream"]
 
@@ -59,7 +63,10 @@ class Forwarder:
     httpx transport (tests pass ``httpx.ASGITransport(FakeTabPFN().app)``; ``None`` is
     httpx's own pool), driven through an ``httpx.AsyncClient`` with the protocol client's
     settings. Redirects of API calls are followed as the protocol client follows them (the
-    credential is dropped on a cross-origin hop); signed URLs never come through here.
+    credential is dropped on a cross-origin hop).
+
+    Uploads to signed storage URLs (``put_signed``) go over ``storage_transport``'s pool when
+    one is given, so that long uploads cannot hold every connection small calls need.
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class Forwarder:
         base_url: str,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        storage_transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 900.0,
         connect_timeout: float = 10.0,
         max_connections: int = 20,
@@ -84,22 +92,21 @@ class Forwarder:
             max_retries=max_retries,
             retry_wait=retry_wait,
         )
-        self._fast = _byte_sender(transport)
-        self._http: httpx.AsyncClient | None = None
-        if self._fast is None:
-            self._http = httpx.AsyncClient(transport=transport, **self.options.httpx_kwargs())
+        self._api = _Pool(transport, self.options)
+        self._storage = (
+            self._api if storage_transport is None else _Pool(storage_transport, self.options)
+        )
         self._closed = False
 
     def __repr__(self) -> str:
         return f"Forwarder({self.options.base_url!r})"
 
     async def aclose(self) -> None:
-        """Close the pool."""
+        """Close the pools."""
         self._closed = True
-        if self._fast is not None:
-            await self._fast.aclose()
-        if self._http is not None:
-            await self._http.aclose()
+        await self._api.aclose()
+        if self._storage is not self._api:
+            await self._storage.aclose()
 
     async def call(
         self,
@@ -154,6 +161,22 @@ class Forwarder:
                 _raise_for_error(answer, operation, token, allowed, fitted_model)
         return answer
 
+    async def put_signed(
+        self, url: str, body: AsyncIterable[bytes], headers: Mapping[str, str]
+    ) -> None:
+        """Stream ``body`` once to a signed storage URL with exactly ``headers`` (never a
+        credential). Not retried (a stream cannot be replayed) and never redirected (a
+        redirect would point the gateway at a host its egress policy never saw); an answer
+        of 300 or more is the protocol client's storage error (``error_from_storage``)."""
+        if self._closed:
+            raise ConfigurationError("This forwarder is closed; create a new one.")
+        _base.check_signed_url(url)
+        answer = await self._storage.send(
+            "upload", "PUT", url, dict(headers), body, self.options.timeout, redirects=False
+        )
+        if answer.status >= 300:
+            raise error_from_storage(answer.as_httpx(), "upload")
+
     async def _send(
         self,
         operation: str,
@@ -163,6 +186,34 @@ class Forwarder:
         body: bytes | None,
         read_timeout: float,
     ) -> Answer:
+        return await self._api.send(
+            operation, method, url, headers, body, read_timeout, redirects=True
+        )
+
+
+class _Pool:
+    """One connection pool: aiohttp's, at byte level, when ``transport`` is an
+    ``AiohttpTransport``; else an ``httpx.AsyncClient`` over ``transport``."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None, options: _base.ClientOptions):
+        self._options = options
+        self._fast = _byte_sender(transport)
+        self._http: httpx.AsyncClient | None = None
+        if self._fast is None:
+            self._http = httpx.AsyncClient(transport=transport, **options.httpx_kwargs())
+
+    async def send(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | AsyncIterable[bytes] | None,
+        read_timeout: float,
+        *,
+        redirects: bool,
+    ) -> Answer:
+        connect_timeout = self._options.connect_timeout
         try:
             if self._fast is not None:
                 status, answer_headers, content = await self._fast.send(
@@ -171,8 +222,8 @@ class Forwarder:
                     headers=headers,
                     content=body,
                     timeout=read_timeout,
-                    connect_timeout=self.options.connect_timeout,
-                    follow_redirects=True,
+                    connect_timeout=connect_timeout,
+                    follow_redirects=redirects,
                 )
                 return Answer(status, answer_headers, content)
             assert self._http is not None
@@ -181,13 +232,20 @@ class Forwarder:
                 url,
                 headers=headers,
                 content=body,
-                timeout=httpx.Timeout(read_timeout, connect=self.options.connect_timeout),
+                timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+                follow_redirects=redirects,
             )
             return Answer(response.status_code, response.headers, response.content)
         except httpx.HTTPError as exc:
             raise error_from_transport(exc, operation) from exc
         except httpx.InvalidURL as exc:
             raise InvalidRequest(f"TabPFN {operation}: invalid URL ({exc}).") from None
+
+    async def aclose(self) -> None:
+        if self._fast is not None:
+            await self._fast.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
 
 def _byte_sender(transport: httpx.AsyncBaseTransport | None) -> Any:

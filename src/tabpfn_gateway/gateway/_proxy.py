@@ -421,9 +421,7 @@ class AsyncGatewayProxy:
         counted.keep_tail = gateway.datasets.wants_shape(token)
         with gateway.step(caller, "upload"):
             try:
-                await gateway.async_upstream.put_signed_url(
-                    grant.upstream_url, counted.iterate(), headers
-                )
+                await gateway.forwarder.put_signed(grant.upstream_url, counted.iterate(), headers)
             except GatewayError:
                 # The body's own failure (too large, client gone) is the real cause.
                 if counted.failure is not None:
@@ -498,7 +496,7 @@ class AsyncGatewayProxy:
     async def _claim(self, caller: Caller, fit_id: UUID, task_config: Any, meter: Meter) -> None:
         task = getattr(getattr(task_config, "task", None), "value", "unknown")
         await anyio.to_thread.run_sync(
-            lambda: self._gateway.fits.claim(
+            lambda: self._gateway.claim_fit(
                 caller, fit_id, task=str(task), rows=meter.rows, columns=meter.columns
             )
         )

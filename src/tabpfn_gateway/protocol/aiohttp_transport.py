@@ -18,7 +18,7 @@ import asyncio
 import ssl
 import urllib.request
 import weakref
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from typing import Any
 
 import httpx
@@ -164,13 +164,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         url: str,
         *,
         headers: Mapping[str, str],
-        content: bytes | None,
+        content: bytes | AsyncIterable[bytes] | None,
         timeout: float,
         connect_timeout: float,
         follow_redirects: bool = False,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """One request with a body in memory, without httpx's request and response objects:
-        ``(status, headers, body)``. The gateway's forwarder uses it on every small call.
+        """One request without httpx's request and response objects: ``(status, headers,
+        body)``. The gateway's forwarder uses it on every small call and every upload; a body
+        given as an async iterable is streamed chunk by chunk (sized by a ``Content-Length``
+        header when there is one, else chunked).
 
         Failures are the same ``httpx`` exceptions ``handle_async_request`` raises. With
         ``follow_redirects`` aiohttp follows them as httpx would (dropping ``Authorization``

@@ -561,6 +561,24 @@ class StoreContractTests:
             store.add_fitted_model(make.fitted_model(owner, id=model.id))
         assert store.get_fitted_model(model.id) == model
 
+    def test_upload_owners_are_pairs_and_claiming_twice_is_harmless(
+        self, store: Store, make: _Factory
+    ) -> None:
+        alice = store.add_principal(make.principal())
+        bob = store.add_principal(make.principal())
+        store.add_upload_owner("upload-1", alice.id, "train")
+        store.add_upload_owner("upload-1", alice.id, "train")  # a retried claim: no Conflict
+        assert store.is_upload_owner("upload-1", alice.id)
+        assert not store.is_upload_owner("upload-1", bob.id)
+        assert not store.is_upload_owner("upload-2", alice.id)
+        # The same content uploaded by another principal (a shared token's dedup): theirs too.
+        store.add_upload_owner("upload-1", bob.id, "train")
+        assert store.is_upload_owner("upload-1", bob.id)
+        with store.atomic() as inner:
+            inner.add_upload_owner("upload-2", alice.id, "test")
+            inner.add_upload_owner("upload-2", alice.id, "test")
+        assert store.is_upload_owner("upload-2", alice.id)
+
     def test_list_fitted_models_filters_by_owner(self, store: Store, make: _Factory) -> None:
         alice = store.add_principal(make.principal())
         bob = store.add_principal(make.principal())
