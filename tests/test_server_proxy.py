@@ -17,6 +17,7 @@ from tabpfn_gateway import migrate
 from tabpfn_gateway.errors import (
     FittedModelNotFound,
     KeyRevoked,
+    StoreUnavailable,
     UpstreamUnavailable,
 )
 from tabpfn_gateway.gateway import UPLOAD_PATH_PREFIX, Gateway
@@ -443,3 +444,122 @@ def test_a_prediction_is_priced_by_its_fits_rows_without_reading_the_fit_back(
     )
     with upstream:
         assert predict.credits == upstream.estimate_cost(quote).estimated_cost
+
+
+def _prepared(setup: Setup, key: str) -> dict[str, Any]:
+    request = PrepareTrainSetUploadRequest(
+        x_train_info=FileInfo(format="parquet"), y_train_info=FileInfo(format="parquet")
+    )
+    answer = setup.http.post(
+        "/tabpfn/prepare_train_set_upload",
+        json=request.model_dump(mode="json", exclude_none=True),
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 200, answer.text
+    prepared: dict[str, Any] = answer.json()
+    return prepared
+
+
+def test_the_upload_records_its_ownership_before_it_answers(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, alice = setup.gateway.store, setup.alice
+    writes: list[str] = []
+    record = store.add_upload_owner
+
+    def counted(upload_id: str, owner_id: str, kind: str) -> None:
+        writes.append(upload_id)
+        record(upload_id, owner_id, kind)
+
+    monkeypatch.setattr(store, "add_upload_owner", counted)
+    prepared = _prepared(setup, alice.key)
+    upload_id = prepared["train_set_upload_id"]
+    # Prepared but not uploaded: nothing of the caller's is recorded yet.
+    assert not store.is_upload_owner(upload_id, alice.principal_id)
+    (x_url,) = prepared["x_train_info"]["signed_urls"]
+    (y_url,) = prepared["y_train_info"]["signed_urls"]
+    # y alone records nothing (no fit works without X, whose upload records it).
+    assert setup.http.put(y_url, content=b"y-file").status_code == 200
+    assert writes == []
+    assert setup.http.put(x_url, content=b"x-file").status_code == 200
+    # Written while X streamed, and in the store before the PUT's answer.
+    assert store.is_upload_owner(upload_id, alice.principal_id)
+    assert not store.is_upload_owner(upload_id, setup.bob.principal_id)
+    assert setup.http.put(x_url, content=b"x-file").status_code == 200
+    assert writes == [upload_id]  # known since: not written twice
+
+
+def test_a_store_outage_during_an_upload_is_its_503(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = setup.gateway.store
+    prepared = _prepared(setup, setup.alice.key)
+    (x_url,) = prepared["x_train_info"]["signed_urls"]
+
+    def down(upload_id: str, owner_id: str, kind: str) -> None:
+        raise StoreUnavailable()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "add_upload_owner", down)
+        refused = setup.http.put(x_url, content=b"x-file")
+    # Not a 200 whose upload the next fit would call unknown: the client uploads again.
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error_code"] == "STORE_UNAVAILABLE"
+    assert setup.http.put(x_url, content=b"x-file").status_code == 200
+    assert store.is_upload_owner(prepared["train_set_upload_id"], setup.alice.principal_id)
+
+
+def test_an_upload_url_sealed_without_its_upload_id_still_works(setup: Setup) -> None:
+    # URLs handed out before upload ids were sealed in (their ownership was recorded when
+    # they were prepared) keep working through an upgrade.
+    prepared = _prepared(setup, setup.alice.key)
+    (x_url,) = prepared["x_train_info"]["signed_urls"]
+    grant = setup.gateway.uploads.open(x_url.rsplit("/", 1)[1])
+    assert grant.upload_id == prepared["train_set_upload_id"]
+    token, _ = setup.gateway.uploads.seal(
+        upstream_url=grant.upstream_url,
+        upstream_headers=grant.upstream_headers,
+        key_id=grant.key_id,
+        owner_id=grant.owner_id,
+        credential_id=grant.credential_id,
+        dataset=grant.dataset,
+    )
+    assert setup.gateway.uploads.open(token).upload_id is None
+    answer = setup.http.put(GATEWAY_URL + UPLOAD_PATH_PREFIX + token, content=b"x-file")
+    assert answer.status_code == 200, answer.text
+    assert not setup.gateway.store.is_upload_owner(
+        prepared["train_set_upload_id"], setup.alice.principal_id
+    )
+
+
+class _RoundRobin(httpx.BaseTransport):
+    """Each request to the next replica, as a load balancer without affinity sends them."""
+
+    def __init__(self, apps: list[Any]) -> None:
+        self.transports = [ASGIBridgeTransport(app) for app in apps]
+        self.sent = [0] * len(apps)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        turn = sum(self.sent) % len(self.transports)
+        self.sent[turn] += 1
+        return self.transports[turn].handle_request(request)
+
+
+def test_one_fit_and_prediction_across_two_replicas_call_by_call(tmp_path: Path) -> None:
+    fake = FakeTabPFN(tokens=TOKENS)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path}/gateway.db")
+    migrate.upgrade(settings)
+    replicas = [build_gateway(settings, fake.app, store=open_store(settings)) for _ in range(2)]
+    try:
+        alice = add_tenant(replicas[0], "alice", TOKENS[0])
+        balancer = _RoundRobin([create_app(settings, gateway=g) for g in replicas])
+        X, y = data()
+        with ProtocolClient(GATEWAY_URL, alice.key, transport=balancer) as client:
+            fit = client.fit(X[:200], y[:200], ClassifierFitTaskConfig())
+            result = client.predict(fit.fitted_train_set_id, X[200:], PROBAS)
+        assert np.asarray(result.y_pred).shape == (40, 2)
+        assert min(balancer.sent) >= 3  # both replicas answered steps of it
+    finally:
+        for gateway in replicas:
+            gateway.close()
+            gateway.store.close()

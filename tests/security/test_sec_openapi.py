@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
+
+import httpx
 
 from security_support import Stack
 from tabpfn_gateway_server.openapi import ErrorBody
@@ -62,19 +65,35 @@ def test_an_upstream_refusing_the_request_is_400_not_a_bad_gateway(stack: Stack)
     # Found by the fuzz run: a fit on a prepared upload whose chunks never came. The upstream
     # answers 400 (the caller's to fix); passing it on as 502 told clients to retry.
     key = stack.bearer(stack.alice.key)
-    prepared = stack.http.post(
-        "/tabpfn/prepare_train_set_upload",
-        json={"x_train_info": {"format": "parquet"}, "y_train_info": {"format": "parquet"}},
-        headers=key,
-    )
-    assert prepared.status_code == 200, prepared.text
-    upload_id = prepared.json()["train_set_upload_id"]
-    for path in ("/tabpfn/fit", "/tabpfn/submit_fit_job"):
-        response = stack.http.post(
+
+    def prepare() -> dict[str, Any]:
+        prepared = stack.http.post(
+            "/tabpfn/prepare_train_set_upload",
+            json={"x_train_info": {"format": "parquet"}, "y_train_info": {"format": "parquet"}},
+            headers=key,
+        )
+        assert prepared.status_code == 200, prepared.text
+        answer: dict[str, Any] = prepared.json()
+        return answer
+
+    def fit(upload_id: str, path: str) -> httpx.Response:
+        return stack.http.post(
             path,
             json={"train_set_upload_id": upload_id, "task_config": {"task": "classification"}},
             headers=key,
         )
+
+    # X came through the gateway (which records the upload as alice's), y never did.
+    half = prepare()
+    (x_url,) = half["x_train_info"]["signed_urls"]
+    assert stack.http.put(x_url, content=b"PAR1 not much of a file").status_code == 200
+    # No file came at all: the gateway never saw the upload, so it is unknown here.
+    none = prepare()
+    for path in ("/tabpfn/fit", "/tabpfn/submit_fit_job"):
+        response = fit(half["train_set_upload_id"], path)
         assert response.status_code == 400, response.text
         body = ErrorBody.model_validate(response.json())
         assert body.error_code == "UPSTREAM_REJECTED"
+        unknown = fit(none["train_set_upload_id"], path)
+        assert unknown.status_code == 404, unknown.text
+        assert ErrorBody.model_validate(unknown.json()).error_code == "NOT_FOUND"

@@ -7,6 +7,8 @@ answers are the upstream's own message models, so the routes send them back unch
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
@@ -20,7 +22,7 @@ from tabpfn_gateway.gateway._authoriser import Caller, Decision
 from tabpfn_gateway.gateway._core import Gateway
 from tabpfn_gateway.gateway._forward import Answer, Upstream
 from tabpfn_gateway.gateway._metering import Meter
-from tabpfn_gateway.gateway._uploads import UPLOAD_PATH_PREFIX
+from tabpfn_gateway.gateway._uploads import UPLOAD_PATH_PREFIX, UploadGrant
 from tabpfn_gateway.netpolicy import EgressPolicy, filter_upload_headers
 from tabpfn_gateway.protocol import _base
 from tabpfn_gateway.protocol._base import Endpoint
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
     from tabpfn_gateway.protocol import AsyncProtocolClient
 
 __all__ = ["AsyncGatewayProxy"]
+
+logger = logging.getLogger(__name__)
 
 _INFERENCE = "inference"
 # Enough for the footer of a Parquet file with thousands of columns.
@@ -175,7 +179,8 @@ class AsyncGatewayProxy:
             )
             upload_id = upload.train_set_upload_id
             datasets.announce(caller.owner_id, str(upload_id), meter.nbytes, x_hash)
-            await self._claim_upload(caller, upload_id, "train")
+            # The caller's ownership of the new id is recorded by the upload of its files
+            # (``upload``), which the URLs below carry it to.
             return _encoded(
                 PrepareTrainSetUploadResponse(
                     train_set_upload_id=upload_id,
@@ -185,10 +190,11 @@ class AsyncGatewayProxy:
                         upload.x_train_info,
                         "x_train",
                         base_url,
-                        (upload_id, x_hash),
+                        upload_id,
+                        x_hash=x_hash,
                     ),
                     y_train_info=self._rewrite(
-                        caller, upstream, upload.y_train_info, "y_train", base_url
+                        caller, upstream, upload.y_train_info, "y_train", base_url, upload_id
                     ),
                 )
             )
@@ -300,12 +306,18 @@ class AsyncGatewayProxy:
             )
             test_id = upload.test_set_upload_id
             self._gateway.datasets.announce(caller.owner_id, str(test_id), nbytes, x_hash)
-            await self._claim_upload(caller, test_id, "test")
+            # Ownership is recorded by the upload, as for a train set.
             return _encoded(
                 PrepareTestSetUploadResponse(
                     test_set_upload_id=upload.test_set_upload_id,
                     x_test_info=self._rewrite(
-                        caller, upstream, upload.x_test_info, "x_test", base_url, (test_id, x_hash)
+                        caller,
+                        upstream,
+                        upload.x_test_info,
+                        "x_test",
+                        base_url,
+                        test_id,
+                        x_hash=x_hash,
                     ),
                 )
             )
@@ -419,6 +431,7 @@ class AsyncGatewayProxy:
         if content_length is not None:
             headers["Content-Length"] = str(content_length)
         counted.keep_tail = gateway.datasets.wants_shape(token)
+        claiming = self._claim_while_uploading(caller, grant)
         with gateway.step(caller, "upload"):
             try:
                 await gateway.forwarder.put_signed(grant.upstream_url, counted.iterate(), headers)
@@ -429,6 +442,10 @@ class AsyncGatewayProxy:
                 raise
             if counted.failure is not None:
                 raise counted.failure
+            if claiming is not None:
+                # Recorded before the answer: the fit or prediction that follows may reach
+                # any replica, and a store outage is this upload's 503, not a later 404.
+                await claiming
         if counted.keep_tail:
             # The last chunk of X ends with its Parquet footer: rows and columns for the fit's
             # one usage record.
@@ -442,10 +459,13 @@ class AsyncGatewayProxy:
         info: FileUploadInfo,
         dataset: str,
         base_url: str,
-        x_of: tuple[UUID, str | None] | None = None,
+        upload_id: UUID,
+        *,
+        x_hash: str | None = None,
     ) -> FileUploadInfo:
-        """Upload URLs pointing at this gateway. ``x_of``: (upload id, content hash) when the
-        file is a train set's X, whose shape the fit's usage record wants."""
+        """Upload URLs pointing at this gateway, for a file of ``upload_id``. A train or test
+        set's X (``dataset`` ``x_*``) has its shape read as it streams (with ``x_hash``, its
+        content hash): the usage record wants it."""
         base = (self._gateway.settings.public_url or base_url).rstrip("/")
         urls: list[str] = []
         expires_at = info.expires_at
@@ -461,11 +481,12 @@ class AsyncGatewayProxy:
                 owner_id=caller.owner_id,
                 credential_id=caller.credential_id,
                 dataset=dataset,
+                upload_id=str(upload_id),
                 upstream_expires_at=info.expires_at,
             )
             urls.append(f"{base}{UPLOAD_PATH_PREFIX}{token}")
-            if x_of is not None:
-                self._gateway.datasets.expect_x(token, caller.owner_id, str(x_of[0]), x_of[1])
+            if dataset.startswith("x_"):
+                self._gateway.datasets.expect_x(token, caller.owner_id, str(upload_id), x_hash)
             expires_at = min(expires_at, token_expiry)
         # Only the content type is the client's business; the upstream's other required
         # headers are added again on the way out.
@@ -484,9 +505,30 @@ class AsyncGatewayProxy:
         egress = self._gateway.egress
         return egress if base_url is None else egress.with_upstream(base_url)
 
-    async def _claim_upload(self, caller: Caller, upload_id: UUID, kind: str) -> None:
+    async def _claim_upload(self, caller: Caller, upload_id: UUID | str, kind: str) -> None:
         owners = self._gateway.upload_owners
         await anyio.to_thread.run_sync(lambda: owners.claim(caller, upload_id, kind))
+
+    def _claim_while_uploading(
+        self, caller: Caller, grant: UploadGrant
+    ) -> asyncio.Future[None] | None:
+        """The caller's ownership of the upload ``grant`` is a file of, written to the store
+        while the file streams (a worker thread's write beside the upload, instead of one
+        more wait before ``prepare_*_upload`` answers); None if it is known already."""
+        upload_id = grant.upload_id
+        # X's upload records it: no fit or prediction works without X, and y's upload
+        # (often at the same time as X's) need not write it again.
+        if (
+            upload_id is None
+            or not grant.dataset.startswith("x_")
+            or self._gateway.upload_owners.from_memory(caller, upload_id)
+        ):
+            return None
+        kind = "test" if grant.dataset == "x_test" else "train"
+        claiming = asyncio.ensure_future(self._claim_upload(caller, upload_id, kind))
+        # An upload that fails does not wait for it; its outcome is still collected.
+        claiming.add_done_callback(_collect)
+        return claiming
 
     async def _check_upload(self, caller: Caller, upload_id: UUID) -> None:
         owners = self._gateway.upload_owners
@@ -535,6 +577,11 @@ class _CountingBody:
 # Any count a caller states that ends up in a usage row: far above any real dataset, far below
 # what a BIGINT column (or a float) cannot hold.
 MAX_METERED_COUNT = 2**53
+
+
+def _collect(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        logger.debug("an upload's ownership was not recorded: %s", done.exception())
 
 
 def metered_count(value: int | None, name: str) -> int | None:

@@ -1,4 +1,4 @@
-"""Upload ownership: a train or test set upload id belongs to the principal that prepared it."""
+"""Upload ownership: a train or test set upload id belongs to the principal that uploaded it."""
 
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ class UploadOwnership:
     fit, submit_fit_job and predict with the answer an unknown id gets (404): two principals
     sharing one TabPFN token cannot use each other's uploads.
 
-    A principal may use an upload id it prepared, or one the upstream answered it as the
-    duplicate of the content it sent (its own ``prepare_*`` with the same content hash): two
-    team members uploading the same data on a shared token both fit on it, while an id read
-    from somewhere else stays refused. Ownership is never withdrawn, so positive answers are
-    cached without expiry."""
+    A principal may use an upload id whose X it uploaded through the gateway (recorded by
+    that upload, before it answers, from the upload URL the principal was given), or
+    one the upstream answered it as the duplicate of the content it sent (its own
+    ``prepare_*`` with the same content hash, recorded then): two team members uploading the
+    same data on a shared token both fit on it, while an id read from somewhere else stays
+    refused. Ownership is never withdrawn, so positive answers are cached without expiry."""
 
     def __init__(self, store: Store, *, cache_size: int = _CACHE_SIZE) -> None:
         self._store = store
@@ -50,7 +51,7 @@ class UploadOwnership:
         if self._known(pair):
             return
         if not self._store.is_upload_owner(*pair):
-            raise NotFound("No such upload.")
+            raise NotFound("No such upload (or none of its files was uploaded yet).")
         self._remember(pair)
 
     def _known(self, pair: tuple[str, str]) -> bool:

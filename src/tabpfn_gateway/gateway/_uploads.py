@@ -2,8 +2,8 @@
 
 A client never sees the upstream's signed URL: it gets ``{gateway}/gateway/upload/{token}``
 where ``token`` seals the upstream URL, its required headers, the key and principal it was
-issued to, and an expiry. Any replica holding the same secret can open it, so no state is kept
-between the ``prepare_*_upload`` call and the PUT.
+issued to, the upload id the file belongs to, and an expiry. Any replica holding the same
+secret can open it, so no state is kept between the ``prepare_*_upload`` call and the PUT.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ class UploadGrant:
     credential_id: str | None
     dataset: str
     expires_at: float
+    # The train or test set upload this file belongs to (None in tokens sealed before
+    # upload ids were carried, whose ownership was recorded when they were prepared).
+    upload_id: str | None = None
 
 
 class UploadSigner:
@@ -83,6 +86,7 @@ class UploadSigner:
         owner_id: str,
         credential_id: str | None,
         dataset: str,
+        upload_id: str | None = None,
         upstream_expires_at: float | None = None,
     ) -> tuple[str, float]:
         """A token for one upstream signed URL, and when it expires (epoch seconds).
@@ -101,6 +105,8 @@ class UploadSigner:
             "d": dataset,
             "x": expires_at,
         }
+        if upload_id is not None:
+            payload["i"] = upload_id
         plaintext = json.dumps(payload, separators=(",", ":")).encode()
         nonce = os.urandom(_NONCE_BYTES)
         sealed = _VERSION + nonce + self._aeads[0].encrypt(nonce, plaintext, _AAD)
@@ -131,6 +137,7 @@ class UploadSigner:
             credential_id=payload["c"],
             dataset=payload["d"],
             expires_at=float(payload["x"]),
+            upload_id=payload.get("i"),
         )
         if self._clock() >= grant.expires_at:
             raise InvalidUpload("The upload URL has expired; prepare the upload again.")
