@@ -26,7 +26,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -34,7 +34,9 @@ import psutil
 
 from tabpfn_gateway.protocol.messages import FileInfo, PrepareTrainSetUploadRequest
 
-TOKEN = "tok-benchmark-000001"
+TOKEN = "tok-benchmark-000001"  # wrk's and the gateway's credential
+DIRECT_TOKEN = "tok-benchmark-000002"  # tabpfn-client straight to FakeTabPFN
+BARE_TOKEN = "tok-benchmark-000003"  # tabpfn-client through the bare route
 CLI = str(Path(sys.executable).parent / "tabpfn-gateway")
 HERE = Path(__file__).resolve().parent
 MB = 1024 * 1024
@@ -250,11 +252,25 @@ def bench_memory(gateway: str, pid: int, key: str, sizes_mb: list[int]) -> list[
 
 CLIENT_SCRIPT = textwrap.dedent(
     """
-    import json, sys, time
+    import collections, json, sys, time
+    import httpx
     import numpy as np
     from tabpfn_client import TabPFNClassifier
 
     rows, cols, repeats, seed = (int(v) for v in sys.argv[1:5])
+    calls = collections.defaultdict(list)
+    send = httpx.Client.send
+
+    def timed_send(self, request, **kwargs):
+        # Each HTTP call the client makes, timed on its side: where an added ms goes.
+        started = time.perf_counter()
+        try:
+            return send(self, request, **kwargs)
+        finally:
+            name = "PUT (upload)" if request.method == "PUT" else request.url.path
+            calls[name].append(time.perf_counter() - started)
+
+    httpx.Client.send = timed_send
 
     def data(seed):
         rng = np.random.default_rng(seed)
@@ -263,60 +279,91 @@ CLIENT_SCRIPT = textwrap.dedent(
         return X[:rows], y[:rows], X[rows:]
 
     def once(seed):
-        # Fresh data every time: both paths upload (no dedup shortcut).
         X, y, X_test = data(seed)
         started = time.perf_counter()
         TabPFNClassifier(n_estimators=1).fit(X, y).predict_proba(X_test)
         return time.perf_counter() - started
 
     once(seed)  # warm: imports, connections, the client's own init round trips
-    print(json.dumps([once(seed + 1 + i) for i in range(repeats)]))
+    calls.clear()
+    totals = [once(seed + 1 + i) for i in range(repeats)]
+    print(json.dumps({"totals": totals, "calls": calls}))
     """
 )
 
 
-def tabpfn_client_seconds(
-    url: str, token: str, rows: int, cols: int, repeats: int, seed: int, home: Path
-) -> list[float]:
-    env = {
-        **os.environ,
-        "TABPFN_CLIENT_API_URL": url,
-        "TABPFN_TOKEN": token,
-        "HOME": str(home),  # nothing of the vendor's lands in the real home
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", CLIENT_SCRIPT, str(rows), str(cols), str(repeats), str(seed)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+@dataclass
+class ClientRuns:
+    """tabpfn-client's fit + predict_proba times on one path, and each HTTP call's."""
+
+    totals: list[float] = field(default_factory=list)
+    calls: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, url: str, token: str, rows: int, cols: int, seed: int, home: Path) -> None:
+        env = {
+            **os.environ,
+            "TABPFN_CLIENT_API_URL": url,
+            "TABPFN_TOKEN": token,
+            "HOME": str(home),  # nothing of the vendor's lands in the real home
+        }
+        args = [str(rows), str(cols), str(REPEATS), str(seed)]
+        done = subprocess.run(
+            [sys.executable, "-c", CLIENT_SCRIPT, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+        runs = json.loads(done.stdout.strip().splitlines()[-1])
+        self.totals += runs["totals"]
+        for name, seconds in runs["calls"].items():
+            self.calls.setdefault(name, []).extend(seconds)
 
 
 def bench_end_to_end(
     direct: str, bare: str, gateway: str, key: str, rows: int, cols: int, rounds: int, home: Path
-) -> list[str]:
-    anchor: list[float] = []
-    through_bare: list[float] = []
-    ours: list[float] = []
+) -> tuple[list[str], list[str]]:
+    """The end-to-end rows and the per-call rows. All three paths fit and predict the same
+    data (a fit's time depends on it); each has its own upstream token, so FakeTabPFN's
+    per-token deduplication never shortcuts an upload."""
+    paths = {
+        "direct": (direct, DIRECT_TOKEN, ClientRuns()),
+        "bare": (bare, BARE_TOKEN, ClientRuns()),
+        "gateway": (gateway, key, ClientRuns()),
+    }
+    order = list(paths)
     for i in range(rounds):
-        # Alternating child processes, so drift on a shared machine hits all alike. A fit's
-        # own time varies by several ms run to run: enough runs that the medians settle.
-        anchor += tabpfn_client_seconds(direct, TOKEN, rows, cols, REPEATS, 1000 * i, home)
-        through_bare += tabpfn_client_seconds(
-            bare, TOKEN, rows, cols, REPEATS, 1000 * i + 300, home
-        )
-        ours += tabpfn_client_seconds(gateway, key, rows, cols, REPEATS, 1000 * i + 600, home)
-    a, b, g = (statistics.median(v) for v in (anchor, through_bare, ours))
+        # Child processes in turn, the order rotating, so drift on a shared machine hits all
+        # alike; enough runs that the medians settle (a fit's own time varies by several ms).
+        for name in order[i % 3 :] + order[: i % 3]:
+            url, token, runs = paths[name]
+            runs.add(url, token, rows, cols, 1000 * i, home)
+    anchor, through_bare, ours = (paths[name][2] for name in order)
+    a, b, g = (statistics.median(r.totals) for r in (anchor, through_bare, ours))
     what = f"tabpfn-client fit + predict_proba {rows:,} x {cols}"
-    return [
+    runs_count = len(anchor.totals)
+    totals = [
         f"| {what}, through the gateway | {a * 1000:.0f} ms | {g * 1000:.0f} ms | "
-        f"**{g / a:.3f}** | {(g - a) * 1000:+.1f} ms | {len(anchor)} |",
+        f"**{g / a:.3f}** | {(g - a) * 1000:+.1f} ms | {runs_count} |",
         f"| {what}, through the bare route (API calls only) | {a * 1000:.0f} ms | "
-        f"{b * 1000:.0f} ms | {b / a:.3f} | {(b - a) * 1000:+.1f} ms | {len(anchor)} |",
+        f"{b * 1000:.0f} ms | {b / a:.3f} | {(b - a) * 1000:+.1f} ms | {runs_count} |",
     ]
+    per_call = []
+    summed = 0.0
+    for name, seconds in ours.calls.items():
+        direct_seconds = anchor.calls.get(name)
+        if not direct_seconds:
+            continue
+        each = len(seconds) / len(ours.totals)
+        mine, theirs = statistics.median(seconds), statistics.median(direct_seconds)
+        summed += each * (mine - theirs)
+        per_call.append(
+            f"| {name} | {each:g} | {theirs * 1000:.2f} ms | {mine * 1000:.2f} ms | "
+            f"{(mine - theirs) * 1000:+.2f} ms |"
+        )
+    per_call.append(f"| all calls of one fit + predict_proba | | | | {summed * 1000:+.1f} ms |")
+    return totals, per_call
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -351,7 +398,9 @@ def main() -> int:
         "TABPFN_GATEWAY_LOG_LEVEL": "WARNING",
         "TABPFN_GATEWAY_MAX_UPLOAD_BYTES": str(1024 * MB),
     }
-    fake_cmd = [CLI, "fake-upstream", "--token", TOKEN, "--log-level", "warning"]
+    fake_cmd = [CLI, "fake-upstream", "--log-level", "warning"]
+    for token in (TOKEN, DIRECT_TOKEN, BARE_TOKEN):
+        fake_cmd += ["--token", token]
     uvicorn = [sys.executable, "-m", "uvicorn", "bare_proxy:app", "--app-dir", str(HERE)]
     uvicorn += ["--log-level", "warning", "--no-access-log"]
     try:
@@ -395,7 +444,7 @@ def print_report(
     results: dict[tuple[str, int], Load],
     connections: list[int],
     seconds: float,
-    end_to_end: list[str],
+    end_to_end: tuple[list[str], list[str]],
     memory: list[str],
 ) -> None:
     labels = list(dict.fromkeys(label for label, _ in results))
@@ -436,9 +485,9 @@ def print_report(
         ),
         ("bare route ÷ FakeTabPFN directly (throughput)", bare, "FakeTabPFN directly", "rps"),
     ]
-    for name, top, bottom, field in rows:
+    for name, top, bottom, measure in rows:
         cells = [
-            getattr(results[(top, c)], field) / getattr(results[(bottom, c)], field)
+            getattr(results[(top, c)], measure) / getattr(results[(bottom, c)], measure)
             for c in connections
         ]
         print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
@@ -454,9 +503,18 @@ def print_report(
         "straight to FakeTabPFN at 32 connections, far above any proxy row: it is not what "
         "limits them."
     )
+    totals, per_call = end_to_end
     print("\n| end to end | directly | through the proxy | ratio | added | runs |")
     print("|---|---:|---:|---:|---:|---:|")
-    for line in end_to_end:
+    for line in totals:
+        print(line)
+    print(
+        "\nEach HTTP call of one fit + predict_proba, timed by the client (median), directly "
+        "and through the gateway:\n"
+    )
+    print("| call | per run | directly | through the gateway | added |")
+    print("|---|---:|---:|---:|---:|")
+    for line in per_call:
         print(line)
     print("\n| Upload | Gateway RSS before | Peak RSS | Growth | Throughput |")
     print("|---|---:|---:|---:|---:|")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from gateway_support import Tenant, add_tenant, make_settings
 from tabpfn_gateway.errors import (
@@ -18,6 +19,7 @@ from tabpfn_gateway.errors import (
     KeyRevoked,
 )
 from tabpfn_gateway.gateway import Admission, Caller, Gateway, LocalBus, Meter
+from tabpfn_gateway.gateway._authoriser import _DecisionCache
 from tabpfn_gateway.store import ApiKey, utcnow
 from tabpfn_gateway.testing import FakeTabPFN
 from tabpfn_gateway.testing.transport import ASGIBridgeTransport
@@ -192,6 +194,66 @@ def test_decisions_are_cached_and_dropped_by_revocation(gateway: Gateway, alice:
     assert gateway.authoriser.key_alive_from_memory(alice.key_id) is None
     with pytest.raises(KeyRevoked):
         gateway.authoriser.check_key_alive(alice.key_id)
+
+
+def test_an_upload_urls_key_is_asked_once_per_ttl_and_dropped_with_the_key(
+    gateway: Gateway, alice: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large sets arrive in many chunk uploads, each naming its key by id: once the key's
+    # decision aged out, every chunk read the key and decrypted the token again.
+    authoriser, store = gateway.authoriser, gateway.store
+    reads: list[str] = []
+    get_key, get_credential = store.get_key, store.get_credential
+    monkeypatch.setattr(store, "get_key", lambda key_id: reads.append(key_id) or get_key(key_id))
+    monkeypatch.setattr(
+        store,
+        "get_credential",
+        lambda credential_id: reads.append(credential_id) or get_credential(credential_id),
+    )
+    assert authoriser.key_alive_from_memory(alice.key_id) is None
+    caller = authoriser.check_key_alive(alice.key_id)
+    token, _ = authoriser.upload_upstream(caller)
+    assert token.get_secret_value() == TOKENS[0]
+    first = len(reads)
+    assert first >= 2
+    for _ in range(5):  # the next chunks
+        assert authoriser.key_alive_from_memory(alice.key_id) == caller
+        assert authoriser.upstream_from_memory(caller) == (token, None)
+    assert len(reads) == first
+    gateway.admin.remove_credential(alice.credential_id, actor="test")
+    assert authoriser.upstream_from_memory(caller) is None
+    with pytest.raises(CredentialNotFound):
+        authoriser.upload_upstream(caller)
+    authoriser.check_key_alive(alice.key_id)
+    gateway.admin.revoke_key(alice.key_id, actor="test")
+    assert authoriser.key_alive_from_memory(alice.key_id) is None
+    with pytest.raises(KeyRevoked):
+        authoriser.check_key_alive(alice.key_id)
+
+
+def test_decisions_are_found_by_key_id_through_eviction_and_drops(
+    gateway: Gateway, alice: Tenant
+) -> None:
+    bob = add_tenant(gateway, "bob", TOKENS[1])
+    cache = _DecisionCache(ttl=60, max_entries=2)
+    a, b = Caller(gateway.keys.get(alice.key_id)), Caller(gateway.keys.get(bob.key_id))
+    cache.put(b"alice-1", a, None, None, cache.generation)
+    cache.put(b"bob-1", b, SecretStr("tok-b"), None, cache.generation)
+    assert cache.caller_for_key(alice.key_id) == a
+    assert cache.upstream_for_key(alice.key_id) is None  # no token cached for alice
+    assert cache.upstream_for_key(bob.key_id) == (SecretStr("tok-b"), None)
+    cache.put(b"alice-2", a, SecretStr("tok-a"), None, cache.generation)  # evicts alice-1
+    assert cache.upstream_for_key(alice.key_id) == (SecretStr("tok-a"), None)
+    cache.put(b"bob-2", b, None, None, cache.generation)  # evicts bob-1, bob's token with it
+    assert cache.upstream_for_key(bob.key_id) is None
+    assert cache.caller_for_key(bob.key_id) == b
+    cache.drop(key_id=bob.key_id)
+    assert cache.caller_for_key(bob.key_id) is None
+    assert cache.caller_for_key(alice.key_id) == a
+    cache.drop(credential_id=alice.credential_id)
+    assert cache.caller_for_key(alice.key_id) is None
+    cache.put(b"alice-3", a, None, None, cache.generation - 1)  # a lookup from before a drop
+    assert cache.caller_for_key(alice.key_id) is None
 
 
 def test_removing_a_credential_drops_its_decisions(gateway: Gateway, alice: Tenant) -> None:

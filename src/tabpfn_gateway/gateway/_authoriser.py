@@ -33,6 +33,12 @@ __all__ = ["Authoriser", "Caller", "Decision"]
 _MAX_DECISIONS = 10_000
 
 
+def _by_id(key_id: str) -> bytes:
+    """The cache slot of decisions made from a key's id alone (upload URLs name the key by
+    id): never a fingerprint of a key's secret, which are digests of fixed length."""
+    return b"\0id:" + key_id.encode()
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling: the verified key record (its secret never leaves ``KeyManager``)."""
@@ -91,6 +97,9 @@ class _DecisionCache:
         self._ttl = ttl
         self._max = max_entries
         self._items: dict[bytes, _Entry] = {}
+        # The fingerprints cached for each key id: an upload (which names its key by id)
+        # finds its decision without walking the whole cache.
+        self._by_key: dict[str, set[bytes]] = {}
         self._lock = threading.Lock()
         self._generation = 0
 
@@ -130,27 +139,31 @@ class _DecisionCache:
             if generation != self._generation:
                 # Invalidated since the lookup began: the decision may predate the change.
                 return
-            self._items.pop(fingerprint, None)
+            self._remove(fingerprint)
             if len(self._items) >= self._max:
-                self._items.pop(next(iter(self._items)))
+                self._remove(next(iter(self._items)))
             self._items[fingerprint] = _Entry(caller, token, time.monotonic() + ttl, base_url)
+            self._by_key.setdefault(caller.key_id, set()).add(fingerprint)
 
     def caller_for_key(self, key_id: str) -> Caller | None:
         """A current decision for ``key_id`` (any of its secrets), if one is cached."""
-        now = time.monotonic()
-        with self._lock:
-            for entry in self._items.values():
-                if entry.caller.key_id == key_id and now < entry.until:
-                    return entry.caller
-        return None
+        entry = self._current_for_key(key_id, with_token=False)
+        return None if entry is None else entry.caller
 
     def upstream_for_key(self, key_id: str) -> tuple[SecretStr, str | None] | None:
         """The token and cloud URL of a current decision for ``key_id``, if one is cached."""
+        entry = self._current_for_key(key_id, with_token=True)
+        if entry is None or entry.token is None:
+            return None
+        return entry.token, entry.base_url
+
+    def _current_for_key(self, key_id: str, *, with_token: bool) -> _Entry | None:
         now = time.monotonic()
         with self._lock:
-            for entry in self._items.values():
-                if entry.caller.key_id == key_id and entry.token is not None and now < entry.until:
-                    return entry.token, entry.base_url
+            for fingerprint in self._by_key.get(key_id, ()):
+                entry = self._items[fingerprint]
+                if now < entry.until and (entry.token is not None or not with_token):
+                    return entry
         return None
 
     def drop(self, *, key_id: str | None = None, credential_id: str | None = None) -> None:
@@ -158,15 +171,28 @@ class _DecisionCache:
             self._generation += 1
             if key_id is None and credential_id is None:
                 self._items.clear()
+                self._by_key.clear()
                 return
-            stale = [
-                fingerprint
-                for fingerprint, entry in self._items.items()
-                if (key_id is not None and entry.caller.key_id == key_id)
-                or (credential_id is not None and entry.caller.credential_id == credential_id)
-            ]
+            if credential_id is None:
+                stale = list(self._by_key.get(key_id or "", ()))
+            else:
+                stale = [
+                    fingerprint
+                    for fingerprint, entry in self._items.items()
+                    if entry.caller.key_id == key_id or entry.caller.credential_id == credential_id
+                ]
             for fingerprint in stale:
-                del self._items[fingerprint]
+                self._remove(fingerprint)
+
+    def _remove(self, fingerprint: bytes) -> None:
+        entry = self._items.pop(fingerprint, None)
+        if entry is None:
+            return
+        fingerprints = self._by_key.get(entry.caller.key_id)
+        if fingerprints is not None:
+            fingerprints.discard(fingerprint)
+            if not fingerprints:
+                del self._by_key[entry.caller.key_id]
 
 
 class Authoriser:
@@ -295,11 +321,27 @@ class Authoriser:
         """The caller for ``key_id`` if its key is neither revoked, disabled nor expired.
 
         For requests authenticated by something the key was issued (an upload URL) rather
-        than the key itself: they stop working when the key does.
+        than the key itself: they stop working when the key does. The answer is cached like
+        a decision (the many chunk uploads of one large set ask once per ``ttl``), and
+        dropped with the key's other decisions when it is revoked or changed.
         """
+        generation = self._decisions.generation
         record = self._keys.get(key_id)
         require_usable(record)
-        return Caller(record)
+        caller = Caller(record)
+        self._decisions.put(_by_id(key_id), caller, None, None, generation)
+        return caller
+
+    def upload_upstream(self, caller: Caller) -> tuple[SecretStr, str | None]:
+        """``upstream(caller)`` for an upload URL's key, cached by key id (a cached decision
+        of the key, from any of its calls, answers it first)."""
+        cached = self.upstream_from_memory(caller)
+        if cached is not None:
+            return cached
+        generation = self._decisions.generation
+        token, base_url = self._upstream(caller)
+        self._decisions.put(_by_id(caller.key_id), caller, token, base_url, generation)
+        return token, base_url
 
     # -- invalidation ------------------------------------------------------------------------
 

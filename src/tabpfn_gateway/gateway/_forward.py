@@ -1,4 +1,5 @@
-"""The proxy's hot path upstream: one TabPFN API call, its answer kept as the upstream's bytes.
+"""The proxy's hot path upstream: TabPFN API calls and uploads to signed storage URLs, their
+answers kept as the upstream's bytes.
 
 ``AsyncProtocolClient`` is built for callers who want parsed messages and a high-level fit;
 on every small call it pays for httpx's client layer (URL merging, cookies, auth and redirect

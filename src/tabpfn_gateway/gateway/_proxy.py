@@ -179,8 +179,8 @@ class AsyncGatewayProxy:
             )
             upload_id = upload.train_set_upload_id
             datasets.announce(caller.owner_id, str(upload_id), meter.nbytes, x_hash)
-            # The caller's ownership of the new id is recorded by the upload of its files
-            # (``upload``), which the URLs below carry it to.
+            # The caller's ownership of the new id is recorded by the upload of its X
+            # (``upload``), whose URL below carries the id.
             return _encoded(
                 PrepareTrainSetUploadResponse(
                     train_set_upload_id=upload_id,
@@ -421,7 +421,9 @@ class AsyncGatewayProxy:
         # A URL issued before its credential was removed stops working with the credential.
         upstream = gateway.authoriser.upstream_from_memory(caller)
         if upstream is None:
-            upstream = await anyio.to_thread.run_sync(lambda: gateway.authoriser.upstream(caller))
+            upstream = await anyio.to_thread.run_sync(
+                lambda: gateway.authoriser.upload_upstream(caller)
+            )
         limit = gateway.settings.max_upload_bytes
         if content_length is not None and content_length > limit:
             raise PayloadTooLarge(f"Uploads are limited to {limit} bytes.")
@@ -513,8 +515,8 @@ class AsyncGatewayProxy:
         self, caller: Caller, grant: UploadGrant
     ) -> asyncio.Future[None] | None:
         """The caller's ownership of the upload ``grant`` is a file of, written to the store
-        while the file streams (a worker thread's write beside the upload, instead of one
-        more wait before ``prepare_*_upload`` answers); None if it is known already."""
+        while X streams (a worker thread's write beside the upload, instead of one more wait
+        before ``prepare_*_upload`` answers); None for y, or if it is known already."""
         upload_id = grant.upload_id
         # X's upload records it: no fit or prediction works without X, and y's upload
         # (often at the same time as X's) need not write it again.
