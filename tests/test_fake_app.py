@@ -246,3 +246,42 @@ def test_storage_ignores_the_bearer_but_logs_it(fake: FakeTabPFN, http: httpx.Cl
     assert answer.status_code == 200
     assert fake.requests_to(STORAGE_PREFIX)[-1].token == "tok-a"
     assert time.time() < prepared.json()["x_train_info"]["expires_at"]
+
+
+def test_the_request_log_keeps_what_it_is_told() -> None:
+    # A served fake keeps none (nobody reads it, and it grew without end); tests keep all.
+    every = ["/", "/protected/", "/tabpfn/get_settings"]
+    for keep, expected in ((None, every), (2, every[1:]), (0, [])):
+        fake = FakeTabPFN(tokens=["tok-a"], keep_requests=keep)
+        with httpx.Client(transport=ASGIBridgeTransport(fake.app), base_url=BASE) as http:
+            http.get("/")
+            http.get("/protected/", headers=auth("tok-a"))
+            assert http.get("/tabpfn/get_settings", headers=auth("tok-a")).status_code == 200
+        assert [r.path for r in fake.requests] == expected
+    with pytest.raises(ValueError, match="keep_requests"):
+        FakeTabPFN(tokens=["tok-a"], keep_requests=-1)
+
+
+def test_the_served_fakes_keep_no_request_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tabpfn_gateway import cli
+    from tabpfn_gateway.cli import fake as fake_cli
+    from tabpfn_gateway.testing import fake, fake_hosted
+
+    kept: list[int | None] = []
+
+    class Cloud(FakeTabPFN):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            kept.append(kwargs.get("keep_requests"))
+
+    class Hosted(fake_hosted.FakeHostedTabPFN):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            kept.append(kwargs.get("keep_requests"))
+
+    monkeypatch.setattr(fake, "FakeTabPFN", Cloud)
+    monkeypatch.setattr(fake_hosted, "FakeHostedTabPFN", Hosted)
+    monkeypatch.setattr(fake_cli, "_run", lambda uvicorn, app, sock, args: sock.close())
+    assert cli.main(["fake-upstream", "--port", "0", "--token", "tok-a"]) == 0
+    assert cli.main(["fake-upstream", "--port", "0", "--hosted"]) == 0
+    assert kept == [0, 0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -105,6 +106,10 @@ class FakeTabPFN:
         ``test_set_max_rows_w_full_regression_output`` (``tabpfn-client`` splits above it).
     max_iter:
         Boosting rounds of the scikit-learn models: more is slower and more accurate.
+    keep_requests:
+        How many answered requests ``requests`` keeps, the most recent (None: all of them,
+        for tests to read; 0: none, for a long-running server nobody reads, whose every
+        kept request the garbage collector would walk again and again).
     """
 
     def __init__(
@@ -129,7 +134,10 @@ class FakeTabPFN:
         max_classes: int = 10,
         full_output_max_rows: int = 5_000,
         max_iter: int = 30,
+        keep_requests: int | None = None,
     ) -> None:
+        if keep_requests is not None and keep_requests < 0:
+            raise ValueError("keep_requests must be None or at least 0.")
         self._lock = threading.Lock()
         self._ledger = Ledger()
         if isinstance(tokens, Mapping):
@@ -143,7 +151,8 @@ class FakeTabPFN:
         self._faults = Faults(error_rate=error_rate, seed=seed)
         self._storage = SignedStorage()
         self._fits = FitJobs()
-        self._log: list[LoggedRequest] = []
+        self._log: deque[LoggedRequest] = deque(maxlen=keep_requests)
+        self.keeps_requests = keep_requests != 0
         # Knobs tests turn between calls: read when a request needs them.
         self.pending_polls = pending_polls
         self.sync_fit_pending_polls = sync_fit_pending_polls
@@ -508,7 +517,8 @@ class _RequestLog:
         token = bearer(headers.get(b"authorization", b"").decode("latin-1") or None)
         method, path = scope["method"], scope["path"]
         status = 0
-        is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+        logging = fake.keeps_requests
+        is_json = logging and headers.get(b"content-type", b"").startswith(b"application/json")
         body_parts: list[bytes] = []
 
         async def logging_receive() -> Message:
@@ -547,17 +557,18 @@ class _RequestLog:
                 return
             await self._app(scope, logging_receive, logging_send)
         finally:
-            fake._record(
-                LoggedRequest(
-                    method,
-                    path,
-                    token,
-                    status,
-                    json=parse_json(b"".join(body_parts)) if is_json else None,
-                    headers={
-                        k.decode("latin-1"): v.decode("latin-1")
-                        for k, v in headers.items()
-                        if k != b"authorization"
-                    },
+            if logging:
+                fake._record(
+                    LoggedRequest(
+                        method,
+                        path,
+                        token,
+                        status,
+                        json=parse_json(b"".join(body_parts)) if is_json else None,
+                        headers={
+                            k.decode("latin-1"): v.decode("latin-1")
+                            for k, v in headers.items()
+                            if k != b"authorization"
+                        },
+                    )
                 )
-            )

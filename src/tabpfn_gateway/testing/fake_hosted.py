@@ -17,7 +17,7 @@ import json
 import random
 import threading
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +95,8 @@ class FakeHostedTabPFN:
     (an API management layer in front of the container); missing or wrong is 403.
     ``max_cached_models`` bounds the ``model_id`` cache (least recently used evicted first).
     ``latency`` seconds are added to every answer; ``error_rate`` answers that fraction with 503.
+    ``keep_requests``: how many answered requests ``requests`` keeps, the most recent (None:
+    all, for tests; 0: none, for a served fake nobody reads).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class FakeHostedTabPFN:
         latency: float = 0.0,
         error_rate: float = 0.0,
         seed: int = 0,
+        keep_requests: int | None = None,
     ) -> None:
         self.tokens: set[str] | None = None if tokens is None else set(tokens)
         self.required_headers = {k.lower(): v for k, v in (required_headers or {}).items()}
@@ -115,7 +118,7 @@ class FakeHostedTabPFN:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._models: OrderedDict[str, tuple[str | None, FakeModel]] = OrderedDict()
-        self._log: list[HostedLoggedRequest] = []
+        self._log: deque[HostedLoggedRequest] = deque(maxlen=keep_requests)
         self._faults: list[_Fault | None] = []  # None = drop the connection
         self._app: ASGIApp | None = None
 
