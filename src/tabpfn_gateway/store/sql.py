@@ -325,6 +325,10 @@ def _usage_row(event: UsageEvent) -> dict[str, Any]:
     return row
 
 
+# Values bound in one statement: SQLite's smallest limit (999, before 3.32) holds everywhere.
+_MAX_BOUND = 999
+
+
 @dataclasses.dataclass(frozen=True)
 class _CompiledInsert:
     """An INSERT of every column of a table, compiled for one dialect, and how to turn rows
@@ -364,6 +368,27 @@ class _CompiledInsert:
             is not None
         )
         return cls(str(compiled), names, processors, bool(compiled.positional))
+
+    def batches(self, rows: list[dict[str, Any]]) -> Iterator[tuple[str, Any]]:
+        """What to execute for ``rows``: (statement, parameters) pairs.
+
+        With positional parameters (SQLite), rows go in multi-row ``VALUES`` of up to
+        ``_MAX_BOUND`` values each: one statement per chunk. ``executemany`` steps row by row,
+        letting go of the GIL and taking it back each time, and while the event loop's thread
+        keeps the GIL busy each retake waits out the switch interval (5 ms): a flush of 500
+        usage rows under load took seconds. Named parameters (psycopg's pipeline) keep one
+        ``executemany``.
+        """
+        parameters = self.parameters(rows)
+        head, values, group = self.sql.rpartition(" VALUES ")
+        if not self.positional or not values or not self.names:
+            yield self.sql, parameters
+            return
+        per_statement = max(1, _MAX_BOUND // len(self.names))
+        for start in range(0, len(parameters), per_statement):
+            chunk = parameters[start : start + per_statement]
+            flat = tuple(value for row in chunk for value in row)
+            yield f"{head} VALUES {', '.join([group] * len(chunk))}", flat
 
     def parameters(self, rows: list[dict[str, Any]]) -> list[Any]:
         for row in rows:
@@ -765,7 +790,8 @@ class SqlStore:
         with self._transaction(
             "record usage", write=True, conflict="A usage event with this id is already recorded."
         ) as connection:
-            connection.exec_driver_sql(insert.sql, insert.parameters(rows))
+            for statement, parameters in insert.batches(rows):
+                connection.exec_driver_sql(statement, parameters)
 
     def _usage_insert(self) -> _CompiledInsert:
         # The usage recorder writes hundreds of rows per flush, and SQLAlchemy's per-row

@@ -635,6 +635,23 @@ class StoreContractTests:
             store.record_usage(batch)
         assert _walk(store.list_usage, 10) == [existing]
 
+    def test_a_large_usage_batch_lands_whole_or_not_at_all(
+        self, store: Store, make: _Factory
+    ) -> None:
+        # More rows than one statement binds (SQLite writes a batch as several multi-row
+        # inserts): every field of every row back, and a duplicate in the last chunk undoes
+        # the first chunks too.
+        events = [
+            make.usage(f"k{n % 3}", credits=n, credential_id=None if n % 2 else "c", rows=n)
+            for n in range(230)
+        ]
+        store.record_usage(events)
+        assert _walk(store.list_usage, 100) == _newest_first(events)
+        batch = [make.usage() for _ in range(200)] + [make.usage(id=events[0].id)]
+        with pytest.raises(Conflict):
+            store.record_usage(batch)
+        assert len(_walk(store.list_usage, 100)) == 230
+
     def test_summarize_usage_adds_up(self, store: Store, make: _Factory) -> None:
         events = [
             make.usage(
