@@ -85,6 +85,12 @@ def _echo_app(seen: list[dict[str, object]]) -> Starlette:
     )
 
 
+async def _chunks(chunk: bytes, count: int) -> AsyncIterator[bytes]:
+    """A streamed request body: ``count`` times ``chunk``."""
+    for _ in range(count):
+        yield chunk
+
+
 def test_no_cookie_rides_along_and_headers_are_exactly_the_requests() -> None:
     seen: list[dict[str, object]] = []
 
@@ -114,15 +120,13 @@ def test_streams_an_async_body_and_keeps_signed_url_encoding() -> None:
     seen: list[dict[str, object]] = []
     chunk = b"x" * 65536
 
-    async def body() -> AsyncIterator[bytes]:
-        for _ in range(16):
-            yield chunk
-
     async def main(base: str) -> None:
         async with AsyncProtocolClient(base, "tok", transport=AiohttpTransport()) as client:
             signed = f"{base}/echo?sig=a%2Fb%3D%3D&x=1%2B1"
-            await client.put_signed_url(signed, body(), {"Content-Type": "application/x"})
-            await client.put_signed_url(signed, body(), {"Content-Length": str(16 * len(chunk))})
+            body = _chunks(chunk, 16)
+            await client.put_signed_url(signed, body, {"Content-Type": "application/x"})
+            body = _chunks(chunk, 16)
+            await client.put_signed_url(signed, body, {"Content-Length": str(16 * len(chunk))})
 
     with serve_in_thread(_echo_app(seen)) as base:
         anyio.run(main, base)
@@ -263,9 +267,8 @@ def test_forwarded_uploads_stream_once_and_never_follow_a_redirect(pool: str) ->
     seen: list[dict[str, object]] = []
     chunk = b"y" * 65536
 
-    async def body() -> AsyncIterator[bytes]:
-        for _ in range(8):
-            yield chunk
+    def body() -> AsyncIterator[bytes]:
+        return _chunks(chunk, 8)
 
     async def main(base: str) -> UpstreamError:
         storage = AiohttpTransport() if pool == "aiohttp" else None

@@ -153,14 +153,7 @@ def test_public_url_setting_decides_upload_urls(tmp_path: Path) -> None:
     for setup in build(
         tmp_path, FakeTabPFN(tokens=TOKENS), public_url="https://tabpfn.corp.example"
     ):
-        request = PrepareTrainSetUploadRequest(
-            x_train_info=FileInfo(format="parquet"), y_train_info=FileInfo(format="parquet")
-        )
-        body = setup.http.post(
-            "/tabpfn/prepare_train_set_upload",
-            json=request.model_dump(mode="json", exclude_none=True),
-            headers={"Authorization": f"Bearer {setup.alice.key}"},
-        ).json()
+        body = _prepared(setup, setup.alice.key)
         assert body["x_train_info"]["signed_urls"][0].startswith(
             "https://tabpfn.corp.example" + UPLOAD_PATH_PREFIX
         )
@@ -273,16 +266,22 @@ def test_unreachable_upstream_is_503_with_a_retry_hint(tmp_path: Path) -> None:
 # -- uploads ------------------------------------------------------------------------------------
 
 
-def prepare_upload(setup: Setup, key: str) -> str:
+def _prepared(setup: Setup, key: str) -> dict[str, Any]:
     request = PrepareTrainSetUploadRequest(
         x_train_info=FileInfo(format="parquet"), y_train_info=FileInfo(format="parquet")
     )
-    body = setup.http.post(
+    answer = setup.http.post(
         "/tabpfn/prepare_train_set_upload",
         json=request.model_dump(mode="json", exclude_none=True),
         headers={"Authorization": f"Bearer {key}"},
-    ).json()
-    return str(body["x_train_info"]["signed_urls"][0])
+    )
+    assert answer.status_code == 200, answer.text
+    prepared: dict[str, Any] = answer.json()
+    return prepared
+
+
+def prepare_upload(setup: Setup, key: str) -> str:
+    return str(_prepared(setup, key)["x_train_info"]["signed_urls"][0])
 
 
 def test_broken_and_tampered_upload_urls_are_400(setup: Setup) -> None:
@@ -444,20 +443,6 @@ def test_a_prediction_is_priced_by_its_fits_rows_without_reading_the_fit_back(
     )
     with upstream:
         assert predict.credits == upstream.estimate_cost(quote).estimated_cost
-
-
-def _prepared(setup: Setup, key: str) -> dict[str, Any]:
-    request = PrepareTrainSetUploadRequest(
-        x_train_info=FileInfo(format="parquet"), y_train_info=FileInfo(format="parquet")
-    )
-    answer = setup.http.post(
-        "/tabpfn/prepare_train_set_upload",
-        json=request.model_dump(mode="json", exclude_none=True),
-        headers={"Authorization": f"Bearer {key}"},
-    )
-    assert answer.status_code == 200, answer.text
-    prepared: dict[str, Any] = answer.json()
-    return prepared
 
 
 def test_the_upload_records_its_ownership_before_it_answers(
