@@ -7,7 +7,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 from urllib.parse import urlsplit
@@ -240,11 +242,54 @@ class EgressPolicy:
         if literal is not None:
             self.check_addresses([str(literal)])
             return
-        try:
-            infos = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except OSError:
-            return  # an unresolvable host cannot be reached by the request either
-        self.check_addresses([str(info[4][0]) for info in infos])
+        addresses = _RESOLVED.get(host)
+        if addresses is None:
+            try:
+                infos = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError:
+                return  # an unresolvable host cannot be reached by the request either
+            addresses = _RESOLVED.put(host, [str(info[4][0]) for info in infos])
+        self.check_addresses(addresses)
+
+
+class _Resolutions:
+    """Recent answers of the resolver, by host, for ``ttl`` seconds (at most ``size`` hosts).
+
+    Every upload and prediction download checked its storage host's addresses with a fresh
+    lookup (a DNS query, through a worker thread), and then aiohttp, which keeps its own
+    answers for 10 seconds, connected from its cache anyway. The addresses are still checked
+    on every call (the policy differs by credential); only the lookup is reused, for as long
+    as the connection pool would reuse it.
+    """
+
+    def __init__(
+        self, ttl: float = 10.0, size: int = 256, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._clock = clock
+        self._answers: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, host: str) -> tuple[str, ...] | None:
+        with self._lock:
+            answer = self._answers.get(host)
+        if answer is None or self._clock() >= answer[0]:
+            return None
+        return answer[1]
+
+    def put(self, host: str, addresses: Sequence[str]) -> tuple[str, ...]:
+        answer = tuple(addresses)
+        if answer:  # "no such host" is asked again: it may be a moment's failure
+            with self._lock:
+                self._answers.pop(host, None)
+                if len(self._answers) >= self._size:
+                    self._answers.pop(next(iter(self._answers)))
+                self._answers[host] = (self._clock() + self._ttl, answer)
+        return answer
+
+
+_RESOLVED = _Resolutions()
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
@@ -260,12 +305,15 @@ def _origin(url: str) -> tuple[str, str, int] | None:
     return scheme, host, port if port is not None else (443 if scheme == "https" else 80)
 
 
-def _resolve(host: str) -> list[str]:
+def _resolve(host: str) -> Sequence[str]:
     literal = _address(host)
     if literal is not None:
         return [str(literal)]
+    addresses = _RESOLVED.get(host)
+    if addresses is not None:
+        return addresses
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError:
         return []  # an unresolvable host cannot be reached by the request either
-    return [str(info[4][0]) for info in infos]
+    return _RESOLVED.put(host, [str(info[4][0]) for info in infos])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -144,3 +146,46 @@ def test_uploads_through_the_gateway_still_reach_the_upstream(stack: Stack) -> N
     puts = [r for r in stack.fake.requests if r.method == "PUT"]
     assert puts
     assert all("authorization" not in r.headers for r in puts)
+
+
+def test_a_storage_hosts_lookup_is_reused_briefly_and_its_addresses_checked_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every upload looked its storage host up again (a DNS query per call); aiohttp then
+    # connected from its own 10-second cache anyway. The lookup is reused as long; the
+    # addresses are still checked on every call.
+    from tabpfn_gateway import netpolicy
+
+    answers = {"storage.example": "34.1.2.3", "rebound.example": "127.0.0.1"}
+    lookups: list[str] = []
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], 0))]
+
+    async def agetaddrinfo(host: str, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        return getaddrinfo(host)
+
+    now = [1000.0]
+    resolved = netpolicy._Resolutions(ttl=10.0, clock=lambda: now[0])
+    monkeypatch.setattr(netpolicy, "_RESOLVED", resolved)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(anyio, "getaddrinfo", agetaddrinfo)
+    policy = EgressPolicy.build(
+        upstream_urls=[], allowed_hosts=["storage.example", "rebound.example"]
+    )
+    for _ in range(3):
+        policy.check("https://storage.example/put?sig=1")
+        anyio.run(policy.acheck, "https://storage.example/put?sig=2")
+    assert lookups == ["storage.example"]
+    for _ in range(2):
+        with pytest.raises(EgressRefused):
+            policy.check("https://rebound.example/put")
+        with pytest.raises(EgressRefused):
+            anyio.run(policy.acheck, "https://rebound.example/put")
+    assert lookups == ["storage.example", "rebound.example"]
+    now[0] += 10.5  # past the pool's own reuse: asked again
+    answers["storage.example"] = "10.0.0.7"  # and a private answer is refused at once
+    with pytest.raises(EgressRefused):
+        anyio.run(policy.acheck, "https://storage.example/put")
+    assert lookups[-1] == "storage.example"
