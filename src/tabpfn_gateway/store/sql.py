@@ -756,7 +756,7 @@ class SqlStore:
 
     def add_fitted_model(self, model: FittedModel) -> FittedModel:
         model = normalize_record(model)
-        # Every fit through the gateway writes one, before its answer: the compiled insert.
+        # Every fit through the gateway writes one before it answers: compiled once.
         insert = self._compiled_insert(schema.fitted_models, _FITTED_MODEL_FIELDS)
         row = {name: getattr(model, name) for name in _FITTED_MODEL_FIELDS}
         with self._transaction(
@@ -1478,7 +1478,7 @@ class SqlStore:
     # -- upload ids --------------------------------------------------------------------
 
     def add_upload_owner(self, upload_id: str, owner_id: str, kind: str) -> None:
-        # Every prepared upload writes one, before its answer: the compiled insert.
+        # Each train or test set uploaded writes one (beside its X's upload): compiled once.
         insert = self._compiled_insert(
             schema.upload_owners,
             _UPLOAD_OWNER_FIELDS,
