@@ -837,6 +837,14 @@ def test_a_key_policy_with_an_allowlist_and_a_budget_on_the_overview(
     assert admin.get_policy(key_id, kind="key") == stored
 
 
+def _budget_list(page: str, marker: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """The budget list after ``marker`` on a console page, and its (link, name, kind) items."""
+    section = page[page.index(marker) :]
+    section = section[: section.index("</ul>")]
+    items = re.findall(r'<a href="([^"]+)">([^<]+)</a> <span class="kind">([^<]+)</span>', section)
+    return section, items
+
+
 def test_budgets_are_named_by_their_team_user_or_key(signed_in: Console) -> None:
     # The core names a budget's target by id; the pages name it as people know it, and link
     # to where it is set: a team's budget over a member's key links to the team, not the user.
@@ -853,9 +861,7 @@ def test_budgets_are_named_by_their_team_user_or_key(signed_in: Console) -> None
     assert engine is not None
     engine.admit(key, "predict", credits=90).settle(90)
     overview = signed_in.client.get("/console/").text
-    budgets = overview[overview.index('id="budgets"') :]
-    budgets = budgets[: budgets.index("</ul>")]
-    items = re.findall(r'<a href="([^"]+)">([^<]+)</a> <span class="kind">([^<]+)</span>', budgets)
+    budgets, items = _budget_list(overview, 'id="budgets"')
     assert items == [
         (f"/console/keys/{key.key_id}", "ada notebook", "key"),
         (f"/console/principals/{ada.id}", "ada-budget", "user"),
@@ -864,9 +870,7 @@ def test_budgets_are_named_by_their_team_user_or_key(signed_in: Console) -> None
     assert "90 of 100 credits (90%)" in budgets
     assert team.id not in re.sub(r'href="[^"]*"', "", budgets)
     page = signed_in.client.get(f"/console/keys/{key.key_id}").text
-    section = page[page.index("Budgets over this key") :]
-    section = section[: section.index("</ul>")]
-    named = re.findall(r'<a href="([^"]+)">([^<]+)</a> <span class="kind">([^<]+)</span>', section)
+    section, named = _budget_list(page, "Budgets over this key")
     assert named == [
         (f"/console/keys/{key.key_id}", "ada notebook", "key"),
         (f"/console/principals/{ada.id}", "ada-budget", "user"),
