@@ -1,13 +1,16 @@
-"""Sealed upload URLs: round trips, tampering, expiry, secret rotation; nothing readable."""
+"""Sealed upload URLs: round trips, tampering, expiry, secret rotation; nothing readable. And
+the body an upload streams: X's Parquet footer read as it ends."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 
 import pytest
 
 from tabpfn_gateway.errors import ConfigurationError, InvalidUpload
 from tabpfn_gateway.gateway import UploadSigner
+from tabpfn_gateway.gateway._proxy import _CountingBody
 
 UPSTREAM = "https://storage.example/bucket/obj?X-Goog-Signature=abcdef0123456789"
 
@@ -105,3 +108,63 @@ def test_foreign_secret_cannot_open_but_rotation_keeps_old_tokens_valid() -> Non
 def test_a_signer_needs_a_secret() -> None:
     with pytest.raises(ConfigurationError):
         UploadSigner([])
+
+
+def _parquet(rows: int, columns: int) -> bytes:
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame(np.arange(rows * columns, dtype=float).reshape(rows, columns))
+    buffer = io.BytesIO()
+    frame.rename(columns=str).to_parquet(buffer)
+    return buffer.getvalue()
+
+
+async def _chunks(data: bytes, parts: int) -> AsyncIterator[bytes]:
+    size = len(data) // parts + 1
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+@pytest.mark.anyio
+async def test_an_x_footer_is_read_as_its_body_ends_not_after_storage_answers() -> None:
+    # The shape is read when the sender asks past the last chunk (the storage is taking it
+    # in meanwhile), so the upload's answer does not wait for pyarrow.
+    data = _parquet(30, 4)
+    counted = _CountingBody(_chunks(data, 3), limit=len(data))
+    counted.keep_tail = True
+    sent = []
+    async for chunk in counted.iterate():
+        assert counted.shape is None  # nothing is parsed while chunks still flow
+        sent.append(chunk)
+    assert b"".join(sent) == data
+    assert counted.shape == (30, 4)
+    assert counted.read_shape() == (30, 4)
+
+
+@pytest.mark.anyio
+async def test_an_x_footer_is_read_even_if_storage_answers_before_the_body_resumes() -> None:
+    # aiohttp may hand back the storage's answer while its writer has not yet asked past the
+    # last chunk: the kept tail is complete, and the shape is read from it then.
+    data = _parquet(25, 3)
+    counted = _CountingBody(_chunks(data, 4), limit=len(data))
+    counted.keep_tail = True
+    iterator = counted.iterate()
+    sent = b""
+    while len(sent) < len(data):
+        sent += await iterator.__anext__()
+    assert counted.shape is None
+    assert counted.read_shape() == (25, 3)
+    await iterator.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_y_upload_keeps_no_tail_and_reads_no_footer() -> None:
+    data = _parquet(10, 1)
+    counted = _CountingBody(_chunks(data, 2), limit=len(data))
+    sent = [chunk async for chunk in counted.iterate()]
+    assert b"".join(sent) == data
+    assert counted.tail == bytearray()
+    assert counted.shape is None

@@ -451,7 +451,7 @@ class AsyncGatewayProxy:
         if counted.keep_tail:
             # The last chunk of X ends with its Parquet footer: rows and columns for the fit's
             # one usage record.
-            gateway.datasets.learn_shape(token, *parquet_shape(bytes(counted.tail)))
+            gateway.datasets.learn_shape(token, *counted.read_shape())
         return counted.count
 
     def _rewrite(
@@ -549,7 +549,8 @@ class AsyncGatewayProxy:
 class _CountingBody:
     """Passes chunks through, counting them; stops past ``limit``. Remembers why it stopped,
     because the upstream client may report the interruption as an upstream failure. With
-    ``keep_tail``, keeps the last ``_TAIL_BYTES`` (where a Parquet file keeps its footer)."""
+    ``keep_tail``, keeps the last ``_TAIL_BYTES`` (where a Parquet file keeps its footer) and
+    reads the file's ``shape`` from them once the body has ended."""
 
     def __init__(self, body: AsyncIterable[bytes], limit: int) -> None:
         self._body = body
@@ -558,6 +559,7 @@ class _CountingBody:
         self.failure: GatewayError | None = None
         self.keep_tail = False
         self.tail = bytearray()
+        self.shape: tuple[int, int | None] | None = None
 
     async def iterate(self) -> AsyncIterator[bytes]:
         try:
@@ -574,6 +576,17 @@ class _CountingBody:
         except GatewayError as exc:
             self.failure = exc
             raise
+        if self.keep_tail:
+            # The last chunk is on its way to storage already: the footer is read while the
+            # storage takes it in, not after it has answered (0.1 to 0.35 ms of pyarrow).
+            self.shape = parquet_shape(bytes(self.tail))
+
+    def read_shape(self) -> tuple[int, int | None]:
+        """Rows and columns from the kept tail's Parquet footer, once the body has ended."""
+        # The storage may answer before the iteration has resumed past the last chunk.
+        if self.shape is None:
+            self.shape = parquet_shape(bytes(self.tail))
+        return self.shape
 
 
 # Any count a caller states that ends up in a usage row: far above any real dataset, far below
