@@ -1,11 +1,12 @@
 """Gateway overhead, in one run: small authenticated calls under load with wrk (FakeTabPFN
-directly, a bare Starlette + aiohttp forwarding route, the gateway with 1 and 2 workers, at 1, 8
-and 32 connections), the unmodified tabpfn-client's fit + predict_proba through the gateway
-vs. directly, and the gateway's memory while a large upload streams through it. Every server
-runs in its own process on loopback.
+directly, a bare Starlette + aiohttp forwarding route, nginx, the gateway with 1 and 2 workers,
+at 1, 8 and 32 connections), the unmodified tabpfn-client's fit + predict_proba directly and
+through each proxy (with the time each adds to every HTTP call), and the gateway's memory while
+a large upload streams through it. Every server runs in its own process on loopback.
 
 Run: ``python benchmarks/gateway.py`` (``nox -s bench`` runs it); ``--quick`` for a smoke run.
-Needs ``wrk`` (Debian package ``wrk``).
+Needs ``wrk`` (Debian package ``wrk``); nginx (``nginx-light``) is measured when installed, as
+what a proxy hop costs when the proxy is not Python.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tabpfn_gateway.protocol.messages import FileInfo, PrepareTrainSetUploadRequ
 TOKEN = "tok-benchmark-000001"  # wrk's and the gateway's credential
 DIRECT_TOKEN = "tok-benchmark-000002"  # tabpfn-client straight to FakeTabPFN
 BARE_TOKEN = "tok-benchmark-000003"  # tabpfn-client through the bare route
+NGINX_TOKEN = "tok-benchmark-000004"  # tabpfn-client through nginx
 CLI = str(Path(sys.executable).parent / "tabpfn-gateway")
 HERE = Path(__file__).resolve().parent
 MB = 1024 * 1024
@@ -265,9 +267,20 @@ CLIENT_SCRIPT = textwrap.dedent(
         # Each HTTP call the client makes, timed on its side: where an added ms goes.
         started = time.perf_counter()
         try:
-            return send(self, request, **kwargs)
+            response = send(self, request, **kwargs)
+            if request.url.path == "/tabpfn/fit" and response.status_code == 200:
+                # FakeTabPFN's own time for the fit (its model's training and the data's
+                # reading): what of a fit's time no proxy can add to.
+                timings = response.json().get("timings") or {}
+                own = (timings.get("fit_s") or 0) + (timings.get("train_set_transform_s") or 0)
+                calls["FakeTabPFN's own fit time (server side)"].append(own)
+            return response
         finally:
-            name = "PUT (upload)" if request.method == "PUT" else request.url.path
+            name = request.url.path
+            if request.method == "PUT":
+                # An X (features, tens of KB or more) or a y (one column, about 2 KB).
+                large = int(request.headers.get("content-length", 0)) > 16384
+                name = "PUT (upload of an X)" if large else "PUT (upload of a y)"
             calls[name].append(time.perf_counter() - started)
 
     httpx.Client.send = timed_send
@@ -321,49 +334,142 @@ class ClientRuns:
             self.calls.setdefault(name, []).extend(seconds)
 
 
+@dataclass
+class ClientPath:
+    """One way tabpfn-client reaches FakeTabPFN in the end-to-end runs."""
+
+    label: str
+    url: str
+    token: str
+    runs: ClientRuns = field(default_factory=ClientRuns)
+
+
+# Calls whose time is mostly FakeTabPFN's own computing, which varies by several ms from run to
+# run whatever the path: the sums are also given without them.
+_COMPUTE = ("/tabpfn/fit", "/tabpfn/predict")
+_OWN_FIT = "FakeTabPFN's own fit time (server side)"
+
+
 def bench_end_to_end(
-    direct: str, bare: str, gateway: str, key: str, rows: int, cols: int, rounds: int, home: Path
-) -> tuple[list[str], list[str]]:
-    """The end-to-end rows and the per-call rows. All three paths fit and predict the same
-    data (a fit's time depends on it); each has its own upstream token, so FakeTabPFN's
-    per-token deduplication never shortcuts an upload."""
-    paths = {
-        "direct": (direct, DIRECT_TOKEN, ClientRuns()),
-        "bare": (bare, BARE_TOKEN, ClientRuns()),
-        "gateway": (gateway, key, ClientRuns()),
-    }
-    order = list(paths)
+    direct: ClientPath, proxies: list[ClientPath], rows: int, cols: int, rounds: int, home: Path
+) -> tuple[list[str], list[str], list[str]]:
+    """The end-to-end rows, the per-call table's header and its rows. Every path fits and
+    predicts the same data (a fit's time depends on it); each has its own upstream token, so
+    FakeTabPFN's per-token deduplication never shortcuts an upload."""
+    paths = [direct, *proxies]
     for i in range(rounds):
         # Child processes in turn, the order rotating, so drift on a shared machine hits all
         # alike; enough runs that the medians settle (a fit's own time varies by several ms).
-        for name in order[i % 3 :] + order[: i % 3]:
-            url, token, runs = paths[name]
-            runs.add(url, token, rows, cols, 1000 * i, home)
-    anchor, through_bare, ours = (paths[name][2] for name in order)
-    a, b, g = (statistics.median(r.totals) for r in (anchor, through_bare, ours))
+        shift = i % len(paths)
+        for path in paths[shift:] + paths[:shift]:
+            path.runs.add(path.url, path.token, rows, cols, 1000 * i, home)
     what = f"tabpfn-client fit + predict_proba {rows:,} x {cols}"
-    runs_count = len(anchor.totals)
-    totals = [
-        f"| {what}, through the gateway | {a * 1000:.0f} ms | {g * 1000:.0f} ms | "
-        f"**{g / a:.3f}** | {(g - a) * 1000:+.1f} ms | {runs_count} |",
-        f"| {what}, through the bare route (API calls only) | {a * 1000:.0f} ms | "
-        f"{b * 1000:.0f} ms | {b / a:.3f} | {(b - a) * 1000:+.1f} ms | {runs_count} |",
-    ]
-    per_call = []
-    summed = 0.0
-    for name, seconds in ours.calls.items():
-        direct_seconds = anchor.calls.get(name)
-        if not direct_seconds:
-            continue
-        each = len(seconds) / len(ours.totals)
-        mine, theirs = statistics.median(seconds), statistics.median(direct_seconds)
-        summed += each * (mine - theirs)
-        per_call.append(
-            f"| {name} | {each:g} | {theirs * 1000:.2f} ms | {mine * 1000:.2f} ms | "
-            f"{(mine - theirs) * 1000:+.2f} ms |"
+    a = statistics.median(direct.runs.totals)
+    totals = []
+    for proxy in proxies:
+        t = statistics.median(proxy.runs.totals)
+        ratio = f"{t / a:.3f}"
+        totals.append(
+            f"| {what}, through {proxy.label} | {a * 1000:.0f} ms | {t * 1000:.0f} ms | "
+            f"{f'**{ratio}**' if proxy.label == 'the gateway' else ratio} | "
+            f"{(t - a) * 1000:+.1f} ms | {len(proxy.runs.totals)} |"
         )
-    per_call.append(f"| all calls of one fit + predict_proba | | | | {summed * 1000:+.1f} ms |")
-    return totals, per_call
+    header = ["| call | per run | directly |", "|---|---:|---:|"]
+    for proxy in proxies:
+        header[0] += f" {proxy.label.removeprefix('the ')} adds |"
+        header[1] += "---:|"
+    per_call = []
+    summed = {p.label: [0.0, 0.0] for p in proxies}  # every call; the calls but fit, predict
+    for name, direct_seconds in direct.runs.calls.items():
+        theirs = statistics.median(direct_seconds)
+        each = len(direct_seconds) / len(direct.runs.totals)
+        cells = []
+        for proxy in proxies:
+            seconds = proxy.runs.calls.get(name)
+            added = statistics.median(seconds) - theirs if seconds else float("nan")
+            cells.append(f"{added * 1000:+.2f} ms")
+            if name != _OWN_FIT:
+                summed[proxy.label][0] += each * added
+                if name not in _COMPUTE:
+                    summed[proxy.label][1] += each * added
+        row = f"| {name} | {each:g} | {theirs * 1000:.2f} ms | "
+        per_call.append(row + " | ".join(cells) + " |")
+    for index, label in enumerate(("all calls", "all calls but fit and predict")):
+        cells = " | ".join(f"{summed[p.label][index] * 1000:+.1f} ms" for p in proxies)
+        per_call.append(f"| {label}, one fit + predict_proba | | | {cells} |")
+    return totals, header, per_call
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+user root;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    fastcgi_temp_path {work}/nginx-fastcgi;
+    uwsgi_temp_path {work}/nginx-uwsgi;
+    scgi_temp_path {work}/nginx-scgi;
+    upstream fake {{ server {upstream}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 0;
+        location / {{
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # FakeTabPFN signs upload URLs on the origin it is asked at; they are pointed at
+            # this proxy on the way back, as the gateway and the bare route do.
+            proxy_set_header Host {upstream};
+            proxy_set_header Accept-Encoding "";
+            proxy_request_buffering off;
+            sub_filter_types application/json;
+            sub_filter_once off;
+            sub_filter "http://{upstream}" "http://127.0.0.1:{port}";
+        }}
+    }}
+}}
+"""
+
+
+NGINX = "nginx (C, one worker)"
+
+
+@contextlib.contextmanager
+def nginx_proxy(upstream: str, work: Path) -> Iterator[tuple[str, int] | None]:
+    """nginx forwarding to ``upstream`` (one worker, keep-alive upstream connections, uploads
+    streamed): what a proxy hop costs when the proxy is not Python. None when nginx is not
+    installed (Debian package ``nginx-light``)."""
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+    )
+    if nginx is None:
+        yield None
+        return
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(work=work, port=port, upstream=upstream.removeprefix("http://"))
+    )
+    process = subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, process, "/")
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -399,7 +505,7 @@ def main() -> int:
         "TABPFN_GATEWAY_MAX_UPLOAD_BYTES": str(1024 * MB),
     }
     fake_cmd = [CLI, "fake-upstream", "--log-level", "warning"]
-    for token in (TOKEN, DIRECT_TOKEN, BARE_TOKEN):
+    for token in (TOKEN, DIRECT_TOKEN, BARE_TOKEN, NGINX_TOKEN):
         fake_cmd += ["--token", token]
     uvicorn = [sys.executable, "-m", "uvicorn", "bare_proxy:app", "--app-dir", str(HERE)]
     uvicorn += ["--log-level", "warning", "--no-access-log"]
@@ -410,6 +516,7 @@ def main() -> int:
             with (
                 serve(uvicorn, bare_env, "/openapi.json") as (bare, bare_pid),
                 serve([CLI, "serve"], env, "/healthz") as (gateway, gateway_pid),
+                nginx_proxy(direct, work) as nginx,
             ):
                 key = setup_key(gateway)
                 targets = [
@@ -417,6 +524,8 @@ def main() -> int:
                     ("bare Starlette + aiohttp route", bare, TOKEN, bare_pid, fake_pid),
                     ("gateway, 1 worker", gateway, key, gateway_pid, fake_pid),
                 ]
+                if nginx is not None:
+                    targets.insert(2, (NGINX, nginx[0], TOKEN, nginx[1], fake_pid))
                 results: dict[tuple[str, int], Load] = {}
                 for _, url, bearer, pid, upstream in targets:
                     wrk(url, bearer, 8, 1, script, pid, upstream)  # warm: pools, caches
@@ -432,8 +541,15 @@ def main() -> int:
             with (
                 serve([CLI, "serve"], env, "/healthz") as (gateway, _),
                 serve(uvicorn, bare_env, "/openapi.json") as (bare, _),
+                nginx_proxy(direct, work) as nginx,
             ):
-                end_to_end = bench_end_to_end(direct, bare, gateway, key, 1_000, 20, rounds, work)
+                proxies = [ClientPath("the bare route", bare, BARE_TOKEN)]
+                if nginx is not None:
+                    proxies.append(ClientPath("nginx", nginx[0], NGINX_TOKEN))
+                proxies.append(ClientPath("the gateway", gateway, key))
+                end_to_end = bench_end_to_end(
+                    ClientPath("direct", direct, DIRECT_TOKEN), proxies, 1_000, 20, rounds, work
+                )
         print_report(results, connections, seconds, end_to_end, memory)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -444,7 +560,7 @@ def print_report(
     results: dict[tuple[str, int], Load],
     connections: list[int],
     seconds: float,
-    end_to_end: tuple[list[str], list[str]],
+    end_to_end: tuple[list[str], list[str], list[str]],
     memory: list[str],
 ) -> None:
     labels = list(dict.fromkeys(label for label, _ in results))
@@ -494,26 +610,29 @@ def print_report(
     direct1 = results[("FakeTabPFN directly", 1)].p50_ms
     added = results[("gateway, 1 worker", 1)].p50_ms - direct1
     added_bare = results[(bare, 1)].p50_ms - direct1
+    nginx = results.get((NGINX, 1))
+    added_nginx = "" if nginx is None else f", nginx {(nginx.p50_ms - direct1) * 1000:+.0f} µs"
     print(
         f"\nAdded median latency at 1 connection, over FakeTabPFN directly: gateway "
-        f"{added * 1000:+.0f} µs, bare route {added_bare * 1000:+.0f} µs."
+        f"{added * 1000:+.0f} µs, bare route {added_bare * 1000:+.0f} µs{added_nginx}."
     )
     print(
         f"Load generator: wrk reached {results[('FakeTabPFN directly', 32)].rps:,.0f} requests/s "
         "straight to FakeTabPFN at 32 connections, far above any proxy row: it is not what "
         "limits them."
     )
-    totals, per_call = end_to_end
+    totals, header, per_call = end_to_end
     print("\n| end to end | directly | through the proxy | ratio | added | runs |")
     print("|---|---:|---:|---:|---:|---:|")
     for line in totals:
         print(line)
     print(
-        "\nEach HTTP call of one fit + predict_proba, timed by the client (median), directly "
-        "and through the gateway:\n"
+        "\nEach HTTP call of one fit + predict_proba, timed by the client (median): directly, "
+        "and what each proxy adds to it (the bare route: the floor for a Python proxy; nginx: "
+        "for any proxy, when installed):\n"
     )
-    print("| call | per run | directly | through the gateway | added |")
-    print("|---|---:|---:|---:|---:|")
+    for line in header:
+        print(line)
     for line in per_call:
         print(line)
     print("\n| Upload | Gateway RSS before | Peak RSS | Growth | Throughput |")
