@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -286,3 +287,41 @@ def test_a_key_state_has_one_answer() -> None:
     assert disabled.state(now) == "disabled"
     assert disabled.state(now + timedelta(hours=2)) == "disabled"
     assert replace(disabled, revoked_at=now).state(now) == "revoked"
+
+
+def test_keys_answered_from_the_cache_get_their_last_use_written_by_the_flusher(
+    tmp_path: Path, fake: FakeTabPFN
+) -> None:
+    # The cached path only notes a use in memory; before, it reached the database at the
+    # key's next slow-path lookup or at shutdown. The usage flusher's thread writes it.
+    gw = Gateway.from_settings(
+        make_settings(
+            tmp_path,
+            "memory://",
+            usage_flush_seconds=0.05,
+            last_used_flush_seconds=0.0,
+        ),
+        upstream_transport=ASGIBridgeTransport(fake.app),
+        async_upstream_transport=httpx.ASGITransport(app=fake.app),
+        bus=LocalBus(),
+    )
+    try:
+        tenant = add_tenant(gw, "alice", TOKENS[0])
+        gw.authoriser.authorise(tenant.key, scope="inference")  # the slow path, cached now
+        gw.keys.flush_last_used()
+        first = gw.store.get_key(tenant.key_id)
+        assert first is not None
+        assert first.last_used_at is not None
+        time.sleep(0.01)  # a later use has a later time
+        assert gw.authoriser.authorise_from_memory(tenant.key, scope="inference") is not None
+        deadline = time.monotonic() + 30
+        latest = first.last_used_at
+        while latest <= first.last_used_at and time.monotonic() < deadline:
+            time.sleep(0.02)
+            record = gw.store.get_key(tenant.key_id)
+            assert record is not None
+            assert record.last_used_at is not None
+            latest = record.last_used_at
+        assert latest > first.last_used_at
+    finally:
+        gw.close()

@@ -403,6 +403,56 @@ def test_last_used_is_coalesced_and_flushed(
     assert store.get_key(key_id).last_used_at == clock.now()  # type: ignore[union-attr]
 
 
+def test_uses_noted_from_a_cache_are_written_by_a_periodic_pass_when_due(
+    store: Store, clock: Clock, owner: Principal, credential: UpstreamCredential
+) -> None:
+    # The authoriser answers cached keys and only notes their use; the gateway's background
+    # flusher calls flush_last_used_if_due, which writes them at most every last_used_flush.
+    counting = CountingStore(store)
+    manager = manager_for(counting, clock, last_used_flush=30.0)  # type: ignore[arg-type]
+    created = manager.create(owner.id, credential.id, "k")
+    key_id = created.record.key_id
+    manager.flush_last_used_if_due()  # nothing noted: no write
+    assert counting.calls["touch_keys"] == 0
+    clock.advance(seconds=5)
+    manager.note_use(key_id)
+    noted = clock.now()
+    manager.flush_last_used_if_due()  # noted, but not due yet
+    assert counting.calls["touch_keys"] == 0
+    clock.advance(seconds=26)
+    manager.flush_last_used_if_due()
+    assert counting.calls["touch_keys"] == 1
+    assert store.get_key(key_id).last_used_at == noted  # type: ignore[union-attr]
+    clock.advance(seconds=31)
+    manager.flush_last_used_if_due()  # due, but nothing new: no write
+    assert counting.calls["touch_keys"] == 1
+
+
+def test_a_periodic_last_use_pass_that_fails_keeps_the_uses_and_raises_nothing(
+    clock: Clock,
+) -> None:
+    class FlakyTouch(CountingStore):
+        fail = True
+
+        def touch_keys(self, last_used: Any) -> None:
+            self.calls["touch_keys"] += 1
+            if self.fail:
+                raise StoreUnavailable()
+            self.inner.touch_keys(last_used)
+
+    flaky = FlakyTouch(MemoryStore())
+    owner = flaky.add_principal(Principal(id=new_id(), name="alice"))
+    manager = manager_for(flaky, clock, last_used_flush=0.0)  # type: ignore[arg-type]
+    created = manager.create(owner.id, None, "ops", admin=True)
+    manager.note_use(created.record.key_id)
+    manager.flush_last_used_if_due()  # logged, kept
+    assert flaky.calls["touch_keys"] == 1
+    flaky.fail = False
+    manager.flush_last_used_if_due()
+    assert flaky.calls["touch_keys"] == 2
+    assert flaky.inner.get_key(created.record.key_id).last_used_at == START
+
+
 def test_verifying_from_many_threads(
     store: Store, clock: Clock, owner: Principal, credential: UpstreamCredential
 ) -> None:

@@ -120,6 +120,9 @@ class Gateway:
         self._async_lock = threading.Lock()
         self.uploads = uploads
         self.usage = usage or UsageRecorder(store, flush_interval=settings.usage_flush_seconds)
+        # Keys answered from the authoriser's cache only note their use in memory; the
+        # flusher's thread writes it when due, not only at the next key lookup or at close.
+        self.usage.add_background_task(keys.flush_last_used_if_due)
         self.bus: InvalidationBus = bus or LocalBus()
         self.upstream_transport = upstream_transport
         self._owns_store = owns_store

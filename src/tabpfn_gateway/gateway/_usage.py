@@ -58,6 +58,7 @@ class UsageRecorder:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._flush_listeners: list[Callable[[int], None]] = [on_flush] if on_flush else []
+        self._background_tasks: list[Callable[[], None]] = []
         self.dropped = 0
         self.rejected = 0
         self._thread: threading.Thread | None = None
@@ -150,6 +151,13 @@ class UsageRecorder:
         """Call ``listener(count)`` after each successful write (e.g. a metrics counter)."""
         self._flush_listeners.append(listener)
 
+    def add_background_task(self, task: Callable[[], None]) -> None:
+        """Run ``task()`` on the background flusher's thread after each of its passes (every
+        ``flush_interval`` seconds or sooner), whether or not usage was written: other
+        write-behind state (keys' ``last_used_at``) rides on the same thread. A failure is
+        logged. Without a background flusher (``flush_interval`` 0) it is never run."""
+        self._background_tasks.append(task)
+
     def close(self) -> None:
         """Stop the background flusher and write what is left (errors logged, not raised)."""
         self._stopped.set()
@@ -176,3 +184,8 @@ class UsageRecorder:
                 logger.warning("usage flush failed, will retry: %s", exc)
             except Exception:  # the flusher must survive anything a store does
                 logger.exception("usage flush failed unexpectedly, will retry")
+            for task in self._background_tasks:
+                try:
+                    task()
+                except Exception:
+                    logger.exception("a background task of the usage flusher failed")

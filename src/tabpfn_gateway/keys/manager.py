@@ -695,10 +695,29 @@ class KeyManager:
             seen = self._pending_last_used.get(key_id)
             if seen is None or now > seen:
                 self._pending_last_used[key_id] = now
-            due = self._monotonic() - self._last_flush >= self._last_used_flush
-            if not due:
+            if not self._flush_due():
                 return
             batch = self._take_pending()
+        self._write_quietly(batch)
+
+    def flush_last_used_if_due(self) -> None:
+        """Write the coalesced ``last_used_at`` updates if ``last_used_flush`` seconds have
+        passed since the last write; a store failure is logged and retried later.
+
+        For a periodic caller (the gateway's background flusher): uses noted by ``note_use``
+        alone, from callers answering from caches of their own, are written no later than
+        the next due pass instead of waiting for a key lookup or ``close()``.
+        """
+        with self._pending_lock:
+            if not self._pending_last_used or not self._flush_due():
+                return
+            batch = self._take_pending()
+        self._write_quietly(batch)
+
+    def _flush_due(self) -> bool:
+        return self._monotonic() - self._last_flush >= self._last_used_flush
+
+    def _write_quietly(self, batch: dict[str, datetime]) -> None:
         try:
             self._store.touch_keys(batch)
         except StoreError as exc:
