@@ -68,16 +68,18 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], path: str) -> None
 def serve(command: list[str], env: dict[str, str], path: str) -> Iterator[tuple[str, int]]:
     """Run a server (``command`` gets ``--port``); yield its URL and pid."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [*command, "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with running([*command, "--port", str(port)], env) as process:
+        url = f"http://127.0.0.1:{port}"
         wait_until_up(url, process, path)
         yield url, process.pid
+
+
+@contextlib.contextmanager
+def running(args: list[str], env: dict[str, str] | None) -> Iterator[subprocess.Popen[bytes]]:
+    """A process, quiet, stopped (then killed if it lingers) when the block ends."""
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield process
     finally:
         process.terminate()
         try:
@@ -479,21 +481,10 @@ def nginx_proxy(upstream: str, work: Path) -> Iterator[tuple[str, int] | None]:
     conf.write_text(
         NGINX_CONF.format(work=work, port=port, upstream=upstream.removeprefix("http://"))
     )
-    process = subprocess.Popen(
-        [nginx, "-c", str(conf), "-p", str(work)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with running([nginx, "-c", str(conf), "-p", str(work)], None) as process:
+        url = f"http://127.0.0.1:{port}"
         wait_until_up(url, process, "/")
         yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 # -- the run ---------------------------------------------------------------------------------

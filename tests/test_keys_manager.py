@@ -122,6 +122,18 @@ def credential(store: Store, owner: Principal, clock: Clock) -> UpstreamCredenti
     )
 
 
+class FlakyTouch(CountingStore):
+    """A store whose ``touch_keys`` is unavailable while ``fail`` is set."""
+
+    fail = True
+
+    def touch_keys(self, last_used: Any) -> None:
+        self.calls["touch_keys"] += 1
+        if self.fail:
+            raise StoreUnavailable()
+        self.inner.touch_keys(last_used)
+
+
 def manager_for(store: Store, clock: Clock, **kwargs: Any) -> KeyManager:
     options: dict[str, Any] = {"pepper": PEPPER, "clock": clock.now, "monotonic": clock.monotonic}
     options.update(kwargs)
@@ -431,15 +443,6 @@ def test_uses_noted_from_a_cache_are_written_by_a_periodic_pass_when_due(
 def test_a_periodic_last_use_pass_that_fails_keeps_the_uses_and_raises_nothing(
     clock: Clock,
 ) -> None:
-    class FlakyTouch(CountingStore):
-        fail = True
-
-        def touch_keys(self, last_used: Any) -> None:
-            self.calls["touch_keys"] += 1
-            if self.fail:
-                raise StoreUnavailable()
-            self.inner.touch_keys(last_used)
-
     flaky = FlakyTouch(MemoryStore())
     owner = flaky.add_principal(Principal(id=new_id(), name="alice"))
     manager = manager_for(flaky, clock, last_used_flush=0.0)  # type: ignore[arg-type]
@@ -682,15 +685,6 @@ def test_a_database_outage_is_store_unavailable_never_an_invalid_key() -> None:
 
 
 def test_a_failed_last_use_flush_is_retried_not_lost(clock: Clock) -> None:
-    class FlakyTouch(CountingStore):
-        fail = True
-
-        def touch_keys(self, last_used: Any) -> None:
-            self.calls["touch_keys"] += 1
-            if self.fail:
-                raise StoreUnavailable()
-            self.inner.touch_keys(last_used)
-
     flaky = FlakyTouch(MemoryStore())
     owner = flaky.add_principal(Principal(id=new_id(), name="alice"))
     manager = manager_for(flaky, clock, last_used_flush=0.0)  # type: ignore[arg-type]
