@@ -118,3 +118,38 @@ def test_zero_interval_writes_synchronously(store: FlakyStore) -> None:
     recorder.record(event())
     assert len(stored(store)) == 1
     recorder.close()
+
+
+def test_background_tasks_run_each_pass_and_a_failing_one_stops_nothing(
+    store: FlakyStore,
+) -> None:
+    # Tasks ride on the flusher's thread: a store outage in the flush, a GatewayError or an
+    # unexpected error in a task is logged, and the next pass runs them all again.
+    calls: list[str] = []
+    passes = threading.Semaphore(0)
+
+    def unavailable() -> None:
+        calls.append("unavailable")
+        raise StoreUnavailable()
+
+    def broken() -> None:
+        calls.append("broken")
+        raise RuntimeError("a bug in a task")
+
+    recorder = UsageRecorder(store, flush_interval=0.01)
+    recorder.add_background_task(unavailable)
+    recorder.add_background_task(broken)
+    recorder.add_background_task(passes.release)
+    store.down = True
+    try:
+        recorder.record(event())
+        for _ in range(3):
+            assert passes.acquire(timeout=30), "the flusher should keep passing"
+        assert calls[:4] == ["unavailable", "broken", "unavailable", "broken"]
+        assert recorder.pending == 1  # the flush failed too, and kept its event
+        store.down = False
+        assert passes.acquire(timeout=30)
+        assert passes.acquire(timeout=30)  # a whole pass after the store came back
+        assert len(stored(store)) == 1
+    finally:
+        recorder.close()

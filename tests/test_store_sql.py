@@ -353,3 +353,30 @@ def test_two_processes_writing_one_sqlite_file(sqlite_url: str, tmp_path: Path) 
         assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         raw.close()
+
+
+def test_an_insert_that_skips_conflicts_is_never_written_as_multi_row_values() -> None:
+    # Multi-row VALUES repeat the statement's one group of placeholders; an ON CONFLICT clause
+    # after it must not be repeated with it (that statement would not parse).
+    import sqlalchemy as sa
+
+    from tabpfn_gateway.store import schema
+
+    columns = ("upload_id", "owner_id", "kind", "created_at")
+    engine = sa.create_engine("sqlite://")
+    schema.upload_owners.create(engine)
+    insert = sql_module._CompiledInsert.of(
+        schema.upload_owners, columns, engine.dialect, skip_conflicts_on=("upload_id", "owner_id")
+    )
+    now = datetime.now(UTC)
+    rows = [{"upload_id": "u0", "owner_id": "o", "kind": "train", "created_at": now}]
+    rows += [dict(rows[0], upload_id=f"u{n}") for n in range(1, 4)]
+    ((statement, parameters),) = insert.batches(rows)
+    assert statement == insert.sql
+    assert len(parameters) == 4
+    with engine.begin() as connection:
+        connection.exec_driver_sql(statement, parameters)
+        connection.exec_driver_sql(statement, parameters[:1])  # skipped, not a conflict
+        stored = connection.exec_driver_sql("SELECT count(*) FROM upload_owners").scalar()
+    assert stored == 4
+    engine.dispose()

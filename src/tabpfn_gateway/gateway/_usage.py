@@ -58,7 +58,7 @@ class UsageRecorder:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._flush_listeners: list[Callable[[int], None]] = [on_flush] if on_flush else []
-        self._background_tasks: list[Callable[[], None]] = []
+        self._background_tasks: list[Callable[[], object]] = []
         self.dropped = 0
         self.rejected = 0
         self._thread: threading.Thread | None = None
@@ -151,7 +151,7 @@ class UsageRecorder:
         """Call ``listener(count)`` after each successful write (e.g. a metrics counter)."""
         self._flush_listeners.append(listener)
 
-    def add_background_task(self, task: Callable[[], None]) -> None:
+    def add_background_task(self, task: Callable[[], object]) -> None:
         """Run ``task()`` on the background flusher's thread after each of its passes (every
         ``flush_interval`` seconds or sooner), whether or not usage was written: other
         write-behind state (keys' ``last_used_at``) rides on the same thread. A failure is
@@ -178,14 +178,17 @@ class UsageRecorder:
             self._wake.clear()
             if self._stopped.is_set():
                 return
-            try:
-                self.flush()
-            except GatewayError as exc:
-                logger.warning("usage flush failed, will retry: %s", exc)
-            except Exception:  # the flusher must survive anything a store does
-                logger.exception("usage flush failed unexpectedly, will retry")
-            for task in self._background_tasks:
+            # The flush, then the write-behind tasks riding on this thread: each one's
+            # failure is logged and the next pass tries again.
+            for step in (self.flush, *self._background_tasks):
+                what = (
+                    "usage flush"
+                    if step == self.flush
+                    else getattr(step, "__qualname__", repr(step))
+                )
                 try:
-                    task()
-                except Exception:
-                    logger.exception("a background task of the usage flusher failed")
+                    step()
+                except GatewayError as exc:
+                    logger.warning("%s failed, will retry: %s", what, exc)
+                except Exception:  # the flusher must survive anything a store does
+                    logger.exception("%s failed unexpectedly, will retry", what)

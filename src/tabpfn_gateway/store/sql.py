@@ -381,7 +381,10 @@ class _CompiledInsert:
         """
         parameters = self.parameters(rows)
         head, values, group = self.sql.rpartition(" VALUES ")
-        if not self.positional or not values or not self.names:
+        # Only a plain "INSERT ... VALUES (?, ...)" repeats its group (an ON CONFLICT clause
+        # after it would be repeated too): anything else keeps one executemany.
+        plain = group.startswith("(") and group.endswith(")") and ")" not in group[:-1]
+        if not self.positional or not values or not self.names or not plain:
             yield self.sql, parameters
             return
         per_statement = max(1, _MAX_BOUND // len(self.names))
